@@ -1,0 +1,59 @@
+"""A small programmatic entry point for scripts (evaluation, parity tests, benchmarks) running inside a
+Python process where ComfyUI is importable. The nodes use the same functions underneath."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import pipeline, sampling
+from .conditioning_file import load_conditioning
+from .loader import E2PModel, load_e2p_checkpoint
+from .tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, check_task
+
+
+def load_vae(path: str):
+    """A ComfyUI VAE (the FLUX ae) from a safetensors file."""
+    import comfy.sd
+
+    from .files import read_safetensors
+
+    tensors, _ = read_safetensors(path)
+    return comfy.sd.VAE(sd=tensors)
+
+
+@dataclass
+class E2PPredictor:
+    task: str
+    model: E2PModel
+    vae: object
+    cond: torch.Tensor
+    pooled: torch.Tensor
+
+    @classmethod
+    def from_files(cls, task: str, model: str, conditioning: str, vae: str | None = None, lora: str | None = None,
+                   dtype: str = "default", lora_strength: float = 1.0, time_embedding: str = "auto"):
+        check_task(task)
+        e2p = load_e2p_checkpoint(model, dtype, lora, lora_strength, time_embedding)
+        cond, pooled, _ = load_conditioning(conditioning)
+        return cls(task, e2p, load_vae(vae) if vae else None, cond, pooled)
+
+    def predict_latent(self, reference_latents: list[torch.Tensor], noise: torch.Tensor | None = None,
+                       steps: int = 1, seed: int = DEFAULT_SEED) -> torch.Tensor:
+        """Raw VAE latents in, predicted raw latent out (see e2p_core.sampling.predict_latent)."""
+        with torch.inference_mode():
+            return sampling.predict_latent(self.model.patcher, reference_latents, self.cond, self.pooled,
+                                           noise=noise, seed=seed, steps=steps)
+
+    def predict(self, images: torch.Tensor, hints: list[pipeline.MattingHints] | None = None,
+                processing_resolution: int = PROCESSING_RESOLUTION, resize_mode: str = "aspect", steps: int = 1,
+                seed: int = DEFAULT_SEED) -> torch.Tensor:
+        """IMAGE [B, H, W, 3] in [0, 1] -> depth [B, H, W] (sqrt space, near 0) / unit normals [B, H, W, 3] /
+        alpha [B, H, W]."""
+        if self.vae is None:
+            raise ValueError("predict() needs a VAE: pass vae=<path to ae.safetensors> to from_files")
+        with torch.inference_mode():
+            prediction, _ = pipeline.predict_task(self.model.patcher, self.vae, self.cond, self.pooled, images,
+                                                  self.task, processing_resolution, resize_mode, steps, seed, hints)
+        return prediction

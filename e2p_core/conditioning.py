@@ -1,0 +1,109 @@
+"""Task conditioning: encode the fixed prompt once through a ComfyUI CLIP, then reuse it from a disk cache.
+
+The T5 side is padded to exactly 512 tokens as the official prompter does (ComfyUI pads FLUX prompts to 256
+unless told otherwise, which changes every T5 embedding). Once cached, no text encoder is needed at all.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+
+import torch
+
+from .conditioning_file import ConditioningFileError, META_ENCODER, load_conditioning, save_conditioning
+from .tasks import META_PROMPT, META_TASK, T5_SEQUENCE_LENGTH, TASK_PROMPTS, check_task
+
+log = logging.getLogger("edit2perceive")
+
+CACHE_SUBFOLDER = "edit2perceive"
+
+
+class ConditioningUnavailable(RuntimeError):
+    """Neither a cached conditioning nor a text encoder is available."""
+
+
+def encoder_fingerprint(clip) -> str:
+    """A short id of the text encoders' weights: tensor names, shapes and a few sampled values.
+
+    Cheap (no pass over the 5B T5 parameters) yet different for any other encoder checkpoint or dtype.
+    """
+    digest = hashlib.sha256()
+    state = clip.cond_stage_model.state_dict()
+    for name in sorted(state):
+        tensor = state[name]
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    for name in sorted(state)[:: max(1, len(state) // 16)]:
+        sample = state[name].flatten()[:64].to(torch.float32).cpu()
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prompt_id(task: str) -> str:
+    return hashlib.sha256(TASK_PROMPTS[task].encode()).hexdigest()[:8]
+
+
+def cache_file(folder: str, task: str, fingerprint: str) -> str:
+    return os.path.join(folder, CACHE_SUBFOLDER, f"{task}-{prompt_id(task)}-{fingerprint}.safetensors")
+
+
+def cached_files(folder: str, task: str) -> list[str]:
+    """Cached conditioning for this task and prompt, newest first."""
+    pattern = os.path.join(folder, CACHE_SUBFOLDER, f"{task}-{prompt_id(task)}-*.safetensors")
+    return sorted(glob.glob(pattern), key=os.path.getmtime, reverse=True)
+
+
+def encode_task_prompt(clip, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 sequence [1, 512, 4096] and CLIP-L pooled [1, 768] of the task prompt."""
+    tokens = clip.tokenize(TASK_PROMPTS[check_task(task)],
+                           tokenizer_options={"t5xxl_min_length": T5_SEQUENCE_LENGTH})
+    encoded = clip.encode_from_tokens_scheduled(tokens)
+    cond, extra = encoded[0][0], encoded[0][1]
+    if "pooled_output" not in extra:
+        raise ConditioningUnavailable("this CLIP gives no pooled output; load CLIP-L + T5 with DualCLIPLoader, type flux")
+    return cond.float().cpu(), extra["pooled_output"].float().cpu()
+
+
+def resolve_conditioning(task: str, cache_folder: str, clip=None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(cond, pooled, where it came from). With a CLIP: the cache entry for that encoder, else encode and cache.
+    Without: the newest valid cache entry for the task."""
+    check_task(task)
+    if clip is not None:
+        fingerprint = encoder_fingerprint(clip)
+        path = cache_file(cache_folder, task, fingerprint)
+        if os.path.exists(path):
+            try:
+                cond, pooled, metadata = load_conditioning(path)
+                if metadata.get(META_ENCODER) == fingerprint and metadata.get(META_PROMPT) == TASK_PROMPTS[task]:
+                    return cond, pooled, f"cache {os.path.basename(path)}"
+                log.warning("Edit2Perceive: %s was made by another encoder or prompt; encoding again", path)
+            except ConditioningFileError as error:
+                log.warning("Edit2Perceive: %s; encoding again", error)
+        cond, pooled = encode_task_prompt(clip, task)
+        metadata = {META_TASK: task, META_PROMPT: TASK_PROMPTS[task], META_ENCODER: fingerprint}
+        try:
+            save_conditioning(path, cond, pooled, metadata)
+            source = f"encoded, cached as {os.path.basename(path)}"
+        except OSError as error:
+            log.warning("Edit2Perceive: cannot write the conditioning cache %s (%s); it will be encoded again "
+                        "next time", path, error)
+            source = "encoded (cache not writable)"
+        return cond, pooled, source
+    problems = []
+    for path in cached_files(cache_folder, task):
+        try:
+            cond, pooled, metadata = load_conditioning(path)
+        except ConditioningFileError as error:
+            problems.append(str(error))
+            continue
+        if metadata.get(META_PROMPT, TASK_PROMPTS[task]) != TASK_PROMPTS[task]:
+            problems.append(f"{path} was encoded from another prompt")
+            continue
+        return cond, pooled, f"cache {os.path.basename(path)}"
+    hint = ("; ".join(problems) + ". ") if problems else ""
+    raise ConditioningUnavailable(
+        f"{hint}No cached conditioning for '{task}' in {os.path.join(cache_folder, CACHE_SUBFOLDER)}. Connect a CLIP "
+        "(DualCLIPLoader: clip_l + t5xxl, type flux) to the E2P loader once; the encoded prompt is cached there and "
+        "later runs need no text encoder.")

@@ -1,0 +1,61 @@
+"""Task conditioning on disk, in the layout of ComfyUI's SaveConditioning/ConditioningLoader.
+
+Keys ``conditioning`` (T5 sequence [1, L, D]) and ``pooled_output`` (CLIP-L pooled [1, P]); strings in the
+safetensors metadata. Torch + safetensors only, so the trainer writes the same files the nodes read.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, safe_open
+
+META_ENCODER = "e2p.encoder"   # fingerprint of the text encoders that produced the tensors
+
+
+class ConditioningFileError(ValueError):
+    """A conditioning file that cannot be used; the message says how to regenerate it."""
+
+
+def atomic_save_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write to a temporary file in the same folder and rename it: a crash never leaves half a file behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
+    os.close(handle)
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def save_conditioning(path: str, cond: torch.Tensor, pooled: torch.Tensor, metadata: dict[str, str]) -> None:
+    if cond.dim() != 3 or pooled.dim() != 2:
+        raise ValueError(f"expected cond [1, L, D] and pooled [1, P], got {tuple(cond.shape)} and {tuple(pooled.shape)}")
+    atomic_save_safetensors(path, {"conditioning": cond, "pooled_output": pooled},
+                            {k: str(v) for k, v in metadata.items()})
+
+
+def load_conditioning(path: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
+    """Read a conditioning file, refusing anything that is not a complete, finite one."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ConditioningFileError(f"cannot read the cached conditioning {path} ({error}); delete it and connect "
+                                    "a CLIP (DualCLIPLoader, type flux) so it is encoded again")
+    if "conditioning" not in tensors or "pooled_output" not in tensors:
+        raise ConditioningFileError(f"{path} has no 'conditioning'/'pooled_output' tensors; delete it and connect a "
+                                    "CLIP so it is encoded again")
+    cond, pooled = tensors["conditioning"], tensors["pooled_output"]
+    if cond.dim() != 3 or pooled.dim() != 2 or not torch.isfinite(cond).all() or not torch.isfinite(pooled).all():
+        raise ConditioningFileError(f"{path} holds malformed conditioning tensors; delete it and connect a CLIP "
+                                    "so it is encoded again")
+    return cond.float(), pooled.float(), metadata

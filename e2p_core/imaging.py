@@ -1,0 +1,110 @@
+"""Getting images to the size the model works at and predictions back to the input size.
+
+``aspect`` (default): the long side goes to ``processing_resolution`` with the aspect ratio kept, the result is
+padded (edge-replicated) to a multiple of 16 for the VAE and the 2x2 patches, and the padding is cropped off the
+prediction, which is resized back bilinearly. ``reference``: the official entry points' square stretch to
+``processing_resolution`` x ``processing_resolution`` and nearest-neighbour resize back, for comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MULTIPLE = 16
+RESIZE_MODES = ("aspect", "reference")
+MAX_WORKING_PIXELS = 2048 * 2048    # beyond this one FLUX pass needs tens of GB of attention memory
+MAX_ASPECT_RATIO = 16.0
+
+
+class ImageSizeError(ValueError):
+    """An image the model cannot process at the requested settings; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Input size, the resized content size, and the padded size the model sees."""
+
+    height: int
+    width: int
+    content_height: int
+    content_width: int
+    padded_height: int
+    padded_width: int
+    mode: str
+
+    @property
+    def long_side(self) -> int:
+        return max(self.content_height, self.content_width)
+
+
+def _round_up(value: int) -> int:
+    return max(MULTIPLE, int(math.ceil(value / MULTIPLE)) * MULTIPLE)
+
+
+def plan_canvas(height: int, width: int, processing_resolution: int, mode: str = "aspect") -> Canvas:
+    if mode not in RESIZE_MODES:
+        raise ImageSizeError(f"unknown resize mode '{mode}'; use one of {', '.join(RESIZE_MODES)}")
+    if height < 1 or width < 1:
+        raise ImageSizeError(f"the image is {width}x{height}; it needs at least one pixel")
+    if mode == "reference":
+        side = _round_up(processing_resolution or max(height, width))
+        canvas = Canvas(height, width, side, side, side, side, mode)
+    else:
+        if processing_resolution > 0:
+            scale = processing_resolution / max(height, width)
+            content_h, content_w = max(1, round(height * scale)), max(1, round(width * scale))
+        else:
+            content_h, content_w = height, width
+        canvas = Canvas(height, width, content_h, content_w, _round_up(content_h), _round_up(content_w), mode)
+    pixels = canvas.padded_height * canvas.padded_width
+    if pixels > MAX_WORKING_PIXELS:
+        raise ImageSizeError(
+            f"processing {canvas.padded_width}x{canvas.padded_height} px exceeds the {MAX_WORKING_PIXELS // 10**6} MP "
+            "limit of one pass; lower processing_resolution (768 is what the model was trained at)")
+    ratio = max(canvas.content_height, canvas.content_width) / min(canvas.content_height, canvas.content_width)
+    if mode == "aspect" and ratio > MAX_ASPECT_RATIO:
+        raise ImageSizeError(f"the aspect ratio {ratio:.0f}:1 is beyond {MAX_ASPECT_RATIO:.0f}:1; the short side would "
+                             "be only a few latent pixels. Crop the image or use resize_mode 'reference'")
+    return canvas
+
+
+def _resize(bchw: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    if bchw.shape[-2:] == (height, width):
+        return bchw
+    if mode == "nearest":
+        return F.interpolate(bchw, size=(height, width), mode="nearest-exact")
+    return F.interpolate(bchw, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
+def to_canvas(images: torch.Tensor, canvas: Canvas, pad_mode: str = "replicate") -> torch.Tensor:
+    """[B, H, W, C] at input size -> [B, padded H, padded W, C]."""
+    bchw = _resize(images.movedim(-1, 1).float(), canvas.content_height, canvas.content_width, "bilinear")
+    pad_h = canvas.padded_height - canvas.content_height
+    pad_w = canvas.padded_width - canvas.content_width
+    if pad_h or pad_w:
+        if pad_mode == "replicate":
+            bchw = F.pad(bchw, (0, pad_w, 0, pad_h), mode="replicate")
+        else:
+            bchw = F.pad(bchw, (0, pad_w, 0, pad_h), mode="constant", value=0.0)
+    return bchw.movedim(1, -1)
+
+
+def from_canvas(prediction: torch.Tensor, canvas: Canvas) -> torch.Tensor:
+    """[B, padded H, padded W, C] -> [B, H, W, C] at input size (bilinear, or nearest in reference mode)."""
+    cropped = prediction[:, :canvas.content_height, :canvas.content_width, :]
+    mode = "nearest" if canvas.mode == "reference" else "bilinear"
+    return _resize(cropped.movedim(-1, 1), canvas.height, canvas.width, mode).movedim(1, -1)
+
+
+def input_to_canvas_coords(points_xy, canvas: Canvas):
+    """Pixel (x, y) in the input image -> integer pixel in the resized content (the official app's rule)."""
+    import numpy as np
+
+    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    scaled = np.stack([points[:, 0] * canvas.content_width / canvas.width,
+                       points[:, 1] * canvas.content_height / canvas.height], axis=1)
+    return np.floor(scaled).astype(np.int64)

@@ -1,0 +1,190 @@
+"""Build an Edit2Perceive model as a ComfyUI ModelPatcher from any supported file, or from a native MODEL.
+
+The transformer is ComfyUI's own FLUX class, configured from tensor shapes (so the 12B release and a tiny test
+model take the same path) and wrapped in a ModelPatcher, so comfy.model_management owns device placement,
+offloading and lowvram. LoRAs go through ComfyUI's patch mechanism, never by rewriting the base weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from . import formats
+from .files import read_safetensors
+from .patches import apply_e2p_patches
+from .tasks import META_TASK, META_TIME_EMBEDDING, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+
+log = logging.getLogger("edit2perceive")
+
+WEIGHT_DTYPES = {
+    "default": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp32": torch.float32,
+}
+
+
+class E2PLoadError(ValueError):
+    """A model or LoRA that cannot be used; the message says what to do."""
+
+
+@dataclass
+class E2PModel:
+    """What the task nodes need: the patched model, its task and how it was assembled."""
+
+    patcher: object                     # comfy.model_patcher.ModelPatcher with the E2P patches applied
+    task: str | None                    # from file metadata; None when the files do not say
+    time_embedding: str
+    description: list[str] = field(default_factory=list)
+    cond: torch.Tensor | None = None    # task conditioning, attached once resolved (see e2p_core.conditioning)
+    pooled: torch.Tensor | None = None
+
+    def for_task(self, task: str, cond: torch.Tensor, pooled: torch.Tensor) -> "E2PModel":
+        """The model bound to a task and its conditioning; refuses weights whose metadata names another task."""
+        if self.task is not None and self.task != task:
+            raise E2PLoadError(f"these weights were trained for '{self.task}' (file metadata) but '{task}' was "
+                               f"selected; choose the {task} checkpoint/LoRA or set the task to '{self.task}'")
+        return E2PModel(self.patcher, task, self.time_embedding, list(self.description), cond, pooled)
+
+
+def _resolve_time_embedding(requested: str, metadata: dict[str, str]) -> str:
+    if requested != "auto":
+        return requested
+    stored = metadata.get(META_TIME_EMBEDDING)
+    if stored in (TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK):
+        return stored
+    return TIME_EMBEDDING_OFFICIAL
+
+
+def _task_from_metadata(metadata: dict[str, str]) -> str | None:
+    task = metadata.get(META_TASK)
+    return task if task in TASK_PROMPTS else None
+
+
+def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: str = "default"):
+    """ComfyUI FLUX model from BFL tensors, with the key set checked strictly (ComfyUI itself only logs)."""
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise E2PLoadError(f"unknown weight dtype '{weight_dtype}'; use one of {', '.join(WEIGHT_DTYPES)}")
+    shape = formats.infer_shape(bfl_state_dict)
+    model_config = comfy.model_detection.model_config_from_unet_config(shape.unet_config())
+    if model_config is None:
+        raise E2PLoadError("this ComfyUI version does not know the FLUX model configuration; update ComfyUI")
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    supported = list(model_config.supported_inference_dtypes)
+    unet_dtype = WEIGHT_DTYPES[weight_dtype]
+    if unet_dtype is None:
+        unet_dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(bfl_state_dict),
+                                   supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(bfl_state_dict))
+    model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device, supported))
+    model = model_config.get_model(bfl_state_dict, "")
+    expected = set(model.diffusion_model.state_dict().keys())
+    given = set(bfl_state_dict.keys())
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise E2PLoadError(
+            "the checkpoint does not match a FLUX.1 Kontext transformer of its own shape: "
+            + (f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])}) " if missing else "")
+            + (f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
+            + "; the file is incomplete or of another architecture")
+    model = model.to(offload_device)
+    model.load_model_weights(dict(bfl_state_dict), "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device), shape
+
+
+def lora_key_map(patcher) -> dict[str, object]:
+    """ComfyUI's own LoRA key map for this model, plus the names ComfyUI 0.3.75 does not know:
+    DiffSynth/peft module names (the official trainer's) and bare diffusers names (without ``transformer.``)."""
+    import comfy.lora
+
+    model = patcher.model
+    key_map = comfy.lora.model_lora_keys_unet(model, {})
+    config = model.model_config.unet_config
+    for source, target in formats.diffsynth_lora_targets(config["depth"], config["depth_single_blocks"]).items():
+        key_map.setdefault(source, f"diffusion_model.{target}")
+    for name, target in list(key_map.items()):
+        if name.startswith("transformer."):
+            key_map.setdefault(name[len("transformer."):], target)
+    return key_map
+
+
+@dataclass
+class LoraReport:
+    modules_in_file: int
+    modules_applied: int
+    unmatched: list[str]
+
+    def summary(self) -> str:
+        return f"LoRA: {self.modules_applied} of {self.modules_in_file} modules applied"
+
+
+def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: float = 1.0):
+    """Clone ``patcher`` with the LoRA as weight patches. Fails when any LoRA module has no target."""
+    import comfy.lora
+
+    normalized = formats.normalize_lora_keys(lora_state_dict)
+    modules = formats.lora_module_names(normalized)
+    if not modules:
+        raise E2PLoadError(f"this file has no LoRA tensors (lora_A/lora_B or lora_down/lora_up); it looks like "
+                           f"{formats.describe_foreign(lora_state_dict)}")
+    key_map = lora_key_map(patcher)
+    targets = {name: key_map[name] for name in modules if name in key_map}
+    unmatched = sorted(modules - set(targets))
+    report = LoraReport(len(modules), len(targets), unmatched)
+    if unmatched:
+        raise E2PLoadError(f"{report.summary()}; {len(unmatched)} match no layer of this model "
+                           f"(e.g. {', '.join(unmatched[:3])}). Is it a LoRA for FLUX.1 Kontext of this size?")
+    patches = comfy.lora.load_lora(normalized, targets, log_missing=False)
+    patched = patcher.clone()
+    accepted = patched.add_patches(patches, strength)
+    if len(accepted) != len(patches):
+        raise E2PLoadError(f"{report.summary()}, but only {len(accepted)} weights accepted the patch")
+    return patched, report
+
+
+def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str | None = None,
+                        lora_strength: float = 1.0, time_embedding: str = "auto") -> E2PModel:
+    """An E2P full checkpoint (any layout), or a FLUX.1 Kontext base plus an E2P LoRA."""
+    tensors, metadata = read_safetensors(path)
+    conversion = formats.to_bfl(tensors)
+    del tensors
+    patcher, shape = build_flux_patcher(conversion.state_dict, weight_dtype)
+    notes = [f"{path.rsplit('/', 1)[-1]}: {conversion.layout} layout, hidden {shape.hidden_size}, "
+             f"{shape.depth}+{shape.depth_single_blocks} blocks, {shape.num_heads} heads"]
+    if conversion.ignored_keys:
+        notes.append(f"ignored {len(conversion.ignored_keys)} unused tensors ({conversion.ignored_keys[0]}, ...): "
+                     "the released inference never uses them")
+    task = _task_from_metadata(metadata)
+    if lora_path:
+        lora_tensors, lora_metadata = read_safetensors(lora_path)
+        patcher, report = apply_lora(patcher, lora_tensors, lora_strength)
+        notes.append(report.summary())
+        task = _task_from_metadata(lora_metadata) or task
+        metadata = {**metadata, **lora_metadata}
+    for line in notes:
+        log.info("Edit2Perceive: %s", line)
+    resolved = _resolve_time_embedding(time_embedding, metadata)
+    return E2PModel(apply_e2p_patches(patcher, resolved), task, resolved, notes)
+
+
+def from_native_model(patcher, lora_path: str | None = None, lora_strength: float = 1.0,
+                      time_embedding: str = "auto") -> E2PModel:
+    """A MODEL from any ComfyUI loader (UNETLoader, GGUF, ...) plus an optional E2P LoRA."""
+    notes = ["native MODEL input"]
+    task, metadata = None, {}
+    if lora_path:
+        lora_tensors, metadata = read_safetensors(lora_path)
+        patcher, report = apply_lora(patcher, lora_tensors, lora_strength)
+        notes.append(report.summary())
+        task = _task_from_metadata(metadata)
+    resolved = _resolve_time_embedding(time_embedding, metadata)
+    return E2PModel(apply_e2p_patches(patcher, resolved), task, resolved, notes)

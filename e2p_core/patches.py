@@ -1,0 +1,109 @@
+"""Model patches that make ComfyUI's FLUX forward compute what the official Edit2Perceive forward computes.
+
+Both are ModelPatcher object patches (plus one wrapper), so they ride along with every clone, survive LoRA
+patching, lowvram offloading and the stock sampler path, and vanish when the patcher is unloaded.
+
+1. Time embedding. The released checkpoints were trained with a time embedder that rounds its 128 sinusoid
+   frequencies to bfloat16 (and receives a bfloat16 timestep) before multiplying; ComfyUI uses float32 frequencies.
+   At t = 1000 the two embeddings differ by up to ~1.1 per component, enough to move the prediction visibly.
+2. Reference placement. Matting feeds two references (image, hint map); officially both sit at RoPE index 1 with
+   no spatial offset. ComfyUI's "offset" method would move the second one beside the first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .tasks import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+
+EMBEDDING_DIM = 256
+MAX_PERIOD = 10000
+TIME_FACTOR = 1000.0
+WRAPPER_KEY = "edit2perceive"
+
+
+def official_time_embedding(sigmas: torch.Tensor, dim: int = EMBEDDING_DIM) -> torch.Tensor:
+    """The official time embedding for ComfyUI timesteps (sigma in [0, 1]), as float32 [N, dim].
+
+    Timestep 1000 * sigma and the frequencies exp(-ln(10000) i / 128) are both rounded to bfloat16, multiplied in
+    float32, and laid out [cos, sin] like BFL's.
+    """
+    half = dim // 2
+    timesteps = (sigmas.float() * TIME_FACTOR).to(torch.bfloat16).float()
+    exponents = -math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=sigmas.device) / half
+    frequencies = torch.exp(exponents).to(torch.bfloat16).float()
+    angles = timesteps[:, None] * frequencies[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class OfficialTimeEmbedder(torch.nn.Module):
+    """Stands in for ``diffusion_model.time_in``: same submodules (so weight keys and LoRA paths are unchanged),
+    but fed the official embedding of the timesteps the wrapper below hands it."""
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__()
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "original", original)
+        self.pending_sigmas: torch.Tensor | None = None
+
+    def forward(self, stock_embedding: torch.Tensor) -> torch.Tensor:
+        if self.pending_sigmas is None:
+            raise RuntimeError("the Edit2Perceive time-embedding patch ran without its wrapper; reload the E2P model")
+        official = official_time_embedding(self.pending_sigmas.to(stock_embedding.device))
+        return self.original(official.to(stock_embedding.dtype))
+
+
+def _time_embedding_wrapper(executor, x, timestep, *args, **kwargs):
+    """Hand the forward's timesteps to the patched time embedder for the duration of one forward."""
+    embedder = executor.class_obj.time_in
+    if not isinstance(embedder, OfficialTimeEmbedder):
+        return executor(x, timestep, *args, **kwargs)
+    embedder.pending_sigmas = timestep
+    try:
+        return executor(x, timestep, *args, **kwargs)
+    finally:
+        embedder.pending_sigmas = None
+
+
+class ZeroOffsetReferences:
+    """Stands in for ``diffusion_model.process_img``: reference latents (RoPE index 1) get no spatial offset."""
+
+    def __init__(self, original):
+        self.original = original
+
+    def __call__(self, x, *args, **kwargs):
+        if kwargs.get("index", 0) == 1:
+            kwargs["h_offset"] = 0
+            kwargs["w_offset"] = 0
+        return self.original(x, *args, **kwargs)
+
+
+def apply_e2p_patches(patcher, time_embedding: str = TIME_EMBEDDING_OFFICIAL):
+    """Return a clone of ``patcher`` that runs the official Edit2Perceive forward."""
+    import comfy.patcher_extension
+
+    if time_embedding not in (TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK):
+        raise ValueError(f"unknown time embedding '{time_embedding}'")
+    patched = patcher.clone()
+    diffusion_model = patched.get_model_object("diffusion_model")
+    if not hasattr(diffusion_model, "time_in") or not hasattr(diffusion_model, "process_img"):
+        raise TypeError("this MODEL is not a FLUX.1 transformer; Edit2Perceive needs FLUX.1 Kontext")
+    stock_process_img = patched.get_model_object("diffusion_model.process_img")
+    if isinstance(stock_process_img, ZeroOffsetReferences):
+        stock_process_img = stock_process_img.original
+    patched.add_object_patch("diffusion_model.process_img", ZeroOffsetReferences(stock_process_img))
+    stock_time_in = patched.get_model_object("diffusion_model.time_in")
+    if isinstance(stock_time_in, OfficialTimeEmbedder):
+        stock_time_in = stock_time_in.original
+    if time_embedding == TIME_EMBEDDING_OFFICIAL:
+        patched.add_object_patch("diffusion_model.time_in", OfficialTimeEmbedder(stock_time_in))
+        wrappers = patched.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})
+        if WRAPPER_KEY not in wrappers:
+            patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                                         _time_embedding_wrapper)
+    else:
+        patched.object_patches.pop("diffusion_model.time_in", None)
+    return patched

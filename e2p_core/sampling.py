@@ -1,0 +1,103 @@
+"""The official one-step (or N-step) flow-matching prediction, run through ComfyUI's own sampler machinery.
+
+Going through a guider + KSAMPLER (rather than calling the model directly) means ComfyUI handles memory
+estimation, loading/offloading, LoRA patches, wrappers and hooks exactly as for any stock sampler.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import schedule
+from .tasks import DEFAULT_SEED, EMBEDDED_GUIDANCE
+
+
+def official_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, landing_sigma=0.0):
+    """Euler over ``sigmas``; the last step lands at ``landing_sigma`` instead of ``sigmas[-1]``.
+
+    The official single-step path goes from sigma 1 to the training table's last sigma (~0.00893), not to 0, and
+    decodes that state. ComfyUI is handed the schedule [1, 0] (so it does not rescale the result by
+    1 / (1 - sigma_last)) and this function takes the official final step.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    ones = x.new_ones([x.shape[0]])
+    last = len(sigmas) - 2
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised = model(x, sigma * ones, **extra_args)
+        velocity = (x - denoised) / sigma
+        target = landing_sigma if i == last else sigmas[i + 1]
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        x = x + velocity * (target - sigma)
+    return x
+
+
+def sampler_sigmas(steps: int) -> tuple[torch.Tensor, float]:
+    """(sigmas handed to ComfyUI, where the last step lands) for the official N-step schedule."""
+    official = schedule.inference_sigmas(steps)
+    return torch.tensor(official[:-1] + [0.0], dtype=torch.float32), official[-1]
+
+
+def seeded_noise(shape, seed: int = DEFAULT_SEED) -> torch.Tensor:
+    """Standard normal noise from a CPU generator (the official code draws on its run device, CUDA there)."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+def make_guider(patcher, conditioning: list):
+    """A cfg-1 guider over the positive conditioning only (the official cfg is 1: no negative pass)."""
+    import comfy.samplers
+
+    class PositiveOnlyGuider(comfy.samplers.CFGGuider):
+        def set_conds(self, positive):
+            self.inner_set_conds({"positive": positive})
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"),
+                                                    1.0, model_options=model_options, seed=seed)
+
+    guider = PositiveOnlyGuider(patcher)
+    guider.set_conds(conditioning)
+    return guider
+
+
+def build_conditioning(cond: torch.Tensor, pooled: torch.Tensor, reference_latents: list[torch.Tensor],
+                       guidance: float = EMBEDDED_GUIDANCE) -> list:
+    """ComfyUI conditioning with raw reference latents (ComfyUI applies the latent format itself).
+
+    Guidance is always explicit: ComfyUI's FLUX substitutes 3.5 when it is missing, the official value is 1.
+    """
+    return [[cond, {"pooled_output": pooled, "guidance": float(guidance),
+                    "reference_latents": list(reference_latents)}]]
+
+
+def predict_latent(patcher, reference_latents: list[torch.Tensor], cond: torch.Tensor, pooled: torch.Tensor,
+                   noise: torch.Tensor | None = None, seed: int = DEFAULT_SEED, steps: int = 1,
+                   guidance: float = EMBEDDED_GUIDANCE) -> torch.Tensor:
+    """The documented latent-level prediction: loaded model, references, conditioning, noise -> target latent.
+
+    ``reference_latents``: raw VAE latents [B, 16, h, w] (what VAE.encode returns); the target has the first
+    reference's size. ``noise``: x_T in model space (the official/diffusers scaled latent space); drawn from
+    ``seed`` when None. Returns the predicted raw latent [B, 16, h, w], ready for VAE.decode.
+    """
+    import comfy.samplers
+
+    if not reference_latents:
+        raise ValueError("at least one reference latent (the encoded input image) is needed")
+    first = reference_latents[0]
+    for ref in reference_latents[1:]:
+        if ref.shape != first.shape:
+            raise ValueError(f"reference latents differ in shape: {tuple(first.shape)} vs {tuple(ref.shape)}")
+    if noise is None:
+        noise = seeded_noise(first.shape, seed)
+    if noise.shape != first.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} does not match the reference latent {tuple(first.shape)}")
+    batch = first.shape[0]
+    positive = build_conditioning(cond.expand(batch, -1, -1), pooled.expand(batch, -1), reference_latents, guidance)
+    sigmas, landing = sampler_sigmas(steps)
+    sampler = comfy.samplers.KSAMPLER(official_euler, extra_options={"landing_sigma": landing})
+    guider = make_guider(patcher, positive)
+    latent = torch.zeros_like(first)
+    result = guider.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=seed)
+    return result.to(torch.float32).cpu()

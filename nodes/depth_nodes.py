@@ -1,0 +1,90 @@
+"""Turning sqrt-space depth into what a graph needs: disparity for ControlNet, linear or metric depth, colours."""
+
+from __future__ import annotations
+
+import torch
+
+from ..e2p_core import representations
+from .loader_nodes import CATEGORY
+
+OUTPUTS = ["disparity", "relative_depth", "metric_depth"]
+NORMALIZATION = ["per_image", "whole_batch"]
+
+# ColorBrewer "Spectral" (11 classes), the colour map of the official visualisations: near = red, far = blue.
+SPECTRAL = [(158, 1, 66), (213, 62, 79), (244, 109, 67), (253, 174, 97), (254, 224, 139), (255, 255, 191),
+            (230, 245, 152), (171, 221, 164), (102, 194, 165), (50, 136, 189), (94, 79, 162)]
+COLORMAPS = ["spectral", "gray"]
+
+
+class SqrtDecode:
+    DESCRIPTION = ("Decodes E2PDepth's sqrt-space output. disparity: inverse depth in [0, 1], near = bright (what depth "
+                   "ControlNets expect). relative_depth: linear depth in [0, 1], near = dark. metric_depth: metres, "
+                   "from the scene's near and far distances (the output is affine in sqrt(depth), so "
+                   "d = (sqrt(near) + y (sqrt(far) - sqrt(near)))^2).")
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    OUTPUT_TOOLTIPS = ("The decoded map, 3 equal float channels (metric_depth is in metres, not [0, 1]).",
+                       "The same values as a MASK.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sqrt_depth": ("IMAGE", {"tooltip": "sqrt_depth output of E2PDepth."}),
+            "output": (OUTPUTS, {"default": "disparity", "tooltip": "What to turn sqrt depth into."}),
+            "near": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10000.0, "step": 0.01,
+                               "tooltip": "Distance of the nearest visible surface in metres (sets the curvature of "
+                                          "the decoding; ~0.5 indoors)."}),
+            "far": ("FLOAT", {"default": 10.0, "min": 0.01, "max": 100000.0, "step": 0.1,
+                              "tooltip": "Distance of the farthest visible surface in metres (~10 indoors, ~80 "
+                                         "street scenes)."}),
+            "normalization": (NORMALIZATION, {
+                "default": "per_image", "tooltip": "Range for disparity/relative_depth: each image's own, or one "
+                                                   "range for the whole batch (video: avoids brightness flicker)."}),
+        }}
+
+    def decode(self, sqrt_depth, output, near, far, normalization):
+        if far <= near:
+            raise ValueError(f"far ({far}) must be larger than near ({near})")
+        y = sqrt_depth[..., :3].float().mean(dim=-1).clamp(0.0, 1.0)
+        shared = normalization == "whole_batch"
+        if output == "disparity":
+            value = representations.sqrt_depth_to_disparity(y, near, far, shared)
+        elif output == "relative_depth":
+            value = representations.sqrt_depth_to_relative(y, near, far, shared)
+        else:
+            value = representations.sqrt_depth_to_metric(y, near, far)
+        return (value[..., None].expand(*value.shape, 3).contiguous(), value)
+
+
+def apply_colormap(values: torch.Tensor, colormap: str) -> torch.Tensor:
+    """Values [..., H, W] in [0, 1] -> RGB [..., H, W, 3] by linear interpolation between colour stops."""
+    values = values.clamp(0.0, 1.0)
+    if colormap == "gray":
+        return values[..., None].expand(*values.shape, 3).contiguous()
+    stops = torch.tensor(SPECTRAL, dtype=torch.float32, device=values.device) / 255.0
+    position = values * (len(stops) - 1)
+    lower = position.floor().long().clamp(max=len(stops) - 2)
+    fraction = (position - lower)[..., None]
+    return stops[lower] * (1 - fraction) + stops[lower + 1] * fraction
+
+
+class E2PColorizeDepth:
+    DESCRIPTION = "Colours a depth-like map for viewing (Spectral as in the paper's figures: near red, far blue)."
+    CATEGORY = CATEGORY
+    FUNCTION = "colorize"
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("Colour visualisation, [0, 1] RGB.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "depth": ("IMAGE", {"tooltip": "sqrt_depth from E2PDepth, or any output of SqrtDecode except metric."}),
+            "colormap": (COLORMAPS, {"default": "spectral", "tooltip": "Colour map."}),
+            "invert": ("BOOLEAN", {"default": False, "tooltip": "Swap the ends (for disparity, near = bright)."}),
+        }}
+
+    def colorize(self, depth, colormap, invert):
+        values = depth[..., :3].float().mean(dim=-1)
+        return (apply_colormap(1.0 - values if invert else values, colormap),)

@@ -1,0 +1,87 @@
+"""Nodes that produce an E2P_MODEL: the patched FLUX Kontext model bound to one task and its conditioning."""
+
+from __future__ import annotations
+
+from ..e2p_core import conditioning, loader
+from ..e2p_core.tasks import TASK_PROMPTS
+from . import model_paths
+
+CATEGORY = "Edit2Perceive"
+E2P_MODEL = "E2P_MODEL"
+
+TIME_EMBEDDINGS = ["auto", "bf16_frequencies", "fp32_frequencies"]
+TIME_EMBEDDING_TOOLTIP = ("auto: what the file's metadata says, else the official bf16-rounded frequencies the "
+                          "released checkpoints were trained with. fp32_frequencies: ComfyUI's stock FLUX embedding.")
+CLIP_TOOLTIP = ("Only needed once per task: DualCLIPLoader (clip_l + t5xxl, type flux). The encoded prompt is cached "
+                "in models/embeddings/edit2perceive and later runs need no text encoder.")
+
+
+def _common_inputs():
+    return {
+        "task": (list(TASK_PROMPTS), {"tooltip": "What the weights predict; must match the checkpoint or LoRA."}),
+        "lora": (model_paths.lora_choices(), {"tooltip": "An Edit2Perceive LoRA (*_lora.safetensors) from "
+                                                         "models/loras or models/edit2perceive, or none."}),
+        "lora_strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                    "tooltip": "LoRA weight; the official LoRAs are meant for 1.0."}),
+        "time_embedding": (TIME_EMBEDDINGS, {"default": "auto", "tooltip": TIME_EMBEDDING_TOOLTIP}),
+    }
+
+
+def _bind_task(e2p: loader.E2PModel, task: str, clip):
+    cond, pooled, source = conditioning.resolve_conditioning(task, model_paths.conditioning_cache_folder(), clip)
+    bound = e2p.for_task(task, cond, pooled)
+    bound.description.append(f"conditioning: {source}")
+    return bound
+
+
+class LoadE2PModel:
+    DESCRIPTION = ("Loads Edit2Perceive weights: an official full checkpoint (depth/normal/matting.safetensors, any "
+                   "key layout) or a FLUX.1 Kontext base plus an E2P LoRA. Outputs the model for the E2P task nodes "
+                   "and, as MODEL, the same patched model for stock sampler graphs.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (E2P_MODEL, "MODEL", "STRING")
+    RETURN_NAMES = ("e2p_model", "model", "info")
+    OUTPUT_TOOLTIPS = ("Model bound to the task and its conditioning, for E2PDepth/E2PNormal/E2PMatting.",
+                       "The patched FLUX model (official time embedding and reference placement).",
+                       "What was loaded: layout, size, LoRA modules applied, conditioning source.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = {
+            "checkpoint": (model_paths.checkpoint_choices(), {
+                "tooltip": "From models/edit2perceive or models/diffusion_models: an E2P full checkpoint, or the "
+                           "FLUX.1 Kontext base (flux1-kontext-dev.safetensors) when a LoRA is selected."}),
+            "weight_dtype": (list(loader.WEIGHT_DTYPES), {
+                "default": "default", "tooltip": "Storage precision of the transformer weights. default: what "
+                                                 "ComfyUI picks for this device; fp8_e4m3fn halves memory."}),
+        }
+        inputs.update(_common_inputs())
+        return {"required": inputs, "optional": {"clip": ("CLIP", {"tooltip": CLIP_TOOLTIP})}}
+
+    def load(self, checkpoint, weight_dtype, task, lora, lora_strength, time_embedding, clip=None):
+        e2p = loader.load_e2p_checkpoint(model_paths.checkpoint_path(checkpoint), weight_dtype,
+                                         model_paths.lora_path(lora), lora_strength, time_embedding)
+        bound = _bind_task(e2p, task, clip)
+        return (bound, bound.patcher, "\n".join(bound.description))
+
+
+class E2PModelFromMODEL:
+    DESCRIPTION = ("Turns a MODEL from any ComfyUI loader (UNETLoader with fp8, a GGUF loader, ...) holding FLUX.1 "
+                   "Kontext into an Edit2Perceive model, optionally with an E2P LoRA: the low-VRAM route.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = (E2P_MODEL, "MODEL", "STRING")
+    RETURN_NAMES = ("e2p_model", "model", "info")
+    OUTPUT_TOOLTIPS = LoadE2PModel.OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = {"model": ("MODEL", {"tooltip": "FLUX.1 Kontext (or an E2P full checkpoint) from a stock loader."})}
+        inputs.update(_common_inputs())
+        return {"required": inputs, "optional": {"clip": ("CLIP", {"tooltip": CLIP_TOOLTIP})}}
+
+    def apply(self, model, task, lora, lora_strength, time_embedding, clip=None):
+        e2p = loader.from_native_model(model, model_paths.lora_path(lora), lora_strength, time_embedding)
+        bound = _bind_task(e2p, task, clip)
+        return (bound, bound.patcher, "\n".join(bound.description))

@@ -1,0 +1,162 @@
+"""The three prediction nodes. Thin: inputs are checked, e2p_core.pipeline does the work."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.utils
+
+from ..e2p_core import imaging, pipeline, representations
+from ..e2p_core.tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
+from .loader_nodes import CATEGORY, E2P_MODEL
+
+
+def _prediction_inputs():
+    return {
+        "e2p_model": (E2P_MODEL, {"tooltip": "From Load E2P Model (or E2P Model from MODEL) with the matching task."}),
+        "vae": ("VAE", {"tooltip": "The FLUX VAE (ae.safetensors) via VAELoader."}),
+        "image": ("IMAGE", {"tooltip": "One image or a batch (video frames run one after another)."}),
+        "processing_resolution": ("INT", {
+            "default": PROCESSING_RESOLUTION, "min": 0, "max": 2048, "step": 16,
+            "tooltip": "Long side the model works at (768 = what it was trained at). 0 = the image's own size. "
+                       "The result is always returned at the input size."}),
+        "resize_mode": (list(imaging.RESIZE_MODES), {
+            "default": "aspect", "tooltip": "aspect: keep the aspect ratio, pad to a multiple of 16. reference: "
+                                            "stretch to a square and resize back with nearest, as the official code."}),
+        "steps": ("INT", {"default": 1, "min": 1, "max": 50,
+                          "tooltip": "Flow steps. 1 is the paper's single deterministic step; the official demo "
+                                     "used 4, the CLI 8 (10 for matting)."}),
+        "seed": ("INT", {"default": DEFAULT_SEED, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                         "tooltip": "Noise seed; 42 as in every official entry point. Every frame gets the same noise."}),
+    }
+
+
+def _check_task(e2p_model, task: str) -> None:
+    if e2p_model.task != task:
+        raise ValueError(f"this E2P model was loaded for '{e2p_model.task}'; set task = '{task}' in the loader "
+                         f"(with the {task} weights) for this node")
+
+
+def _run(e2p_model, vae, image, task, processing_resolution, resize_mode, steps, seed, hints=None, num_points=10):
+    _check_task(e2p_model, task)
+    progress = comfy.utils.ProgressBar(image.shape[0])
+    return pipeline.predict_task(e2p_model.patcher, vae, e2p_model.cond, e2p_model.pooled, image, task,
+                                 processing_resolution, resize_mode, steps, seed, hints, num_points,
+                                 on_item_done=lambda _: progress.update(1))
+
+
+class E2PDepth:
+    DESCRIPTION = ("Relative depth in one FLUX pass. Output is sqrt-space depth: affine in sqrt(depth), near = dark, "
+                   "far = bright, float. Use SqrtDecode for disparity (ControlNet), linear or metric depth.")
+    CATEGORY = CATEGORY
+    FUNCTION = "predict"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("sqrt_depth",)
+    OUTPUT_TOOLTIPS = ("Sqrt-space depth in [0, 1], near = 0 (dark), 3 equal channels, at the input size.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": _prediction_inputs()}
+
+    def predict(self, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed):
+        depth, _ = _run(e2p_model, vae, image, "depth", processing_resolution, resize_mode, steps, seed)
+        return (depth[..., None].expand(*depth.shape, 3).contiguous(),)
+
+
+class E2PNormal:
+    DESCRIPTION = ("Camera-space surface normals in one FLUX pass, as an RGB normal map ((n + 1) / 2, float). The "
+                   "model's own convention is ControlNet/BAE: red = left, green = up, blue = towards the viewer.")
+    CATEGORY = CATEGORY
+    FUNCTION = "predict"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("normal_map",)
+    OUTPUT_TOOLTIPS = ("Unit normals encoded as (n + 1) / 2 in the chosen convention, at the input size.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = _prediction_inputs()
+        inputs["convention"] = (list(representations.NORMAL_CONVENTIONS), {
+            "default": "controlnet_bae",
+            "tooltip": "controlnet_bae: +X left, +Y up (ControlNet normalbae, the model's own). opengl_camera: +X right, "
+                       "+Y up (Marigold, OpenGL). directx: +X right, +Y down."})
+        for axis in "xyz":
+            inputs[f"flip_{axis}"] = ("BOOLEAN", {"default": False, "tooltip": f"Negate the {axis.upper()} component "
+                                                                               "after the convention."})
+        return {"required": inputs}
+
+    def predict(self, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, convention,
+                flip_x, flip_y, flip_z):
+        normals, _ = _run(e2p_model, vae, image, "normal", processing_resolution, resize_mode, steps, seed)
+        converted = representations.convert_normals(normals, convention, flip_x, flip_y, flip_z)
+        return (representations.normals_to_rgb(converted),)
+
+
+def _parse_box(text: str, width: int, height: int):
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",")]
+    except ValueError:
+        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got '{text}'")
+    if len(values) != 4:
+        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got {len(values)}")
+    if all(0.0 <= v <= 1.0 for v in values):
+        values = [values[0] * width, values[1] * height, values[2] * width, values[3] * height]
+    representations.box_region(tuple(values), height, width)
+    return tuple(values)
+
+
+def matting_hints(image: torch.Tensor, points: str, box: str, hint_mask: torch.Tensor | None):
+    """One MattingHints per image from the node inputs; a single mask is shared by every image."""
+    batch, height, width = image.shape[0], image.shape[1], image.shape[2]
+    clicks = representations.parse_points(points, width, height)
+    parsed_box = _parse_box(box, width, height)
+    masks = [None] * batch
+    if hint_mask is not None:
+        mask = hint_mask if hint_mask.dim() == 3 else hint_mask[None]
+        if mask.shape[0] not in (1, batch):
+            raise ValueError(f"hint_mask has {mask.shape[0]} masks for {batch} images; give one, or one per image")
+        if mask.shape[-2:] != (height, width):
+            mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width), mode="nearest-exact")[:, 0]
+        masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
+    return [pipeline.MattingHints(clicks if len(clicks) else None, masks[i], parsed_box) for i in range(batch)]
+
+
+class E2PMatting:
+    DESCRIPTION = ("Interactive alpha matting: mark the subject with points, a box or a painted mask (any mix); the "
+                   "hints are turned into the point map the model was trained on. With no hint the model mattes the "
+                   "salient object.")
+    CATEGORY = CATEGORY
+    FUNCTION = "predict"
+    RETURN_TYPES = ("MASK", "IMAGE", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("alpha", "rgba", "foreground", "hint_map")
+    OUTPUT_TOOLTIPS = ("Alpha matte in [0, 1] at the input size.",
+                       "The image with the matte as its alpha channel (save as PNG to keep it).",
+                       "The image multiplied by the matte (black background).",
+                       "The point map the model saw, for checking the hints.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = _prediction_inputs()
+        inputs["points"] = ("STRING", {
+            "default": "", "multiline": True,
+            "tooltip": "JSON list of clicks on the subject: [[x, y], ...] in pixels, fractions in [0, 1], or "
+                       "[{\"x\":..,\"y\":..}] from a points editor. Each click marks a disc as in the official demo."})
+        inputs["box"] = ("STRING", {"default": "", "tooltip": "Optional 'x0, y0, x1, y1' around the subject "
+                                                              "(pixels or fractions)."})
+        inputs["num_points"] = ("INT", {"default": representations.HINT_POINT_COUNT, "min": 1, "max": 64,
+                                        "tooltip": "Gaussian points drawn inside the marked area (10 as trained)."})
+        return {"required": inputs, "optional": {
+            "hint_mask": ("MASK", {"tooltip": "Painted area on the subject (white = foreground), e.g. from the mask "
+                                              "editor; widened as in the official demo."})}}
+
+    def predict(self, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
+                num_points, hint_mask=None):
+        hints = matting_hints(image, points, box, hint_mask)
+        alpha, hint_maps = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode, steps, seed,
+                                hints, num_points)
+        rgb = image[..., :3].float().clamp(0.0, 1.0)
+        rgba = torch.cat([rgb, alpha[..., None]], dim=-1)
+        hint_preview = hint_maps[..., None].expand(*hint_maps.shape, 3).contiguous()
+        return (alpha, rgba, rgb * alpha[..., None], hint_preview)
