@@ -133,3 +133,25 @@ def diffusers_lora(pairs, bfl: dict[str, torch.Tensor], prefix: str = "transform
 def conditioning(seed: int = 3, tokens: int = TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(1, tokens, CONTEXT_DIM, generator=g), torch.randn(1, POOLED_DIM, generator=g)
+
+
+def flux_vae_state_dict(seed: int = 7) -> dict[str, torch.Tensor]:
+    """Random weights in the FLUX ae layout (what VAELoader detects as the FLUX VAE); needs ComfyUI importable.
+
+    The architecture is ComfyUI's own (built from a one-key state dict), the values are seeded: conv/linear
+    weights ~ N(0, 1/fan_in), norms at identity.
+    """
+    import comfy.sd
+
+    skeleton = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 16, 3, 3)})
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, tensor in skeleton.first_stage_model.state_dict().items():
+        if name.endswith(".bias"):
+            out[name] = torch.zeros(tensor.shape)
+        elif tensor.dim() == 1:
+            out[name] = torch.ones(tensor.shape)
+        else:
+            fan_in = tensor[0].numel()
+            out[name] = torch.randn(tensor.shape, generator=g) / fan_in ** 0.5
+    return out

@@ -1,0 +1,214 @@
+"""One-step prediction through ComfyUI: every file format gives the same latent, and the latent equals a
+hand-assembled official step (independent token layout, time embedding and Euler update)."""
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+
+import tiny_models as tm
+
+pytestmark = pytest.mark.usefixtures("comfy_inprocess")
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def weights():
+    bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=11)
+    return bfl, tm.lora_pairs(bfl, rank=4, seed=12)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(5)
+    image_ref = torch.randn(1, 16, 8, 12, generator=g)
+    hint_ref = torch.randn(1, 16, 8, 12, generator=g)
+    cond, pooled = tm.conditioning()
+    return image_ref, hint_ref, cond, pooled
+
+
+def predict(path, inputs, lora=None, references=1, steps=1, time_embedding="auto", dtype="fp32"):
+    from e2p_core import loader, sampling
+
+    image_ref, hint_ref, cond, pooled = inputs
+    e2p = loader.load_e2p_checkpoint(str(path), dtype, str(lora) if lora else None, 1.0, time_embedding)
+    refs = [image_ref, hint_ref][:references]
+    with torch.inference_mode():
+        return sampling.predict_latent(e2p.patcher, refs, cond, pooled, seed=42, steps=steps)
+
+
+@pytest.fixture(scope="module")
+def merged_reference(tmp_path_factory, weights, inputs):
+    bfl, pairs = weights
+    path = tm.write(str(tmp_path_factory.mktemp("merged") / "merged.safetensors"), tm.merged(bfl, pairs))
+    return predict(path, inputs)
+
+
+@pytest.fixture(scope="module")
+def base_reference(tmp_path_factory, weights, inputs):
+    path = tm.write(str(tmp_path_factory.mktemp("base") / "base.safetensors"), weights[0])
+    return predict(path, inputs)
+
+
+@pytest.mark.parametrize("layout,prefix", [("bfl", ""), ("bfl", "model.diffusion_model."), ("diffsynth", ""),
+                                           ("diffsynth", "pipe.dit."), ("diffusers", ""), ("diffusers", "transformer.")])
+def test_full_checkpoint_layouts_agree(tmp_path, weights, inputs, base_reference, layout, prefix):
+    path = tm.write(str(tmp_path / "e2p.safetensors"), tm.in_layout(weights[0], layout, prefix))
+    latent = predict(path, inputs)
+    assert latent.shape == (1, 16, 8, 12)
+    assert (latent - base_reference).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("lora_format", ["kohya", "diffsynth_peft", "diffsynth_peft_prefixed", "diffusers",
+                                         "diffusers_bare"])
+def test_lora_on_base_equals_merged_weights(tmp_path, weights, inputs, merged_reference, base_reference, lora_format):
+    bfl, pairs = weights
+    depth, single = 1, 1
+    lora = {
+        "kohya": lambda: tm.kohya_lora(pairs),
+        "diffsynth_peft": lambda: tm.diffsynth_peft_lora(pairs, depth, single),
+        "diffsynth_peft_prefixed": lambda: tm.diffsynth_peft_lora(pairs, depth, single, prefix="pipe.dit."),
+        "diffusers": lambda: tm.diffusers_lora(pairs, bfl),
+        "diffusers_bare": lambda: tm.diffusers_lora(pairs, bfl, prefix=""),
+    }[lora_format]()
+    base = tm.write(str(tmp_path / "kontext.safetensors"), bfl)
+    lora_path = tm.write(str(tmp_path / "depth_lora.safetensors"), lora)
+    latent = predict(base, inputs, lora=lora_path)
+    assert (latent - merged_reference).abs().max() <= TOLERANCE
+    assert (latent - base_reference).abs().max() > 100 * TOLERANCE
+
+
+def test_lora_report_counts_modules(tmp_path, weights):
+    from e2p_core import loader
+
+    bfl, pairs = weights
+    base = tm.write(str(tmp_path / "kontext.safetensors"), bfl)
+    lora_path = tm.write(str(tmp_path / "lora.safetensors"), tm.kohya_lora(pairs))
+    e2p = loader.load_e2p_checkpoint(base, "fp32", lora_path)
+    assert f"LoRA: {len(pairs)} of {len(pairs)} modules applied" in e2p.description
+
+
+def test_fp8_file_loads_like_its_dequantised_weights(tmp_path, weights, inputs):
+    fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in weights[0].items()}
+    dequantised = {k: v.to(torch.float32) for k, v in fp8.items()}
+    fp8_path = tm.write(str(tmp_path / "fp8.safetensors"), fp8)
+    fp32_path = tm.write(str(tmp_path / "fp32.safetensors"), dequantised)
+    expected = predict(fp32_path, inputs)
+    assert (predict(fp8_path, inputs) - expected).abs().max() <= TOLERANCE
+    stored_fp8 = predict(fp8_path, inputs, dtype="fp8_e4m3fn")
+    assert (stored_fp8 - expected).abs().max() <= TOLERANCE
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Independent computation of the official step
+# ----------------------------------------------------------------------------------------------------------------
+
+def bf16_round(values: np.ndarray) -> np.ndarray:
+    """Round float32 to the nearest bfloat16 (ties to even) with integer arithmetic on the bit pattern."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def independent_official_embedding(sigma: float) -> torch.Tensor:
+    timestep = bf16_round(np.float32(1000.0 * sigma))
+    frequencies = bf16_round(np.exp(-np.log(10000.0) * np.arange(128) / 128.0).astype(np.float32))
+    angles = (timestep * frequencies).astype(np.float32)
+    return torch.from_numpy(np.concatenate([np.cos(angles), np.sin(angles)])[None].astype(np.float32))
+
+
+def stock_embedding(sigma: float) -> torch.Tensor:
+    """ComfyUI's own FLUX embedding (float32 frequencies), what the fp32_frequencies switch must give."""
+    import comfy.ldm.flux.layers
+
+    return comfy.ldm.flux.layers.timestep_embedding(torch.tensor([sigma]), 256)
+
+
+def hand_velocity(bfl, x_model, refs_raw, cond, pooled, sigma, embedding):
+    """FLUX velocity with tokens and positions laid out by hand: target ids (0, r, c), every reference (1, r, c)."""
+    from e2p_core import loader
+
+    patcher, _ = loader.build_flux_patcher(dict(bfl), "fp32")
+    model = patcher.model
+    flux = model.diffusion_model
+    hook = flux.time_in.register_forward_pre_hook(lambda module, args: (embedding(sigma).to(args[0]),))
+    try:
+        h, w = x_model.shape[-2] // 2, x_model.shape[-1] // 2
+        grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), dim=-1).reshape(-1, 2).float()
+        def tokens(latent, index):
+            ids = torch.cat([torch.full((grid.shape[0], 1), float(index)), grid], dim=1)[None]
+            return rearrange(latent, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2), ids
+        parts = [tokens(x_model, 0)] + [tokens(model.process_latent_in(r), 1) for r in refs_raw]
+        img = torch.cat([p[0] for p in parts], dim=1)
+        ids = torch.cat([p[1] for p in parts], dim=1)
+        out = flux.forward_orig(img, ids, cond, torch.zeros(1, cond.shape[1], 3), torch.tensor([sigma]), pooled,
+                                torch.tensor([1.0]))
+        out = out[:, :h * w]
+        return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h, w=w, ph=2, pw=2)
+    finally:
+        hook.remove()
+
+
+def to_raw(model_space):
+    return model_space / 0.3611 + 0.1159
+
+
+@pytest.mark.parametrize("references", [1, 2])
+def test_one_step_equals_hand_written_official_step(tmp_path, weights, inputs, references):
+    from e2p_core import sampling, schedule
+
+    bfl = weights[0]
+    image_ref, hint_ref, cond, pooled = inputs
+    noise = sampling.seeded_noise((1, 16, 8, 12), 42)
+    with torch.inference_mode():
+        v = hand_velocity(bfl, noise, [image_ref, hint_ref][:references], cond, pooled, 1.0,
+                          independent_official_embedding)
+    sigma_end = schedule.one_step_landing_sigma()
+    assert sigma_end == pytest.approx(0.009 / 1.008, abs=1e-7)      # shift 3 of 0.003/1.002, in closed form
+    expected = to_raw(noise + (sigma_end - 1.0) * v)
+    path = tm.write(str(tmp_path / "e2p.safetensors"), bfl)
+    assert torch.allclose(predict(path, inputs, references=references), expected, rtol=1e-5, atol=TOLERANCE)
+
+
+def test_stock_time_embedding_switch(tmp_path, weights, inputs):
+    from e2p_core import sampling, schedule
+
+    bfl = weights[0]
+    image_ref, _, cond, pooled = inputs
+    noise = sampling.seeded_noise((1, 16, 8, 12), 42)
+    with torch.inference_mode():
+        v = hand_velocity(bfl, noise, [image_ref], cond, pooled, 1.0, stock_embedding)
+    expected = to_raw(noise + (schedule.one_step_landing_sigma() - 1.0) * v)
+    path = tm.write(str(tmp_path / "e2p.safetensors"), bfl)
+    stock = predict(path, inputs, time_embedding="fp32_frequencies")
+    assert torch.allclose(stock, expected, rtol=1e-5, atol=TOLERANCE)
+    assert (stock - predict(path, inputs)).abs().max() > 1e-3
+
+
+def test_official_embedding_is_bf16_rounded_and_differs_from_stock():
+    import comfy.ldm.flux.layers
+    from e2p_core import patches
+
+    official = patches.official_time_embedding(torch.tensor([1.0]))
+    assert torch.allclose(official, independent_official_embedding(1.0), atol=1e-6)
+    stock = comfy.ldm.flux.layers.timestep_embedding(torch.tensor([1.0]), 256)
+    difference = (official - stock).abs()
+    assert 0.9 < difference.max() < 1.3          # the fidelity sheet measured up to ~1.14 at t = 1000
+    assert int((difference > 0.1).sum()) > 20
+
+
+def test_n_step_mode_follows_the_official_sigma_list(tmp_path, weights, inputs):
+    from e2p_core import sampling
+
+    bfl = weights[0]
+    image_ref, _, cond, pooled = inputs
+    official_sigmas = [1.0, 0.857692, 0.602151, 0.008929, 0.0]      # the release's 4-step table
+    x = sampling.seeded_noise((1, 16, 8, 12), 42)
+    with torch.inference_mode():
+        for sigma, next_sigma in zip(official_sigmas[:-1], official_sigmas[1:]):
+            v = hand_velocity(bfl, x, [image_ref], cond, pooled, sigma, independent_official_embedding)
+            x = x + (next_sigma - sigma) * v
+    path = tm.write(str(tmp_path / "e2p.safetensors"), bfl)
+    latent = predict(path, inputs, steps=4)
+    assert (latent - to_raw(x)).abs().max() <= 1e-4     # the table above is printed to 6 decimals
