@@ -1,0 +1,226 @@
+"""The nodes as ComfyUI runs them (in-process): model folders, conditioning cache, the three tasks, decoding."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_models as tm
+from e2p_core import conditioning, representations
+from e2p_core.conditioning_file import save_conditioning
+from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+
+
+class FakeFluxClip:
+    """Duck-typed CLIP: records how it is asked to tokenize and returns fixed tensors (ComfyUI's real FLUX text
+    encoders are 5B parameters; the tokenizer is tested for real below)."""
+
+    def __init__(self, seed=21):
+        self.cond, self.pooled = tm.conditioning(seed)
+        self.cond_stage_model = torch.nn.Linear(3, 3)
+        torch.nn.init.constant_(self.cond_stage_model.weight, float(seed))
+        self.tokenize_calls = []
+        self.encode_calls = 0
+
+    def tokenize(self, text, **kwargs):
+        self.tokenize_calls.append((text, kwargs))
+        return {"text": text}
+
+    def encode_from_tokens_scheduled(self, tokens):
+        self.encode_calls += 1
+        return [[self.cond.clone(), {"pooled_output": self.pooled.clone()}]]
+
+
+@pytest.fixture(scope="module")
+def installed(comfy_inprocess):
+    """Tiny weights placed where a user puts the real ones."""
+    models = comfy_inprocess.models_dir
+    bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=31)
+    tm.write(str(models / "edit2perceive" / "tiny_e2p.safetensors"), tm.in_layout(bfl, "diffsynth"))
+    tm.write(str(models / "edit2perceive" / "tiny_normal_tagged.safetensors"), bfl, {META_TASK: "normal"})
+    tm.write(str(models / "vae" / "tiny_ae.safetensors"), tm.flux_vae_state_dict())
+    for task in TASK_PROMPTS:
+        cond, pooled = tm.conditioning(seed=40 + len(task))
+        path = conditioning.cache_file(str(models / "embeddings"), task, "testencoder")
+        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    return comfy_inprocess
+
+
+def load(installed, task, checkpoint="tiny_e2p.safetensors", **overrides):
+    options = dict(checkpoint=checkpoint, weight_dtype="fp32", task=task, lora="none", lora_strength=1.0,
+                   time_embedding="auto")
+    options.update(overrides)
+    return installed.run_node("LoadE2PModel", **options)
+
+
+@pytest.fixture(scope="module")
+def vae(installed):
+    return installed.run_node("VAELoader", vae_name="tiny_ae.safetensors")[0]
+
+
+def image_batch(frames=2, height=40, width=56, seed=0):
+    return torch.rand(frames, height, width, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def task_inputs(e2p, vae, image, **overrides):
+    inputs = dict(e2p_model=e2p, vae=vae, image=image, processing_resolution=64, resize_mode="aspect", steps=1,
+                  seed=42)
+    inputs.update(overrides)
+    return inputs
+
+
+def test_nodes_are_registered_with_tooltips(installed):
+    for name in ("LoadE2PModel", "E2PModelFromMODEL", "E2PDepth", "E2PNormal", "E2PMatting", "SqrtDecode",
+                 "E2PColorizeDepth"):
+        node = installed.node_class_mappings[name]
+        for section in node.INPUT_TYPES().values():
+            for input_name, spec in section.items():
+                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_model_folder_lists_only_safetensors(installed):
+    (installed.models_dir / "edit2perceive" / "README.txt").write_text("put weights here")
+    choices = installed.node_class_mappings["LoadE2PModel"].INPUT_TYPES()["required"]["checkpoint"][0]
+    assert "tiny_e2p.safetensors" in choices and "README.txt" not in choices
+
+
+def test_depth_node(installed, vae):
+    e2p, model, info = load(installed, "depth")
+    assert "diffsynth layout" in info and "conditioning: cache" in info
+    image = image_batch()
+    (depth,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
+    assert depth.shape == image.shape and depth.min() >= 0 and depth.max() <= 1
+    assert torch.equal(depth[..., 0], depth[..., 2])
+    (again,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
+    assert torch.equal(depth, again)
+
+
+def test_identical_frames_get_identical_predictions(installed, vae):
+    e2p, _, _ = load(installed, "depth")
+    frame = image_batch(1)
+    (depth,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, frame.repeat(2, 1, 1, 1)))
+    assert torch.equal(depth[0], depth[1])
+
+
+def test_reference_mode_and_native_resolution(installed, vae):
+    e2p, _, _ = load(installed, "depth")
+    image = image_batch(1, 30, 50)
+    for overrides in ({"resize_mode": "reference"}, {"processing_resolution": 0}):
+        (depth,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image, **overrides))
+        assert depth.shape == image.shape
+
+
+def test_normal_node_conventions(installed, vae):
+    e2p, _, _ = load(installed, "normal")
+    image = image_batch(1)
+    flips = dict(flip_x=False, flip_y=False, flip_z=False)
+    (bae,) = installed.run_node("E2PNormal", **task_inputs(e2p, vae, image), convention="controlnet_bae", **flips)
+    (gl,) = installed.run_node("E2PNormal", **task_inputs(e2p, vae, image), convention="opengl_camera", **flips)
+    normals = representations.rgb_to_normals(bae)
+    assert torch.allclose(torch.linalg.vector_norm(bae * 2 - 1, dim=-1), torch.ones(bae.shape[:-1]), atol=1e-4)
+    assert torch.allclose(gl[..., 0], 1 - bae[..., 0], atol=1e-6) and torch.equal(gl[..., 1:], bae[..., 1:])
+    assert normals.shape == image.shape
+
+
+def test_matting_node_outputs_and_hints(installed, vae):
+    e2p, _, _ = load(installed, "matting")
+    image = image_batch(2, 48, 64)
+    common = task_inputs(e2p, vae, image, num_points=10, box="")
+    alpha, rgba, foreground, hint_map = installed.run_node("E2PMatting", **common, points="[[20, 24]]")
+    assert alpha.shape == (2, 48, 64) and rgba.shape == (2, 48, 64, 4) and foreground.shape == image.shape
+    assert torch.equal(rgba[..., 3], alpha) and torch.allclose(foreground, image * alpha[..., None])
+    assert hint_map.max() > 0.5
+    no_hint = installed.run_node("E2PMatting", **common, points="")
+    assert no_hint[3].max() == 0 and not torch.equal(no_hint[0], alpha)
+    mask = torch.zeros(1, 48, 64)
+    mask[0, 10:30, 10:40] = 1
+    painted = installed.run_node("E2PMatting", **common, points="", hint_mask=mask)
+    assert painted[3].max() > 0.5
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"points": "[[20, 24"}, "JSON"), ({"points": "[[900, 24]]"}, "outside"),
+    ({"box": "5, 5, 5, 20"}, "no area"), ({"box": "1, 2"}, "four numbers"),
+    ({"hint_mask": torch.ones(3, 48, 64)}, "3 masks for 2 images"),
+])
+def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
+    e2p, _, _ = load(installed, "matting")
+    options = dict(points="", box="")
+    options.update(inputs)
+    with pytest.raises(ValueError, match=message):
+        installed.run_node("E2PMatting", **task_inputs(e2p, vae, image_batch(2, 48, 64)), num_points=10, **options)
+
+
+def test_task_mismatches_are_refused(installed, vae):
+    with pytest.raises(ValueError, match="trained for 'normal'"):
+        load(installed, "depth", checkpoint="tiny_normal_tagged.safetensors")
+    e2p, _, _ = load(installed, "depth")
+    with pytest.raises(ValueError, match="loaded for 'depth'"):
+        installed.run_node("E2PNormal", **task_inputs(e2p, vae, image_batch(1)), convention="controlnet_bae",
+                           flip_x=False, flip_y=False, flip_z=False)
+
+
+def test_missing_conditioning_names_the_fix(installed, tmp_path, monkeypatch):
+    paths = installed.pack_module.nodes.model_paths
+    monkeypatch.setattr(paths, "conditioning_cache_folder", lambda: str(tmp_path))
+    with pytest.raises(installed.pack_module.e2p_core.conditioning.ConditioningUnavailable, match="DualCLIPLoader"):
+        load(installed, "depth")
+
+
+def test_clip_is_encoded_once_then_cached(tmp_path):
+    clip = FakeFluxClip()
+    cond, pooled, source = conditioning.resolve_conditioning("normal", str(tmp_path), clip)
+    assert source.startswith("encoded") and clip.encode_calls == 1
+    text, kwargs = clip.tokenize_calls[0]
+    assert text == TASK_PROMPTS["normal"] and kwargs["tokenizer_options"] == {"t5xxl_min_length": 512}
+    cached = conditioning.resolve_conditioning("normal", str(tmp_path), clip)
+    assert cached[2].startswith("cache") and clip.encode_calls == 1 and torch.equal(cached[0], cond)
+    without_clip = conditioning.resolve_conditioning("normal", str(tmp_path), None)
+    assert torch.equal(without_clip[1], pooled)
+    other = FakeFluxClip(seed=22)
+    conditioning.resolve_conditioning("normal", str(tmp_path), other)
+    assert other.encode_calls == 1, "another encoder must not reuse this encoder's cache"
+    assert not [f for f in os.listdir(tmp_path / "edit2perceive") if f.startswith(".partial")]
+
+
+def test_corrupt_cache_is_reencoded(tmp_path):
+    clip = FakeFluxClip()
+    path = conditioning.cache_file(str(tmp_path), "depth", conditioning.encoder_fingerprint(clip))
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as handle:
+        handle.write(b"\x10\x00\x00\x00garbage")
+    conditioning.resolve_conditioning("depth", str(tmp_path), clip)
+    assert clip.encode_calls == 1
+    assert conditioning.resolve_conditioning("depth", str(tmp_path), None)[2].startswith("cache")
+
+
+def test_unwritable_cache_still_works(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "edit2perceive").write_text("a file where the cache folder should be: nothing can be written")
+    _, _, source = conditioning.resolve_conditioning("depth", str(blocked), FakeFluxClip())
+    assert source == "encoded (cache not writable)"
+
+
+def test_comfy_flux_tokenizer_pads_t5_to_512(comfy_inprocess):
+    import comfy.text_encoders.flux
+
+    tokenizer = comfy.text_encoders.flux.FluxTokenizer()
+    tokens = tokenizer.tokenize_with_weights(TASK_PROMPTS["depth"], tokenizer_options={"t5xxl_min_length": 512})
+    assert len(tokens["t5xxl"][0]) == 512
+    assert len(tokenizer.tokenize_with_weights(TASK_PROMPTS["depth"])["t5xxl"][0]) == 256
+
+
+def test_sqrt_decode_and_colorize(installed):
+    y = torch.linspace(0, 1, 16).reshape(1, 4, 4, 1).expand(1, 4, 4, 3)
+    common = dict(sqrt_depth=y, near=0.5, far=10.0, normalization="per_image")
+    disparity, mask = installed.run_node("SqrtDecode", output="disparity", **common)
+    assert disparity[0, 0, 0, 0] == 1 and disparity[0, -1, -1, 0] == 0 and torch.equal(mask, disparity[..., 0])
+    (metric, _) = installed.run_node("SqrtDecode", output="metric_depth", **common)
+    assert metric[0, 0, 0, 0] == pytest.approx(0.5) and metric[0, -1, -1, 0] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="far"):
+        installed.run_node("SqrtDecode", output="disparity", **{**common, "far": 0.1})
+    (colored,) = installed.run_node("E2PColorizeDepth", depth=y, colormap="spectral", invert=False)
+    assert colored.shape == y.shape
+    assert torch.allclose(colored[0, 0, 0], torch.tensor([158, 1, 66]) / 255.0)
