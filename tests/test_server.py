@@ -1,0 +1,142 @@
+"""The pack inside a real ComfyUI 0.3.75 server: API prompts for the three tasks, compared with the in-process
+core call, and failures that stay node errors while the server keeps serving."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiny_models as tm
+from e2p_core import conditioning
+from e2p_core.conditioning_file import save_conditioning
+from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+
+pytestmark = pytest.mark.server
+
+IMAGE_NAME = "e2p_test.png"
+RESOLUTION = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory, comfy_inprocess):
+    """One set of tiny model files and a test image, reused by the server and the in-process comparison."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=51)
+    files = {
+        "edit2perceive/e2p_tiny.safetensors": tm.write(str(root / "e2p_tiny.safetensors"), tm.in_layout(bfl, "diffsynth")),
+        "vae/ae_tiny.safetensors": tm.write(str(root / "ae_tiny.safetensors"), tm.flux_vae_state_dict()),
+    }
+    for task in TASK_PROMPTS:
+        cond, pooled = tm.conditioning(seed=60 + len(task))
+        path = conditioning.cache_file(str(root / "embeddings"), task, "testencoder")
+        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+        files[f"embeddings/edit2perceive/{path.rsplit('/', 1)[-1]}"] = path
+    pixels = (np.random.default_rng(3).random((40, 56, 3)) * 255).astype(np.uint8)
+    image_path = root / IMAGE_NAME
+    Image.fromarray(pixels).save(image_path)
+    return files, image_path
+
+
+def install(files, image_path):
+    def prepare(base_dir):
+        for relative, source in files.items():
+            target = base_dir / "models" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        (base_dir / "input").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image_path, base_dir / "input" / IMAGE_NAME)
+    return prepare
+
+
+def task_prompt(task, checkpoint="e2p_tiny.safetensors", points=""):
+    prompt = {
+        "1": {"class_type": "LoadE2PModel", "inputs": {"checkpoint": checkpoint, "weight_dtype": "fp32", "task": task,
+                                                       "lora": "none", "lora_strength": 1.0, "time_embedding": "auto"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": "ae_tiny.safetensors"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": IMAGE_NAME}},
+    }
+    common = {"e2p_model": ["1", 0], "vae": ["2", 0], "image": ["3", 0], "processing_resolution": RESOLUTION,
+              "resize_mode": "aspect", "steps": 1, "seed": 42}
+    if task == "depth":
+        prompt["4"] = {"class_type": "E2PDepth", "inputs": common}
+        prompt["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "depth"}}
+    elif task == "normal":
+        prompt["4"] = {"class_type": "E2PNormal", "inputs": {**common, "convention": "controlnet_bae",
+                                                              "flip_x": False, "flip_y": False, "flip_z": False}}
+        prompt["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "normal"}}
+    else:
+        prompt["4"] = {"class_type": "E2PMatting", "inputs": {**common, "points": points, "box": "",
+                                                               "num_points": 10}}
+        prompt["6"] = {"class_type": "MaskToImage", "inputs": {"mask": ["4", 0]}}
+        prompt["5"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "alpha"}}
+    return prompt
+
+
+def saved_image(server, entry, node="5"):
+    info = entry["outputs"][node]["images"][0]
+    return np.asarray(Image.open(io.BytesIO(server.fetch_output(info))).convert("RGB"))
+
+
+def free_cache(server):
+    """POST /free: the next prompt re-executes every node instead of reusing cached outputs."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    session.post(f"{server.url}/free", json={"free_memory": True}, timeout=30).raise_for_status()
+
+
+def in_process(files, image_path, task, points=""):
+    """The same prediction through e2p_core directly, quantised the way SaveImage does."""
+    from e2p_core import api, pipeline, representations
+
+    predictor = api.E2PPredictor.from_files(task, files["edit2perceive/e2p_tiny.safetensors"],
+                                            [p for k, p in files.items() if f"/{task}-" in k][0],
+                                            vae=files["vae/ae_tiny.safetensors"], dtype="fp32")
+    image = torch.from_numpy(np.asarray(Image.open(image_path).convert("RGB")).astype(np.float32) / 255.0)[None]
+    hints = None
+    if task == "matting":
+        clicks = representations.parse_points(points, image.shape[2], image.shape[1])
+        hints = [pipeline.MattingHints(clicks if len(clicks) else None)]
+    prediction = predictor.predict(image, hints=hints, processing_resolution=RESOLUTION)
+    if task == "normal":
+        rgb = representations.normals_to_rgb(prediction)
+    else:
+        rgb = prediction[..., None].expand(*prediction.shape, 3)
+    return np.clip(rgb[0].numpy() * 255.0, 0, 255).astype(np.uint8)
+
+
+def test_three_tasks_through_the_api_match_the_core(comfy_server, tiny_files):
+    files, image_path = tiny_files
+    server = comfy_server(prepare=install(files, image_path))
+    server.assert_pack_imported()
+    for node in ("LoadE2PModel", "E2PDepth", "E2PNormal", "E2PMatting", "SqrtDecode"):
+        assert node in server.object_info(node)
+    for task, points in (("depth", ""), ("normal", ""), ("matting", "[[20, 15]]")):
+        entry = server.run_prompt(task_prompt(task, points=points), timeout=300)
+        output = saved_image(server, entry)
+        assert output.shape == (40, 56, 3)
+        expected = in_process(files, image_path, task, points)
+        assert np.abs(output.astype(int) - expected.astype(int)).max() <= 1, task
+        free_cache(server)
+        again = saved_image(server, server.run_prompt(task_prompt(task, points=points), timeout=300))
+        assert np.array_equal(output, again), f"{task} is not deterministic across runs"
+
+
+def test_errors_are_node_errors_and_the_server_keeps_serving(comfy_server, tiny_files):
+    files, image_path = tiny_files
+    server = comfy_server(prepare=install(files, image_path))
+    status, reply = server.post_prompt(task_prompt("depth", checkpoint="missing.safetensors"))
+    assert status == 400 and "1" in reply["node_errors"]
+    status, reply = server.post_prompt(task_prompt("matting", points="[[20, 15"))
+    assert status == 200
+    entry = server.wait_for(reply["prompt_id"], timeout=300)
+    assert entry["status"]["status_str"] == "error"
+    error = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert error["node_type"] == "E2PMatting" and "JSON" in error["exception_message"]
+    assert server.system_stats()["system"]
+    entry = server.run_prompt(task_prompt("depth"), timeout=300)
+    assert saved_image(server, entry).shape == (40, 56, 3)
