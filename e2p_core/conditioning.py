@@ -55,6 +55,16 @@ def cached_files(folder: str, task: str) -> list[str]:
     return sorted(glob.glob(pattern), key=os.path.getmtime, reverse=True)
 
 
+def set_aside(path: str) -> str:
+    """Rename an unusable file out of the way instead of overwriting it: nothing a user had is lost."""
+    stamp = 0
+    while os.path.exists(f"{path}.unusable{stamp or ''}"):
+        stamp += 1
+    target = f"{path}.unusable{stamp or ''}"
+    os.replace(path, target)
+    return target
+
+
 def encode_task_prompt(clip, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """T5 sequence [1, 512, 4096] and CLIP-L pooled [1, 768] of the task prompt."""
     tokens = clip.tokenize(TASK_PROMPTS[check_task(task)],
@@ -84,6 +94,8 @@ def resolve_conditioning(task: str, cache_folder: str, clip=None) -> tuple[torch
         cond, pooled = encode_task_prompt(clip, task)
         metadata = {META_TASK: task, META_PROMPT: TASK_PROMPTS[task], META_ENCODER: fingerprint}
         try:
+            if os.path.exists(path):
+                log.warning("Edit2Perceive: kept the unusable %s as %s", path, set_aside(path))
             save_conditioning(path, cond, pooled, metadata)
             source = f"encoded, cached as {os.path.basename(path)}"
         except OSError as error:

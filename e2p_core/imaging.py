@@ -8,11 +8,14 @@ prediction, which is resized back bilinearly. ``reference``: the official entry 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("edit2perceive")
 
 MULTIPLE = 16
 RESIZE_MODES = ("aspect", "reference")
@@ -65,10 +68,11 @@ def plan_canvas(height: int, width: int, processing_resolution: int, mode: str =
         raise ImageSizeError(
             f"processing {canvas.padded_width}x{canvas.padded_height} px exceeds the {MAX_WORKING_PIXELS // 10**6} MP "
             "limit of one pass; lower processing_resolution (768 is what the model was trained at)")
-    ratio = max(canvas.content_height, canvas.content_width) / min(canvas.content_height, canvas.content_width)
+    ratio = max(height, width) / min(height, width)
     if mode == "aspect" and ratio > MAX_ASPECT_RATIO:
-        raise ImageSizeError(f"the aspect ratio {ratio:.0f}:1 is beyond {MAX_ASPECT_RATIO:.0f}:1; the short side would "
-                             "be only a few latent pixels. Crop the image or use resize_mode 'reference'")
+        log.warning("Edit2Perceive: aspect ratio %.0f:1 leaves the short side %d px at the working size; expect poor "
+                    "results (crop the image, or use resize_mode 'reference')", ratio,
+                    min(canvas.content_height, canvas.content_width))
     return canvas
 
 

@@ -193,6 +193,8 @@ def test_corrupt_cache_is_reencoded(tmp_path):
     conditioning.resolve_conditioning("depth", str(tmp_path), clip)
     assert clip.encode_calls == 1
     assert conditioning.resolve_conditioning("depth", str(tmp_path), None)[2].startswith("cache")
+    with open(path + ".unusable", "rb") as handle:
+        assert handle.read() == b"\x10\x00\x00\x00garbage", "the unusable file must be kept, not overwritten"
 
 
 def test_unwritable_cache_still_works(tmp_path):
