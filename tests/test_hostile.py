@@ -129,3 +129,32 @@ def test_very_large_image_is_resized_not_processed_natively(predictor):
 def test_empty_batch(predictor):
     with pytest.raises(ValueError, match="empty"):
         predictor.predict(torch.zeros(0, 16, 16, 3), processing_resolution=32)
+
+
+def test_novram_partial_loading_matches_full_load(tmp_path, monkeypatch):
+    """ComfyUI's --novram path (every weight offloaded, cast per forward, LoRA applied by LowVramPatch) gives the
+    same prediction. On a CPU-only machine ComfyUI refuses --novram together with --cpu, so the test switches its
+    memory state in-process: the load device is treated as a GPU with NO_VRAM."""
+    import comfy.model_management as mm
+    from e2p_core import sampling
+
+    bfl = tm.bfl_state_dict(seed=73)
+    pairs = tm.lora_pairs(bfl, seed=74)
+    base = tm.write(str(tmp_path / "kontext.safetensors"), bfl)
+    lora = tm.write(str(tmp_path / "lora.safetensors"), tm.kohya_lora(pairs))
+    ref = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(9))
+    cond, pooled = tm.conditioning()
+
+    def run():
+        e2p = loader.load_e2p_checkpoint(base, "fp32", lora)
+        with torch.inference_mode():
+            return sampling.predict_latent(e2p.patcher, [ref], cond, pooled), e2p.patcher
+
+    full, _ = run()
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    offloaded, patcher = run()
+    assert patcher.model.model_lowvram, "the model was not partially loaded"
+    assert torch.allclose(offloaded, full, rtol=1e-5, atol=1e-5)
+    mm.unload_all_models()

@@ -1,0 +1,87 @@
+"""Shared pytest fixtures: ComfyUI in-process (`comfy_core`, `comfy_inprocess`) and as a server (`comfy_server`).
+
+ComfyUI's CLI args (`--cpu --base-directory <session tmp dir>`) are parsed in pytest_configure, before any test
+module is imported, so test files may import `comfy.*` and `e2p_core` at top level.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+if str(Path(__file__).parent) not in sys.path:  # keeps `import comfy_harness` working if tests/ becomes a package
+    sys.path.insert(0, str(Path(__file__).parent))
+
+import comfy_harness  # noqa: E402
+from comfy_harness import REPO_ROOT, ComfyServer, HarnessSetupError  # noqa: E402
+
+_session_base_dir: Path | None = None
+_comfy_setup_error: HarnessSetupError | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _session_base_dir, _comfy_setup_error
+    config.addinivalue_line(
+        "markers", "server: starts a real ComfyUI server process (slow); select with -m server or -m 'not server'"
+    )
+    comfy_harness.add_repo_root_to_sys_path()
+    _session_base_dir = Path(tempfile.mkdtemp(prefix="e2p_comfy_base_"))
+    try:
+        comfy_harness.configure_comfy_args(_session_base_dir)
+    except HarnessSetupError as error:
+        # Tests that need no ComfyUI still run; the ComfyUI fixtures re-raise this with the fix.
+        _comfy_setup_error = error
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session_base_dir is not None:
+        shutil.rmtree(_session_base_dir, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "comfy_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(scope="session")
+def comfy_core() -> comfy_harness.InProcessComfy:
+    """ComfyUI 0.3.75 imported in-process with core and extra nodes, but no custom node pack."""
+    if _comfy_setup_error is not None:
+        raise _comfy_setup_error
+    return comfy_harness.boot_comfy_inprocess(_session_base_dir)
+
+
+@pytest.fixture(scope="session")
+def comfy_inprocess(comfy_core: comfy_harness.InProcessComfy) -> comfy_harness.InProcessComfy:
+    """`comfy_core` with this repo loaded as a custom node pack (`.pack_module`); fails if it does not load."""
+    comfy_core.pack_module = comfy_core.load_pack(REPO_ROOT)
+    return comfy_core
+
+
+@pytest.fixture
+def comfy_server(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    """Factory: `comfy_server(prepare=None, **options)` starts a ComfyUI server and returns its client.
+
+    `prepare(base_dir)` runs before start (place models under base_dir / "models"); other keyword options go
+    to ComfyServer (pack_dir, pack_dir_name, extra_packs, extra_args). Servers stop at teardown and their
+    logs are copied into the test's tmp_path. Start one at a time: each server loads torch and all nodes.
+    """
+    if _comfy_setup_error is not None:
+        raise _comfy_setup_error
+    started: list[ComfyServer] = []
+
+    def start(prepare=None, **options) -> ComfyServer:
+        base_dir = tmp_path_factory.mktemp("comfy_server_base")
+        server = ComfyServer(base_dir, base_dir / "comfyui.log", prepare=prepare, **options)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+        print(f"ComfyUI server log: {server.copy_log_to(tmp_path)}")
