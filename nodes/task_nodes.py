@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import comfy.utils
@@ -120,6 +121,9 @@ def matting_hints(image: torch.Tensor, points: str, box: str, hint_mask: torch.T
         if mask.shape[-2:] != (height, width):
             mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width), mode="nearest-exact")[:, 0]
         masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
+        if not len(clicks) and parsed_box is None and not any(np.any(m > 0) for m in masks):
+            raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the subject "
+                             "in the mask editor, add points, or disconnect hint_mask to matte the salient object")
     return [pipeline.MattingHints(clicks if len(clicks) else None, masks[i], parsed_box) for i in range(batch)]
 
 

@@ -143,6 +143,7 @@ def test_matting_node_outputs_and_hints(installed, vae):
     ({"points": "[[20, 24"}, "JSON"), ({"points": "[[900, 24]]"}, "outside"),
     ({"box": "5, 5, 5, 20"}, "no area"), ({"box": "1, 2"}, "four numbers"),
     ({"hint_mask": torch.ones(3, 48, 64)}, "3 masks for 2 images"),
+    ({"hint_mask": torch.zeros(1, 48, 64)}, "hint_mask is empty"),
 ])
 def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
     e2p, _, _ = load(installed, "matting")
@@ -150,6 +151,27 @@ def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
     options.update(inputs)
     with pytest.raises(ValueError, match=message):
         installed.run_node("E2PMatting", **task_inputs(e2p, vae, image_batch(2, 48, 64)), num_points=10, **options)
+
+
+def test_empty_mask_with_points_is_fine(installed, vae):
+    e2p, _, _ = load(installed, "matting")
+    alpha = installed.run_node("E2PMatting", **task_inputs(e2p, vae, image_batch(1, 48, 64)), num_points=10,
+                               points="[[20, 24]]", box="", hint_mask=torch.zeros(1, 48, 64))[0]
+    assert alpha.shape == (1, 48, 64)
+
+
+def test_missing_model_folder_lists_nothing_and_names_the_folder(installed, tmp_path, monkeypatch):
+    import folder_paths
+
+    paths = installed.pack_module.nodes.model_paths
+    absent = str(tmp_path / "not_created")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, paths.FOLDER,
+                        ([absent], folder_paths.folder_names_and_paths[paths.FOLDER][1]))
+    folder_paths.filename_list_cache.pop(paths.FOLDER, None)
+    assert "tiny_e2p.safetensors" not in paths.checkpoint_choices()
+    with pytest.raises(FileNotFoundError, match="models/edit2perceive"):
+        paths.checkpoint_path("tiny_e2p.safetensors")
+    folder_paths.filename_list_cache.pop(paths.FOLDER, None)
 
 
 def test_task_mismatches_are_refused(installed, vae):
