@@ -198,18 +198,21 @@ def decode_alpha(decoded_rgb: torch.Tensor) -> torch.Tensor:
 
 def gaussian_point_map(points_yx: np.ndarray, height: int, width: int, sigma: float) -> np.ndarray:
     """Blobs of peak 1 at integer pixel points, combined with max: the official Gaussian point rasteriser
-    (a unit impulse through scipy's gaussian_filter, divided by its own maximum)."""
-    from scipy.ndimage import gaussian_filter
+    (a unit impulse through scipy's gaussian_filter, divided by its own maximum).
+
+    The 2-D filter of an impulse is the outer product of two 1-D filtered impulses (scipy filters axis by axis),
+    which is thousands of times cheaper than filtering a full image per point and equal to within a float32 ulp."""
+    from scipy.ndimage import gaussian_filter1d
 
     point_map = np.zeros((height, width), dtype=np.float32)
     for y, x in np.asarray(points_yx, dtype=np.int64).reshape(-1, 2):
         if not (0 <= y < height and 0 <= x < width):
             raise ValueError(f"hint point (x={x}, y={y}) lies outside the {width}x{height} image")
-        impulse = np.zeros((height, width), dtype=np.float32)
-        impulse[y, x] = 1.0
-        blob = gaussian_filter(impulse, sigma=sigma)
+        column, row = np.zeros(height, dtype=np.float32), np.zeros(width, dtype=np.float32)
+        column[y], row[x] = 1.0, 1.0
+        blob = np.outer(gaussian_filter1d(column, sigma=sigma), gaussian_filter1d(row, sigma=sigma))
         if blob.max() > 0:
-            point_map = np.maximum(point_map, blob / blob.max())
+            point_map = np.maximum(point_map, (blob / blob.max()).astype(np.float32))
     return point_map
 
 
