@@ -6,6 +6,7 @@ register_folder()
 
 from .nodes.depth_nodes import E2PColorizeDepth, SqrtDecode  # noqa: E402
 from .nodes.loader_nodes import E2PModelFromMODEL, LoadE2PModel  # noqa: E402
+from .nodes.save_nodes import E2PSaveFloatImage  # noqa: E402
 from .nodes.task_nodes import E2PDepth, E2PMatting, E2PNormal  # noqa: E402
 
 NODE_CLASS_MAPPINGS = {
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "E2PMatting": E2PMatting,
     "SqrtDecode": SqrtDecode,
     "E2PColorizeDepth": E2PColorizeDepth,
+    "E2PSaveFloatImage": E2PSaveFloatImage,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -26,6 +28,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "E2PMatting": "E2P Matting",
     "SqrtDecode": "E2P Sqrt Depth Decode",
     "E2PColorizeDepth": "E2P Colorize Depth",
+    "E2PSaveFloatImage": "Save Float Image (16-bit PNG / EXR)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
