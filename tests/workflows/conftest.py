@@ -1,0 +1,24 @@
+"""One ComfyUI server for all workflow tests (booting one costs ~15 s and the model files take a while)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import workflow_env  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def workflow_server(tmp_path_factory):
+    files = tmp_path_factory.mktemp("workflow_files")
+    server = workflow_env.start_workflow_server(tmp_path_factory.mktemp("workflow_server"), files)
+    try:
+        server.assert_pack_imported()
+        yield server
+    finally:
+        server.stop()
+        print(f"ComfyUI server log: {server.copy_log_to(tmp_path_factory.mktemp('workflow_server_log'))}")

@@ -1,0 +1,207 @@
+// Drives the real ComfyUI frontend in headless Chromium (playwright-core) for the workflow tests and for
+// build_workflows.py. Reads one JSON job file (argv[2]) and prints one JSON result line per job to stdout.
+//
+// Job file: {"url", "chromium", "viewport": [w, h], "jobs": [{
+//   "name", "workflow" (UI-format object), "layout" (optional: arrange nodes and groups, then save the frontend's
+//   serialisation to "save_to"), "overrides" ({node type: {widget: value}}, applied before queueing),
+//   "queue" (bool), "timeout_ms", "screenshot" (png path)}]}
+// Result per job: {"name", "missing_types", "missing_node_errors", "console_errors", "prompt_status",
+//   "prompt_sent" (the API prompt the page posted), "prompt_reply", "execution", "saved", "screenshot"}
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+
+function loadPlaywright() {
+  const candidates = [process.env.E2P_PLAYWRIGHT_CORE, "playwright-core"].filter(Boolean);
+  for (const candidate of candidates) {
+    try {
+      return require(candidate);
+    } catch (error) {
+      if (error.code !== "MODULE_NOT_FOUND") throw error;
+    }
+  }
+  throw new Error("playwright-core not found; install it with `npm install --prefix ~/.cache/e2p_comfyui/node " +
+                  "playwright-core@1.65.1` or point E2P_PLAYWRIGHT_CORE at its folder");
+}
+
+// Runs in the page: every group (and the ungrouped nodes first) is a block whose nodes stand in columns; blocks
+// flow left to right and wrap into a new row past a width limit. Node sizes are the frontend's own.
+function arrangeInPage(layout) {
+  const COLUMN_GAP = 50;
+  const ROW_GAP = 40;
+  const PADDING = 30;
+  const GROUP_TITLE = 50;
+  const BLOCK_GAP = 80;
+  const ROW_WIDTH = 3200;
+  const graph = window.app.graph;
+  const titleHeight = LiteGraph.NODE_TITLE_HEIGHT;
+  const memberOf = {};
+  layout.groups.forEach((members, index) => members.forEach((id) => { memberOf[id] = index; }));
+  const blocks = [[], ...layout.groups.map(() => [])];
+  for (const node of graph._nodes) {
+    const minimum = node.computeSize();
+    const isNote = node.type === "MarkdownNote";
+    node.size = [Math.max(minimum[0], isNote ? 460 : 300), Math.max(minimum[1], isNote ? 560 : node.size[1])];
+    blocks[(memberOf[node.id] ?? -1) + 1].push(node);
+  }
+  let x = 0;
+  let y = 0;
+  let rowHeight = 0;
+  blocks.forEach((nodes, index) => {
+    if (!nodes.length) return;
+    const columns = {};
+    for (const node of nodes) (columns[layout.columns[String(node.id)] ?? 0] ||= []).push(node);
+    let width = 0;
+    let height = 0;
+    let columnX = PADDING;
+    for (const key of Object.keys(columns).map(Number).sort((a, b) => a - b)) {
+      let columnY = GROUP_TITLE + titleHeight;
+      let columnWidth = 0;
+      for (const node of columns[key]) {
+        node.pos = [columnX, columnY];
+        columnY += node.size[1] + titleHeight + ROW_GAP;
+        columnWidth = Math.max(columnWidth, node.size[0]);
+      }
+      columnX += columnWidth + COLUMN_GAP;
+      height = Math.max(height, columnY);
+    }
+    width = columnX - COLUMN_GAP + PADDING;
+    if (x > 0 && x + width > ROW_WIDTH) {
+      x = 0;
+      y += rowHeight + BLOCK_GAP;
+      rowHeight = 0;
+    }
+    for (const node of nodes) node.pos = [node.pos[0] + x, node.pos[1] + y];
+    if (index > 0) {
+      const group = graph._groups[index - 1];
+      group.pos = [x, y];
+      group.size = [width, height - ROW_GAP + PADDING - titleHeight];
+    }
+    x += width + BLOCK_GAP;
+    rowHeight = Math.max(rowHeight, height);
+  });
+  graph.setDirtyCanvas(true, true);
+}
+
+// Runs in the page: zoom so that the whole graph is visible (the frontend's own "fit view" command).
+async function fitInPage() {
+  const canvas = window.app.canvas;
+  canvas.deselectAll?.();
+  await window.app.extensionManager.command.execute("Comfy.Canvas.FitView");
+  canvas.setDirty(true, true);
+}
+
+async function runJob(page, job, consoleErrors) {
+  const result = {name: job.name, console_errors: [], missing_types: [], missing_node_errors: []};
+  const firstError = consoleErrors.length;
+  result.missing_types = await page.evaluate((workflow) =>
+    workflow.nodes.map((n) => n.type).filter((t) => !(t in LiteGraph.registered_node_types)), job.workflow);
+  await page.evaluate(async ({workflow, name}) => {
+    await window.app.loadGraphData(workflow, true, true, name);
+  }, {workflow: job.workflow, name: job.name});
+  await page.waitForTimeout(500);
+  // Placeholder nodes for unknown types are flagged by the frontend (red nodes).
+  result.missing_node_errors = await page.evaluate(() => window.app.graph._nodes
+    .filter((n) => n.has_errors || !(n.type in LiteGraph.registered_node_types))
+    .map((n) => `${n.id}:${n.type}`));
+  if (job.layout) {
+    await page.evaluate(arrangeInPage, job.layout);
+    const serialised = await page.evaluate(() => window.app.graph.serialize());
+    fs.writeFileSync(job.save_to, JSON.stringify(serialised, null, 2) + "\n");
+    result.saved = job.save_to;
+  }
+  await page.evaluate(fitInPage);
+  await page.waitForTimeout(300);
+  if (job.queue) {
+    await page.evaluate((overrides) => {
+      for (const node of window.app.graph._nodes) {
+        for (const [name, value] of Object.entries(overrides[node.type] || {})) {
+          const widget = (node.widgets || []).find((w) => w.name === name);
+          if (widget) widget.value = value;
+        }
+      }
+      window.__e2pEvents = [];
+      for (const type of ["execution_success", "execution_error", "execution_interrupted"]) {
+        window.app.api.addEventListener(type, (event) => window.__e2pEvents.push({type, detail: event.detail}));
+      }
+    }, job.overrides || {});
+    const promptResponse = page.waitForResponse(
+      (response) => response.url().endsWith("/prompt") && response.request().method() === "POST",
+      {timeout: 30000});
+    await page.evaluate(() => window.app.queuePrompt(0, 1));
+    const response = await promptResponse;
+    result.prompt_sent = response.request().postDataJSON().prompt;
+    result.prompt_status = response.status();
+    result.prompt_reply = await response.json();
+    if (result.prompt_status === 200) {
+      const promptId = result.prompt_reply.prompt_id;
+      await page.waitForFunction((id) => (window.__e2pEvents || []).some((e) => e.detail?.prompt_id === id),
+                                 promptId, {timeout: job.timeout_ms || 300000, polling: 250});
+      result.execution = await page.evaluate((id) => window.__e2pEvents.find((e) => e.detail?.prompt_id === id),
+                                             promptId);
+    }
+    await page.waitForTimeout(500);
+  }
+  if (job.screenshot) {
+    await page.screenshot({path: job.screenshot});
+    result.screenshot = job.screenshot;
+  }
+  result.console_errors = consoleErrors.slice(firstError);
+  return result;
+}
+
+async function main() {
+  const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+  const {chromium} = loadPlaywright();
+  const browser = await chromium.launch({
+    executablePath: config.chromium,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--use-gl=swiftshader"],
+  });
+  try {
+    const [width, height] = config.viewport || [1600, 1000];
+    const page = await browser.newPage({viewport: {width, height}});
+    const consoleErrors = [];
+    page.on("console", (message) => {
+      if (message.type() === "error") consoleErrors.push(message.text());
+    });
+    page.on("pageerror", (error) => consoleErrors.push(`pageerror: ${error.message}`));
+    page.on("response", (response) => {
+      if (response.status() >= 400) consoleErrors.push(`http ${response.status()}: ${response.url()}`);
+    });
+    // A fresh user gets the template browser on first start; mark the tutorial as seen so the graph shows, and
+    // hide the minimap, which would cover part of the screenshots; draw node details at any zoom.
+    const settings = await fetch(`${config.url}/api/settings`, {method: "POST",
+      headers: {"Content-Type": "application/json"}, body: JSON.stringify({"Comfy.TutorialCompleted": true, "Comfy.Minimap.Visible": false,
+                                                 "LiteGraph.Canvas.MinFontSizeForLOD": 1})});
+    if (!settings.ok) throw new Error(`POST /api/settings answered ${settings.status}`);
+    await page.goto(config.url, {waitUntil: "load", timeout: 120000});
+    await page.waitForFunction(() => window.app && window.app.graph && window.LiteGraph &&
+                               Object.keys(LiteGraph.registered_node_types).length > 100, null, {timeout: 120000});
+    await page.waitForTimeout(1000);
+    const startup = {name: "__startup__", console_errors: consoleErrors.splice(0)};
+    console.log(JSON.stringify(startup));
+    for (const job of config.jobs) {
+      let result;
+      try {
+        result = await runJob(page, job, consoleErrors);
+      } catch (error) {
+        result = {name: job.name, failure: String(error && error.stack || error), console_errors: consoleErrors.splice(0)};
+        try {
+          const failurePath = path.join(path.dirname(job.screenshot || "/tmp/x"), `${job.name}_failure.png`);
+          await page.screenshot({path: failurePath});
+          result.screenshot = failurePath;
+        } catch (ignored) { /* the page is gone; the failure text says why */ }
+      }
+      consoleErrors.splice(0);
+      console.log(JSON.stringify(result));
+    }
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((error) => {
+  console.error(error && error.stack || error);
+  process.exit(1);
+});

@@ -1,0 +1,69 @@
+"""Every shipped workflow in the real ComfyUI frontend (comfyui-frontend-package served by ComfyUI 0.3.75, headless
+Chromium): it loads with no missing or red nodes and no console errors, is queued from the page and succeeds, and
+the prompt the page sends equals what scripts/workflow_to_api.py makes of the file. Screenshots are kept in the
+test's tmp_path (and $E2P_ARTIFACTS_DIR when set).
+
+The server is shared with test_workflows_api.py; when that ran first, nodes whose inputs are unchanged come from
+ComfyUI's cache, which is also proof that the page and the converter build the same prompt."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import frontend
+import workflow_env
+from workflow_env import TEST_OVERRIDES, load_workflow, shrink, workflow_paths
+
+converter = workflow_env.load_converter()
+
+pytestmark = pytest.mark.server
+
+# ComfyUI started with --disable-api-nodes answers every page with a CSP that blocks connections to other hosts
+# (server.py, create_block_external_middleware); the frontend's registry lookups then fail by design.
+OFFLINE_CSP_BLOCK = re.compile(r"^Connecting to 'https://api\.comfy\.org/[^']*' violates the following Content "
+                               r"Security Policy directive: \"connect-src 'self'\"")
+
+
+def declared(object_info: dict, node: dict) -> set[str]:
+    spec = object_info[node["class_type"]]["input"]
+    return set(spec.get("required", {})) | set(spec.get("optional", {}))
+
+
+def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path):
+    object_info = workflow_server.object_info()
+    jobs = [{"name": path.stem, "workflow": load_workflow(path), "queue": True, "overrides": TEST_OVERRIDES,
+             "timeout_ms": 600_000, "screenshot": str(tmp_path / f"{path.stem}.png")} for path in workflow_paths()]
+    startup, results = frontend.run_jobs(workflow_server.url, jobs)
+    (tmp_path / "frontend_results.json").write_text(json.dumps([startup, *results], indent=2))
+    shots = [Path(r["screenshot"]) for r in results if r.get("screenshot") and Path(r["screenshot"]).exists()]
+    workflow_env.keep_artifacts(shots + [tmp_path / "frontend_results.json"],
+                                "test_every_workflow_loads_and_runs_in_the_frontend")
+
+    assert [r["name"] for r in results] == [path.stem for path in workflow_paths()]
+    for result in results:
+        name = result["name"]
+        assert "failure" not in result, f"{name}: {result.get('failure')}"
+        assert result["missing_types"] == [], f"{name}: node types the frontend does not know"
+        assert result["missing_node_errors"] == [], f"{name}: nodes shown as missing/with errors"
+        errors = [e for e in result["console_errors"] if not OFFLINE_CSP_BLOCK.match(e)]
+        assert errors == [], f"{name}: console errors {errors}"
+        assert result["prompt_status"] == 200, f"{name}: /prompt answered {result['prompt_reply']}"
+        execution = result["execution"]
+        assert execution["type"] == "execution_success", f"{name}: {execution}"
+        assert Path(result["screenshot"]).stat().st_size > 10_000
+        expected = shrink(converter.convert(load_workflow(Path(workflow_env.WORKFLOWS_DIR / f"{name}.json")),
+                                            object_info))
+        # The page also sends values of its own display widgets (LoadVideo's 'video-preview'); the server ignores
+        # inputs a node does not declare, so the comparison does too.
+        sent = {node_id: {"class_type": node["class_type"],
+                          "inputs": {k: v for k, v in node["inputs"].items() if k in declared(object_info, node)}}
+                for node_id, node in result["prompt_sent"].items()}
+        assert sent == {node_id: {"class_type": node["class_type"], "inputs": node["inputs"]}
+                        for node_id, node in expected.items()}, f"{name}: the converter differs from the page"
+    startup_errors = " ".join(startup["console_errors"])
+    for node_type in ("E2P", "SqrtDecode", "edit2perceive"):
+        assert node_type not in startup_errors, f"the page start logged errors about the pack: {startup_errors}"
