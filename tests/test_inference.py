@@ -212,3 +212,29 @@ def test_n_step_mode_follows_the_official_sigma_list(tmp_path, weights, inputs):
     path = tm.write(str(tmp_path / "e2p.safetensors"), bfl)
     latent = predict(path, inputs, steps=4)
     assert (latent - to_raw(x)).abs().max() <= 1e-4     # the table above is printed to 6 decimals
+
+
+def test_cpu_fallback_attention_is_replaced_by_sdpa_unless_a_flag_chose_it(tmp_path, weights, inputs, monkeypatch):
+    """ComfyUI's CPU fallback (sub-quadratic) is swapped for torch SDPA, which bench/dit_options.py measured faster;
+    both compute the same attention, so the prediction is unchanged within float tolerance."""
+    from comfy.cli_args import args
+    from comfy.ldm.modules import attention
+    from e2p_core import loader, patches
+
+    if attention.optimized_attention is not attention.attention_sub_quad:
+        pytest.skip("ComfyUI did not fall back to sub-quadratic attention in this environment")
+    path = tm.write(str(tmp_path / "e2p.safetensors"), weights[0])
+    patched = loader.load_e2p_checkpoint(str(path), "fp32").patcher
+    assert "optimized_attention_override" in patched.model_options["transformer_options"]
+    fast = predict(path, inputs)
+    stock = patched.clone()
+    stock.model_options["transformer_options"].pop("optimized_attention_override")
+    image_ref, _, cond, pooled = inputs
+    from e2p_core import sampling
+
+    with torch.inference_mode():
+        reference = sampling.predict_latent(stock, [image_ref], cond, pooled, seed=42, steps=1)
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-4)  # latents of magnitude ~60: float32 rounding
+    monkeypatch.setattr(args, "use_quad_cross_attention", True)
+    flagged = patches.apply_e2p_patches(stock)
+    assert "optimized_attention_override" not in flagged.model_options.get("transformer_options", {})

@@ -143,7 +143,9 @@ def flux_vae_state_dict(seed: int = 7) -> dict[str, torch.Tensor]:
     """
     import comfy.sd
 
-    skeleton = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 16, 3, 3)})
+    # The second key gives the encoder its fourth level, so ComfyUI builds the real /8 FLUX ae, not a /4 one.
+    skeleton = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 16, 3, 3),
+                                "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3)})
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, tensor in skeleton.first_stage_model.state_dict().items():
