@@ -119,6 +119,8 @@ class E2PSaveFloatImage:
             masks = mask if mask.dim() == 3 else mask[None]
             items += [(index, MASK_SUFFIX, masks[index].float().cpu().numpy(), "Y (gray: the mask)")
                       for index in range(masks.shape[0])]
+        if not items:
+            raise ValueError("nothing to save: the connected batch is empty (0 images)")
         height, width = items[0][2].shape[:2]
         output_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width,
@@ -169,6 +171,6 @@ class E2PSaveFloatImage:
     def _write_preview(data: np.ndarray, stem: str) -> dict[str, str]:
         temp_dir = folder_paths.get_temp_directory()
         os.makedirs(temp_dir, exist_ok=True)
-        filename = f"{stem}preview_{os.urandom(4).hex()}.png"
+        filename = f"{stem.rstrip('_')}_preview_{os.urandom(4).hex()}.png"
         _preview(data).save(os.path.join(temp_dir, filename), compress_level=1)
         return {"filename": filename, "subfolder": "", "type": "temp"}

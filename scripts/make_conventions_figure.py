@@ -1,4 +1,4 @@
-"""Draws docs/conventions.jpg: what the three outputs look like, on the exact ground truth of a synthetic scene.
+"""Draws docs/conventions.jpg (and the pack icon docs/icon.png): the three outputs' conventions on a synthetic scene.
 
 The released 12B weights are not available where this repository is built and tested, so the figure shows the
 output conventions (sqrt depth near = dark, disparity near = bright, BAE normal colours, alpha) computed from a
@@ -32,8 +32,11 @@ def panels(seed: int) -> list[tuple[str, np.ndarray]]:
     depth = torch.from_numpy(truth["depth"]).float()
     valid = depth > 0
     sqrt_depth = (rep.encode_depth(depth, valid) + 1.0) / 2.0
-    disparity = rep.sqrt_depth_to_disparity(sqrt_depth[None], near=float(depth[valid].min()),
-                                            far=float(depth[valid].max()))[0]
+    # sqrt_depth 0 and 1 stand for the 2nd and 98th percentile depths; decoding with those gives true disparity
+    # (up to the clamp outside that range).
+    roots = torch.sqrt(depth[valid])
+    near, far = (float(rep.percentile(roots, q)) ** 2 for q in (rep.DEPTH_LOW_PERCENTILE, rep.DEPTH_HIGH_PERCENTILE))
+    disparity = rep.sqrt_depth_to_disparity(sqrt_depth[None], near=near, far=far)[0]
     native = rep.marigold_to_native_normals(torch.from_numpy(truth["normals"]).float())
     normal_rgb = torch.where(valid[..., None], rep.normals_to_rgb(native), torch.zeros(3))
     gray = lambda values: np.repeat(values.clamp(0, 1).numpy()[..., None], 3, axis=-1)  # noqa: E731
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     items = panels(args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     compose(items).save(args.out, quality=90)
-    icon = Image.fromarray(np.round(items[3][1] * 255).astype(np.uint8)).resize((128, 128), Image.LANCZOS)
+    normal_panel = dict(items)["E2P Normal: BAE colours"]
+    icon = Image.fromarray(np.round(normal_panel * 255).astype(np.uint8)).resize((128, 128), Image.LANCZOS)
     icon.save(args.icon)
     print(f"wrote {args.out} and {args.icon}")
     return 0

@@ -153,7 +153,11 @@ class ComfyUI:
             with self._opener.open(request, timeout=60) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+            body = error.read()
+            try:
+                return error.code, json.loads(body or b"{}")
+            except json.JSONDecodeError:
+                raise RunFailed(f"ComfyUI answered {route} with HTTP {error.code}: {body[:500].decode(errors='replace')}")
 
     def run(self, prompt: dict, timeout_s: float) -> dict:
         """Queue the API prompt, wait for it, return its history entry (raises RunFailed with ComfyUI's words)."""
@@ -269,15 +273,17 @@ def missing_files_message(missing, models_dirs: list[Path], workflow: Path) -> s
     return "\n".join(lines)
 
 
-def tasks_without_cached_conditioning(prompt: dict, models_dirs: list[Path]) -> list[str]:
-    """Tasks of the workflow's E2P loaders whose prompt conditioning is not cached yet (first run of that task)."""
+def tasks_without_cached_conditioning(prompt: dict, models_dir: Path) -> list[str]:
+    """Tasks of the workflow's E2P loaders whose prompt conditioning is not cached yet (first run of that task).
+
+    Only the base folder's models/embeddings counts: that is where the nodes read and write the cache."""
     _importable(REPO_ROOT)
     from e2p_core.conditioning import cached_files
 
     tasks = sorted({node["inputs"]["task"] for node in prompt.values()
                     if node["class_type"] in E2P_LOADERS and isinstance(node["inputs"].get("task"), str)})
     return [task for task in tasks
-            if not any(cached_files(str(models_dir / "embeddings"), task) for models_dir in models_dirs)]
+            if not cached_files(str(models_dir / "embeddings"), task)]
 
 
 def enable_text_encoders(workflow: dict) -> bool:
@@ -520,6 +526,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.demo and args.models_dir:
         parser.error("--demo writes its own random weights; it does not take --models-dir")
+    if args.models_dir is not None and not args.models_dir.is_dir():
+        parser.error(f"--models-dir {args.models_dir}: not a folder; give an existing ComfyUI models/ folder")
     if args.image is not None and not args.image.is_file():
         parser.error(f"--image {args.image}: no such file")
     if not args.workflow.is_file():
@@ -540,7 +548,7 @@ def run(args: argparse.Namespace, base_dir: Path) -> list[Path]:
         object_info = server.get("/object_info")
         workflow = json.loads(workflow_path.read_text())
         prompt = to_api_prompt(workflow, object_info)
-        first_runs = [] if args.demo else tasks_without_cached_conditioning(prompt, models_dirs)
+        first_runs = [] if args.demo else tasks_without_cached_conditioning(prompt, base_dir / "models")
         if first_runs and enable_text_encoders(workflow):
             print(f"First run of {', '.join(first_runs)}: the text encoders (clip_l + t5xxl) are switched on to encode "
                   "the task prompt once; it is cached in models/embeddings/edit2perceive for later runs.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -42,7 +43,7 @@ def widget_inputs(node_info: dict) -> list[tuple[str, list]]:
     found = []
     for section in ("required", "optional"):
         for name, spec in node_info.get("input", {}).get(section, {}).items():
-            if _spec_type(spec) in WIDGET_TYPES:
+            if _spec_type(spec) in WIDGET_TYPES and not _options(spec).get("forceInput"):
                 found.append((name, spec))
     return found
 
@@ -151,8 +152,14 @@ def convert(workflow: dict, object_info: dict) -> dict:
 
 
 def fetch_object_info(server: str) -> dict:
-    with urllib.request.urlopen(f"{server.rstrip('/')}/object_info", timeout=60) as response:
-        return json.load(response)
+    """The server's node definitions; a local server is asked directly, whatever proxy the environment sets."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{server.rstrip('/')}/object_info", timeout=60) as response:
+            return json.load(response)
+    except urllib.error.URLError as error:
+        raise WorkflowConversionError(f"cannot read {server}/object_info ({error.reason}): is ComfyUI running there? "
+                                      "Or pass --object-info FILE with a saved copy") from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.object_info:
         with open(args.object_info, encoding="utf-8") as handle:
             object_info = json.load(handle)
-    else:
-        object_info = fetch_object_info(args.server)
     try:
+        if not args.object_info:
+            object_info = fetch_object_info(args.server)
         prompt = convert(workflow, object_info)
     except WorkflowConversionError as error:
         print(f"error: {error}", file=sys.stderr)
