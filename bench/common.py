@@ -299,37 +299,6 @@ def random_bfl_state_dict(shape: DitShape, seed: int = WEIGHT_SEED, dtype: torch
     return sd
 
 
-def flux_vae_state_dict(seed: int = WEIGHT_SEED) -> dict[str, torch.Tensor]:
-    """Random weights for ComfyUI's FLUX VAE (4 levels, 128-256-512-512 channels, /8, 16 latent channels).
-
-    ComfyUI sizes a VAE from its keys: without a level-2 downsample it builds a 3-level /4 model, which would give
-    the DiT 4x the tokens of the real one; the skeleton therefore names both keys. Conv and linear weights are
-    N(0, 1/fan_in), norms identity.
-    """
-    import comfy.sd
-
-    import logging
-
-    logging.disable(logging.WARNING)   # ComfyUI lists every key the skeleton lacks; all of them are expected
-    try:
-        skeleton = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, LATENT_CHANNELS, 3, 3),
-                                    "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3)})
-    finally:
-        logging.disable(logging.NOTSET)
-    if skeleton.downscale_ratio != 8:
-        raise RuntimeError(f"ComfyUI built a /{skeleton.downscale_ratio} VAE from the FLUX skeleton, expected /8")
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, tensor in skeleton.first_stage_model.state_dict().items():
-        if name.endswith(".bias"):
-            tensors[name] = torch.zeros(tensor.shape)
-        elif tensor.dim() == 1:
-            tensors[name] = torch.ones(tensor.shape)
-        else:
-            tensors[name] = torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5
-    return tensors
-
-
 @dataclass(frozen=True)
 class BenchFiles:
     checkpoint: Path
@@ -349,6 +318,7 @@ def bench_files(work_dir: Path, shape: DitShape) -> BenchFiles:
     """
     from safetensors.torch import save_file
 
+    import tiny_models  # tests/tiny_models.py (tests/ is on sys.path once boot_comfy ran): the FLUX VAE builder
     from e2p_core import conditioning
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
@@ -368,7 +338,7 @@ def bench_files(work_dir: Path, shape: DitShape) -> BenchFiles:
     print(f"[bench] writing random weights for {shape.describe()} to {base}", flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     save_file(random_bfl_state_dict(shape, device=device), str(checkpoint), metadata={"e2p.task": TASK})
-    save_file(flux_vae_state_dict(seed=WEIGHT_SEED), str(vae))
+    save_file(tiny_models.flux_vae_state_dict(seed=WEIGHT_SEED), str(vae))
     generator = torch.Generator().manual_seed(WEIGHT_SEED + 1)
     cond = torch.randn(1, shape.text_tokens, shape.context_dim, generator=generator)
     pooled = torch.randn(1, shape.pooled_dim, generator=generator)

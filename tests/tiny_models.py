@@ -136,16 +136,25 @@ def conditioning(seed: int = 3, tokens: int = TEXT_TOKENS) -> tuple[torch.Tensor
 
 
 def flux_vae_state_dict(seed: int = 7) -> dict[str, torch.Tensor]:
-    """Random weights in the FLUX ae layout (what VAELoader detects as the FLUX VAE); needs ComfyUI importable.
+    """Random weights for ComfyUI's FLUX VAE (4 levels, 128-256-512-512 channels, /8, 16 latent channels); needs
+    ComfyUI importable. Also used by bench/ for its random models.
 
-    The architecture is ComfyUI's own (built from a one-key state dict), the values are seeded: conv/linear
-    weights ~ N(0, 1/fan_in), norms at identity.
+    ComfyUI sizes a VAE from its keys: without a level-2 downsample it builds a 3-level /4 model, which would give
+    the DiT 4x the tokens of the real one, so the skeleton names both keys. Conv/linear weights ~ N(0, 1/fan_in),
+    norms at identity.
     """
+    import logging
+
     import comfy.sd
 
-    # The second key gives the encoder its fourth level, so ComfyUI builds the real /8 FLUX ae, not a /4 one.
-    skeleton = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 16, 3, 3),
-                                "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3)})
+    logging.disable(logging.WARNING)   # ComfyUI lists every key the skeleton lacks; all of them are expected
+    try:
+        skeleton = comfy.sd.VAE(sd={"decoder.conv_in.weight": torch.zeros(512, 16, 3, 3),
+                                    "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3)})
+    finally:
+        logging.disable(logging.NOTSET)
+    if skeleton.downscale_ratio != 8:
+        raise RuntimeError(f"ComfyUI built a /{skeleton.downscale_ratio} VAE from the FLUX skeleton, expected /8")
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, tensor in skeleton.first_stage_model.state_dict().items():
@@ -154,6 +163,5 @@ def flux_vae_state_dict(seed: int = 7) -> dict[str, torch.Tensor]:
         elif tensor.dim() == 1:
             out[name] = torch.ones(tensor.shape)
         else:
-            fan_in = tensor[0].numel()
-            out[name] = torch.randn(tensor.shape, generator=g) / fan_in ** 0.5
+            out[name] = torch.randn(tensor.shape, generator=g) / tensor[0].numel() ** 0.5
     return out

@@ -275,15 +275,22 @@ def _is_diffusers_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))
 
 
+def _diffusers_folder(path: str, subfolder: str, fix: str) -> str:
+    """The folder holding a diffusers config: ``path/subfolder`` of a release folder, or ``path`` itself."""
+    candidate = os.path.join(path, subfolder)
+    folder = candidate if _is_diffusers_folder(candidate) else path
+    if not _is_diffusers_folder(folder):
+        raise ModelLoadError(f"{path} has neither config.json nor {subfolder}/config.json; {fix}")
+    return folder
+
+
 def load_transformer(path: str):
     """FLUX.1 Kontext transformer from a diffusers release folder (or its ``transformer`` subfolder) or one file."""
     from diffusers import FluxTransformer2DModel
 
     if os.path.isdir(path):
-        folder = os.path.join(path, "transformer") if _is_diffusers_folder(os.path.join(path, "transformer")) else path
-        if not _is_diffusers_folder(folder):
-            raise ModelLoadError(f"{path} is a folder without a diffusers config.json (nor transformer/config.json); "
-                                 "pass the FLUX.1-Kontext-dev diffusers folder or a single .safetensors file")
+        folder = _diffusers_folder(path, "transformer", "pass the FLUX.1-Kontext-dev diffusers folder or a single "
+                                                       ".safetensors file")
         return FluxTransformer2DModel.from_pretrained(folder, torch_dtype=torch.float32)
     tensors, _ = read_safetensors(path)
     model, _ = transformer_from_state_dict(tensors, os.path.basename(path))
@@ -301,10 +308,7 @@ def load_vae(path: str):
     from diffusers import AutoencoderKL
 
     if os.path.isdir(path):
-        folder = os.path.join(path, "vae") if _is_diffusers_folder(os.path.join(path, "vae")) else path
-        if not _is_diffusers_folder(folder):
-            raise ModelLoadError(f"{path} has no vae/config.json; pass the FLUX.1-Kontext-dev diffusers folder or "
-                                 "ae.safetensors")
+        folder = _diffusers_folder(path, "vae", "pass the FLUX.1-Kontext-dev diffusers folder or ae.safetensors")
         return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
     tensors, _ = read_safetensors(path)
     if "decoder.conv_in.weight" not in tensors:
