@@ -492,8 +492,8 @@ def use_cpu(demo: bool) -> bool:
 
     if torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         return False
-    print("No GPU found: ComfyUI runs on the CPU, where the 12B-parameter model is held in float32 (about 48 GB of "
-          "RAM) and takes many minutes per image.")
+    print("No GPU found: ComfyUI runs on the CPU, where each 12B-parameter model is held in float32 (about 48 GB of "
+          "RAM per E2P loader in the workflow; the quickstart has three) and takes many minutes per image.")
     return True
 
 
