@@ -48,8 +48,10 @@ class EvalDataset:
     # -- finding samples ---------------------------------------------------------------------------------------
 
     def ground_truth_files(self, image: str) -> dict[str, str]:
-        """Role -> relative path of the files that belong to ``image`` (whether or not they exist)."""
-        raise NotImplementedError
+        """Role -> relative path of the files that belong to ``image`` (whether or not they exist).
+
+        Abstract hook: each dataset class states its own layout."""
+        raise NotImplementedError(f"{type(self).__name__} must define ground_truth_files (its on-disk layout)")
 
     def ground_truth_roles(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.required_roles + self.split_roles))
@@ -121,7 +123,8 @@ class EvalDataset:
         return np.asarray(self.source.read_image(sample.files["image"]).convert("RGB"), dtype=np.uint8)
 
     def read_target(self, sample: Sample):
-        raise NotImplementedError
+        """Abstract hook: the task's ground truth for ``sample`` (depth, normal and matting bases define it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define read_target")
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "root": self.root, "split": self.split_file, "samples": len(self.samples),

@@ -38,7 +38,8 @@ class DepthDataset(EvalDataset):
         return None
 
     def read_depth(self, sample: Sample) -> np.ndarray:
-        raise NotImplementedError
+        """Abstract hook: metric depth in metres, in the dataset's own file format."""
+        raise NotImplementedError(f"{type(self).__name__} must define read_depth (its depth file format)")
 
     def read_target(self, sample: Sample) -> DepthTarget:
         depth = self.read_depth(sample)

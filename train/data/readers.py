@@ -85,7 +85,8 @@ class SampleSource(Dataset):
             raise SampleError(record.name, f"{type(error).__name__}: {error}") from error
 
     def decode(self, record: Record, rng: np.random.Generator) -> dict:
-        raise NotImplementedError
+        """Abstract hook: one record's files -> a sample dict (keys as in train/data/__init__.py)."""
+        raise NotImplementedError(f"{type(self).__name__} must define decode (its on-disk format)")
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative)
