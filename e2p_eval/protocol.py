@@ -332,25 +332,22 @@ class DatasetAggregate:
         self.pooled = metrics.PooledAngularStatistics() if (
             task == "normal" and protocol.normal_aggregation == "pooled") else None
 
-    def add_depth(self, result: dict[str, float] | None) -> bool:
-        counts = depth_image_counts(result, self.protocol)
+    def _tally(self, row: dict[str, float] | None, counts: bool) -> bool:
+        """Keep an image's row in the means when it counts; otherwise only count it as skipped."""
         if counts:
-            self.rows.append(result)
+            self.rows.append(row)
             self.counted += 1
         else:
             self.skipped += 1
         return counts
 
+    def add_depth(self, result: dict[str, float] | None) -> bool:
+        return self._tally(result, depth_image_counts(result, self.protocol))
+
     def add_normal(self, errors: np.ndarray, stats: dict[str, float]) -> bool:
-        counts = math.isfinite(stats["mean"])
         if self.pooled is not None:
             self.pooled.add(errors)
-        if counts:
-            self.rows.append(stats)
-            self.counted += 1
-        else:
-            self.skipped += 1
-        return counts
+        return self._tally(stats, math.isfinite(stats["mean"]))
 
     def add_matting(self, result: dict[str, float]) -> bool:
         self.rows.append(result)
