@@ -6,12 +6,11 @@ safetensors metadata. Torch + safetensors only, so the trainer writes the same f
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
+
+from .files import atomic_write
 
 META_ENCODER = "e2p.encoder"   # fingerprint of the text encoders that produced the tensors
 
@@ -21,18 +20,9 @@ class ConditioningFileError(ValueError):
 
 
 def atomic_save_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write to a temporary file in the same folder and rename it: a crash never leaves half a file behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".safetensors", dir=folder)
-    os.close(handle)
-    try:
+    """Written through ``atomic_write``: a crash or power loss never leaves half a file behind."""
+    with atomic_write(path, suffix=".safetensors") as temporary:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def save_conditioning(path: str, cond: torch.Tensor, pooled: torch.Tensor, metadata: dict[str, str]) -> None:

@@ -1,8 +1,12 @@
-"""Reading weight files: safetensors only, with errors that say what is wrong with the file."""
+"""Files: reading weight files (safetensors only, with errors that say what is wrong with the file) and the one
+durable atomic write every writer of the pack uses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -38,3 +42,71 @@ def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
     if not tensors:
         raise WeightFileError(f"{name} contains no tensors")
     return tensors, metadata
+
+
+def fsync_folder(folder: str) -> None:
+    """Flush a folder's entries, so a rename inside it survives a power loss (a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def fsync_file(path: str) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path in ``path``'s folder; when the block ends without error, publish it as ``path``.
+
+    Publishing is: fsync the file, rename it over ``path``, fsync the folder. A crash or error leaves either the
+    old ``path`` or the complete new one, never a half-written or (after a power loss) empty file, and removes the
+    temporary file. ``suffix`` keeps an extension for writers that insist on one (``np.save`` adds ``.npy``).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=folder)
+    os.close(handle)
+    try:
+        yield temporary
+        fsync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+    fsync_folder(folder)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with atomic_write(path) as temporary, open(temporary, "wb") as stream:
+        stream.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_tree(folder: str) -> None:
+    """fsync every file and folder under ``folder`` (before renaming a whole folder into place)."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            full = os.path.join(root, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                fsync_file(full)
+        fsync_folder(root)
+
+
+def atomic_publish_folder(partial: str, final: str) -> None:
+    """Rename a fully written folder into place durably: its contents, then the rename, reach the disk."""
+    fsync_tree(partial)
+    os.replace(partial, final)
+    fsync_folder(os.path.dirname(os.path.abspath(final)))
