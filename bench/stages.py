@@ -26,10 +26,10 @@ STAGES = ["pre-processing", "VAE encode", "DiT (1 step)", "VAE decode", "post-pr
 
 def stage_functions(predictor, image: torch.Tensor, resolution: int, seed: int) -> list:
     """The pipeline for one image as a list of callables, each taking the previous stage's result."""
-    from e2p_core import imaging, pipeline, representations
+    from e2p_core import comfy_compat, imaging, pipeline, representations
 
     canvas = imaging.plan_canvas(image.shape[1], image.shape[2], resolution, "aspect")
-    decoder = pipeline.raw_decoder(predictor.vae)
+    decoder = comfy_compat.raw_vae_decoder(predictor.vae)
 
     def pre(_):
         return imaging.to_canvas(image[..., :3].float().clamp(0.0, 1.0), canvas)

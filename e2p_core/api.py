@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import pipeline, sampling
+from . import comfy_compat, pipeline, sampling
+from .files import read_safetensors
 from .conditioning_file import load_conditioning
 from .loader import E2PModel, load_e2p_checkpoint
 from .tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, check_task
@@ -15,12 +16,8 @@ from .tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, check_task
 
 def load_vae(path: str):
     """A ComfyUI VAE (the FLUX ae) from a safetensors file."""
-    import comfy.sd
-
-    from .files import read_safetensors
-
     tensors, _ = read_safetensors(path)
-    return comfy.sd.VAE(sd=tensors)
+    return comfy_compat.load_vae(tensors)
 
 
 @dataclass

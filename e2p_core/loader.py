@@ -1,8 +1,8 @@
 """Build an Edit2Perceive model as a ComfyUI ModelPatcher from any supported file, or from a native MODEL.
 
-The transformer is ComfyUI's own FLUX class, configured from tensor shapes (so the 12B release and a tiny test
-model take the same path) and wrapped in a ModelPatcher, so comfy.model_management owns device placement,
-offloading and lowvram. LoRAs go through ComfyUI's patch mechanism, never by rewriting the base weights.
+The transformer is built by ComfyUI's own diffusion-model loader (what UNETLoader runs) after conversion to BFL
+names, so comfy.model_management and ComfyUI's patcher class own device placement, offloading, lowvram and
+dynamic VRAM. LoRAs go through ComfyUI's patch mechanism, never by rewriting the base weights.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import formats
+from . import comfy_compat, formats
 from .files import read_safetensors
 from .patches import apply_e2p_patches
 from .tasks import META_TASK, META_TIME_EMBEDDING, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
@@ -66,29 +66,25 @@ def _task_from_metadata(metadata: dict[str, str]) -> str | None:
 
 
 def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: str = "default"):
-    """ComfyUI FLUX model from BFL tensors, with the key set checked strictly (ComfyUI itself only logs)."""
-    import comfy.model_detection
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.utils
-
+    """ComfyUI FLUX model from BFL tensors through ComfyUI's own loader, with the key set checked strictly
+    (ComfyUI itself only logs missing or unexpected weights)."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise E2PLoadError(f"unknown weight dtype '{weight_dtype}'; use one of {', '.join(WEIGHT_DTYPES)}")
     shape = formats.infer_shape(bfl_state_dict)
-    model_config = comfy.model_detection.model_config_from_unet_config(shape.unet_config())
-    if model_config is None:
-        raise E2PLoadError("this ComfyUI version does not know the FLUX model configuration; update ComfyUI")
-    load_device = mm.get_torch_device()
-    offload_device = mm.unet_offload_device()
-    supported = list(model_config.supported_inference_dtypes)
-    unet_dtype = WEIGHT_DTYPES[weight_dtype]
-    if unet_dtype is None:
-        unet_dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(bfl_state_dict),
-                                   supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(bfl_state_dict))
-    model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device, supported))
-    model = model_config.get_model(bfl_state_dict, "")
-    expected = set(model.diffusion_model.state_dict().keys())
-    given = set(bfl_state_dict.keys())
+    detected = comfy_compat.detect_flux_config(bfl_state_dict)
+    if detected is None:
+        raise E2PLoadError(f"ComfyUI {comfy_compat.comfyui_version()} does not recognise these tensors as a FLUX.1 "
+                           "transformer; the file is of another architecture, or ComfyUI needs an update")
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    if detected.get("num_heads") == shape.num_heads:
+        patcher = comfy_compat.load_flux_stock(bfl_state_dict, dtype)
+    else:
+        log.info("Edit2Perceive: ComfyUI detected %s heads for a hidden size of %d; building with %d",
+                 detected.get("num_heads"), shape.hidden_size, shape.num_heads)
+        patcher = comfy_compat.load_flux_from_config(bfl_state_dict, {**detected, "num_heads": shape.num_heads},
+                                                     dtype)
+    expected = comfy_compat.model_weight_keys(patcher)
+    given = comfy_compat.flux_key_renames(patcher.model.model_config, bfl_state_dict)
     missing, unexpected = sorted(expected - given), sorted(given - expected)
     if missing or unexpected:
         raise E2PLoadError(
@@ -96,19 +92,14 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
             + (f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])}) " if missing else "")
             + (f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
             + "; the file is incomplete or of another architecture")
-    model = model.to(offload_device)
-    model.load_model_weights(dict(bfl_state_dict), "")
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device), shape
+    return patcher, shape
 
 
 def lora_key_map(patcher) -> dict[str, object]:
     """ComfyUI's own LoRA key map for this model, plus the names ComfyUI 0.3.75 does not know:
     DiffSynth/peft module names (the official trainer's) and bare diffusers names (without ``transformer.``)."""
-    import comfy.lora
-
-    model = patcher.model
-    key_map = comfy.lora.model_lora_keys_unet(model, {})
-    config = model.model_config.unet_config
+    key_map = comfy_compat.stock_lora_key_map(patcher)
+    config = comfy_compat.unet_config(patcher)
     for source, target in formats.diffsynth_lora_targets(config["depth"], config["depth_single_blocks"]).items():
         key_map.setdefault(source, f"diffusion_model.{target}")
     for name, target in list(key_map.items()):
@@ -129,8 +120,6 @@ class LoraReport:
 
 def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: float = 1.0):
     """Clone ``patcher`` with the LoRA as weight patches. Fails when any LoRA module has no target."""
-    import comfy.lora
-
     normalized = formats.normalize_lora_keys(lora_state_dict)
     modules = formats.lora_module_names(normalized)
     if not modules:
@@ -143,7 +132,7 @@ def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: floa
     if unmatched:
         raise E2PLoadError(f"{report.summary()}; {len(unmatched)} match no layer of this model "
                            f"(e.g. {', '.join(unmatched[:3])}). Is it a LoRA for FLUX.1 Kontext of this size?")
-    patches = comfy.lora.load_lora(normalized, targets, log_missing=False)
+    patches = comfy_compat.lora_patches(normalized, targets)
     patched = patcher.clone()
     accepted = patched.add_patches(patches, strength)
     if len(accepted) != len(patches):

@@ -7,7 +7,8 @@ patching, lowvram offloading and the stock sampler path, and vanish when the pat
    frequencies to bfloat16 (and receives a bfloat16 timestep) before multiplying; ComfyUI uses float32 frequencies.
    At t = 1000 the two embeddings differ by up to ~1.1 per component, enough to move the prediction visibly.
 2. Reference placement. Matting feeds two references (image, hint map); officially both sit at RoPE index 1 with
-   no spatial offset. ComfyUI's "offset" method would move the second one beside the first.
+   no spatial offset. The conditioning asks for ComfyUI's "offset" method explicitly (index 1 for every
+   reference, see e2p_core.sampling); this patch removes the offset it would add to the second one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 
 import torch
 
+from . import comfy_compat
 from .tasks import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
 EMBEDDING_DIM = 256
@@ -83,8 +85,6 @@ class ZeroOffsetReferences:
 
 def apply_e2p_patches(patcher, time_embedding: str = TIME_EMBEDDING_OFFICIAL):
     """Return a clone of ``patcher`` that runs the official Edit2Perceive forward."""
-    import comfy.patcher_extension
-
     if time_embedding not in (TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK):
         raise ValueError(f"unknown time embedding '{time_embedding}'")
     patched = patcher.clone()
@@ -100,36 +100,10 @@ def apply_e2p_patches(patcher, time_embedding: str = TIME_EMBEDDING_OFFICIAL):
         stock_time_in = stock_time_in.original
     if time_embedding == TIME_EMBEDDING_OFFICIAL:
         patched.add_object_patch("diffusion_model.time_in", OfficialTimeEmbedder(stock_time_in))
-        wrappers = patched.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})
-        if WRAPPER_KEY not in wrappers:
-            patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                         _time_embedding_wrapper)
+        wrapper_type = comfy_compat.diffusion_model_wrapper_type()
+        if WRAPPER_KEY not in patched.wrappers.get(wrapper_type, {}):
+            patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, _time_embedding_wrapper)
     else:
         patched.object_patches.pop("diffusion_model.time_in", None)
-    prefer_sdpa_over_cpu_fallback(patched)
+    comfy_compat.prefer_sdpa_over_cpu_fallback(patched)
     return patched
-
-
-def prefer_sdpa_over_cpu_fallback(patcher) -> None:
-    """On CPU, use torch SDPA where ComfyUI fell back to sub-quadratic attention on its own.
-
-    bench/dit_options.py measured the FLUX DiT pass at 0.81x the time with SDPA at 512² on CPU (5 of 5 interleaved
-    rounds). Only CPU was measured, so GPUs keep ComfyUI's choice; so do a backend the user chose with a flag and
-    an override another node already set on this model."""
-    from comfy.cli_args import args
-    from comfy.ldm.modules import attention
-
-    if getattr(patcher, "load_device", None) is None or patcher.load_device.type != "cpu":
-        return
-    chosen_by_flag = args.use_quad_cross_attention or args.use_split_cross_attention
-    if chosen_by_flag or attention.optimized_attention is not attention.attention_sub_quad:
-        return
-    transformer_options = patcher.model_options.setdefault("transformer_options", {})
-    if "optimized_attention_override" in transformer_options:
-        return
-    sdpa = attention.get_attention_function("pytorch")
-
-    def use_sdpa(default_function, *args, **kwargs):
-        return sdpa(*args, **kwargs)
-
-    transformer_options["optimized_attention_override"] = use_sdpa

@@ -7,13 +7,12 @@ or the progress bar act between items.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import imaging, representations
+from . import comfy_compat, imaging, representations
 from .sampling import predict_latent
 from .tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
 
@@ -56,15 +55,6 @@ def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: 
     return padded
 
 
-def raw_decoder(vae):
-    """The same VAE, decoding to the model's raw [-1, 1] output instead of ComfyUI's clamped [0, 1] image.
-
-    Normals are unit-normalised from unclipped values officially, so the clamp would change them."""
-    unclamped = copy.copy(vae)
-    unclamped.process_output = lambda image: image
-    return unclamped
-
-
 def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images: torch.Tensor, task: str,
                  processing_resolution: int = PROCESSING_RESOLUTION, resize_mode: str = "aspect", steps: int = 1,
                  seed: int = DEFAULT_SEED, hints: list[MattingHints] | None = None,
@@ -75,8 +65,6 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
     [B, H, W, 3] (E2P native convention); matting -> alpha [B, H, W]. ``hint_maps`` [B, H, W] (matting only) is
     the point map the model saw, resized to the input, for previews.
     """
-    import comfy.model_management
-
     if images.dim() != 4 or images.shape[-1] < 3:
         raise ValueError(f"expected an IMAGE batch [B, H, W, 3], got shape {tuple(images.shape)}")
     batch, height, width = images.shape[0], images.shape[1], images.shape[2]
@@ -85,10 +73,10 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
     if task == "matting" and hints is not None and len(hints) != batch:
         raise ValueError(f"{len(hints)} hint sets for {batch} images; give one per image or one for all")
     canvas = imaging.plan_canvas(height, width, processing_resolution, resize_mode)
-    decoder = raw_decoder(vae)
+    decoder = comfy_compat.raw_vae_decoder(vae)
     outputs, hint_outputs = [], []
     for index in range(batch):
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        comfy_compat.throw_if_interrupted()
         rgb = torch.nan_to_num(images[index:index + 1, :, :, :3].float(), nan=0.0, posinf=1.0, neginf=0.0)
         rgb = imaging.to_canvas(rgb.clamp(0.0, 1.0), canvas)
         references = [vae.encode(rgb)]

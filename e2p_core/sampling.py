@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import schedule
+from . import comfy_compat, schedule
 from .tasks import DEFAULT_SEED, EMBEDDED_GUIDANCE
 
 
@@ -45,31 +45,16 @@ def seeded_noise(shape, seed: int = DEFAULT_SEED) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
-def make_guider(patcher, conditioning: list):
-    """A cfg-1 guider over the positive conditioning only (the official cfg is 1: no negative pass)."""
-    import comfy.samplers
-
-    class PositiveOnlyGuider(comfy.samplers.CFGGuider):
-        def set_conds(self, positive):
-            self.inner_set_conds({"positive": positive})
-
-        def predict_noise(self, x, timestep, model_options={}, seed=None):
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"),
-                                                    1.0, model_options=model_options, seed=seed)
-
-    guider = PositiveOnlyGuider(patcher)
-    guider.set_conds(conditioning)
-    return guider
-
-
 def build_conditioning(cond: torch.Tensor, pooled: torch.Tensor, reference_latents: list[torch.Tensor],
                        guidance: float = EMBEDDED_GUIDANCE) -> list:
     """ComfyUI conditioning with raw reference latents (ComfyUI applies the latent format itself).
 
-    Guidance is always explicit: ComfyUI's FLUX substitutes 3.5 when it is missing, the official value is 1.
+    Guidance is always explicit: ComfyUI's FLUX substitutes 3.5 when it is missing, the official value is 1. So is
+    the reference method: every reference at RoPE index 1, whatever the model's default method is.
     """
     return [[cond, {"pooled_output": pooled, "guidance": float(guidance),
-                    "reference_latents": list(reference_latents)}]]
+                    "reference_latents": list(reference_latents),
+                    "reference_latents_method": comfy_compat.REFERENCE_METHOD}]]
 
 
 def predict_latent(patcher, reference_latents: list[torch.Tensor], cond: torch.Tensor, pooled: torch.Tensor,
@@ -81,8 +66,6 @@ def predict_latent(patcher, reference_latents: list[torch.Tensor], cond: torch.T
     reference's size. ``noise``: x_T in model space (the official/diffusers scaled latent space); drawn from
     ``seed`` when None. Returns the predicted raw latent [B, 16, h, w], ready for VAE.decode.
     """
-    import comfy.samplers
-
     if not reference_latents:
         raise ValueError("at least one reference latent (the encoded input image) is needed")
     first = reference_latents[0]
@@ -96,8 +79,8 @@ def predict_latent(patcher, reference_latents: list[torch.Tensor], cond: torch.T
     batch = first.shape[0]
     positive = build_conditioning(cond.expand(batch, -1, -1), pooled.expand(batch, -1), reference_latents, guidance)
     sigmas, landing = sampler_sigmas(steps)
-    sampler = comfy.samplers.KSAMPLER(official_euler, extra_options={"landing_sigma": landing})
-    guider = make_guider(patcher, positive)
+    sampler = comfy_compat.ksampler(official_euler, {"landing_sigma": landing})
+    guider = comfy_compat.positive_only_guider(patcher, positive)
     latent = torch.zeros_like(first)
     result = guider.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=seed)
     return result.to(torch.float32).cpu()

@@ -204,7 +204,7 @@ def predict_official_matting(predictor, images: torch.Tensor, point_map: torch.T
     """Matting conditioned as the official evaluation conditions it: the RGB alone ("none": no second reference
     image at all, not even an empty point map) or the RGB plus a given point map. Uses the predictor's VAE and
     latent-level prediction, since the nodes' path always adds a point image."""
-    from e2p_core import imaging, pipeline
+    from e2p_core import comfy_compat, imaging, pipeline
 
     canvas = imaging.plan_canvas(images.shape[1], images.shape[2], settings.processing_resolution, "reference")
     with torch.inference_mode():
@@ -213,7 +213,7 @@ def predict_official_matting(predictor, images: torch.Tensor, point_map: torch.T
             on_canvas = imaging.to_canvas(point_map[None, :, :, None].float(), canvas)[..., 0]
             references.append(predictor.vae.encode(representations.hint_map_to_image(on_canvas)))
         latent = predictor.predict_latent(references, steps=settings.steps, seed=settings.seed)
-        decoded = pipeline.raw_decoder(predictor.vae).decode(latent).float()[..., :3]
+        decoded = comfy_compat.raw_vae_decoder(predictor.vae).decode(latent).float()[..., :3]
         alpha = representations.decode_alpha(decoded)[..., None]
         return imaging.from_canvas(alpha, canvas)[..., 0].clamp(0.0, 1.0)
 

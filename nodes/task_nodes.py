@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import comfy.utils
-
-from ..e2p_core import imaging, pipeline, representations
+from ..e2p_core import comfy_compat, imaging, pipeline, representations
 from ..e2p_core.tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
 from .loader_nodes import CATEGORY, E2P_MODEL
 
@@ -40,7 +38,7 @@ def _check_task(e2p_model, task: str) -> None:
 
 def _run(e2p_model, vae, image, task, processing_resolution, resize_mode, steps, seed, hints=None, num_points=10):
     _check_task(e2p_model, task)
-    progress = comfy.utils.ProgressBar(image.shape[0])
+    progress = comfy_compat.progress_bar(image.shape[0])
     return pipeline.predict_task(e2p_model.patcher, vae, e2p_model.cond, e2p_model.pooled, image, task,
                                  processing_resolution, resize_mode, steps, seed, hints, num_points,
                                  on_item_done=lambda _: progress.update(1))

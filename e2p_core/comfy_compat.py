@@ -1,0 +1,250 @@
+"""Every ComfyUI internal the pack touches, in one place, with what differs between ComfyUI versions.
+
+Nodes and the rest of the core call these functions instead of reaching into ``comfy.*`` themselves, so a change
+in ComfyUI is mended here once. Tested on ComfyUI 0.3.75 (November 2025) and 0.33.0 (August 2026).
+
+Touch points and the differences found:
+
+- Loading a FLUX transformer: ``comfy.model_detection.detect_unet_config`` and
+  ``comfy.sd.load_diffusion_model_state_dict`` (what UNETLoader runs: detection, the full config, the
+  ``process_unet_state_dict`` renames, dtype choice, the patcher class). 0.3.75 detects every FLUX.1 with 24 heads
+  (right for the 12B model, wrong for smaller test models), so when detection disagrees with the tensors'
+  own shape the model is built from the corrected config with the same steps. 0.33.0 requires ``txt_ids_dims``
+  (filled in by its detection), renames attention norms ``.scale`` -> ``.weight`` on load, and its loader picks
+  ``CoreModelPatcher`` (the dynamic-VRAM patcher on GPUs).
+- LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``; same on both.
+- Patches: ``comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL`` wrappers and ModelPatcher object patches of
+  ``diffusion_model.time_in`` and ``diffusion_model.process_img``. The FLUX forward calls ``time_in`` on the
+  stock embedding and ``process_img(ref, index=..., h_offset=..., w_offset=...)`` for each reference on both.
+- Reference placement: the ``reference_latents_method`` conditioning key (0.3.75 and 0.33.0). The pack sets
+  ``offset`` explicitly (index 1 for every reference) instead of relying on the model's default method.
+- Sampling: ``comfy.samplers.KSAMPLER``, ``CFGGuider`` and ``sampling_function``; same on both.
+- Raw VAE decode: ``VAE.process_output``. 0.3.75 uses its return value, 0.33.0 calls it in place on a
+  preallocated buffer and ignores the return; an identity works for both.
+- Text conditioning: ``CLIP.tokenize(text, tokenizer_options={"t5xxl_min_length": n})``; same on both.
+- Attention: ``transformer_options["optimized_attention_override"]`` called as ``override(func, *args, **kwargs)``
+  on both (0.33.0 unwraps its tensor containers before calling it), ``comfy.ldm.modules.attention`` for the
+  backend ComfyUI chose and ``get_attention_function``.
+- Interrupt and progress: ``comfy.model_management.throw_exception_if_processing_interrupted`` and
+  ``comfy.utils.ProgressBar``; same on both.
+- Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags).
+- 3D: ComfyUI 0.33.0 has a ``MESH`` type (``comfy_api.latest.Types.MESH``); 0.3.75 has none.
+
+ComfyUI's public ``folder_paths`` module (model folders, output paths) is used directly by the nodes: it is
+ComfyUI's documented extension point and identical on both versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+
+import torch
+
+log = logging.getLogger("edit2perceive")
+
+TESTED_VERSIONS = ("0.3.75", "0.33.0")
+REFERENCE_METHOD = "offset"   # every reference at RoPE index 1; the pack removes the spatial offset itself
+
+
+class ComfyCompatError(RuntimeError):
+    """This ComfyUI lacks something the pack needs; the message says what to update."""
+
+
+def comfyui_version() -> str:
+    """The running ComfyUI's version string, or 'unknown'."""
+    try:
+        return importlib.import_module("comfyui_version").__version__
+    except (ImportError, AttributeError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def detect_flux_config(bfl_state_dict: dict[str, torch.Tensor]) -> dict | None:
+    """ComfyUI's own model detection for BFL-named FLUX tensors (None when it does not see a FLUX model)."""
+    import comfy.model_detection
+
+    config = comfy.model_detection.detect_unet_config(bfl_state_dict, "")
+    if config is None or config.get("image_model") != "flux":
+        return None
+    return config
+
+
+def flux_key_renames(model_config, bfl_state_dict: dict[str, torch.Tensor]) -> set[str]:
+    """The key set ComfyUI loads into the model after its own renames (``process_unet_state_dict``)."""
+    return set(model_config.process_unet_state_dict(dict(bfl_state_dict)).keys())
+
+
+def load_flux_stock(bfl_state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None):
+    """UNETLoader's path: ComfyUI's ``load_diffusion_model_state_dict`` with only the dtype chosen by us."""
+    import comfy.sd
+
+    model_options = {} if dtype is None else {"dtype": dtype}
+    patcher = comfy.sd.load_diffusion_model_state_dict(dict(bfl_state_dict), model_options=model_options)
+    if patcher is None:
+        raise ComfyCompatError(f"ComfyUI {comfyui_version()} did not recognise the FLUX.1 transformer; update "
+                               "ComfyUI")
+    return patcher
+
+
+def load_flux_from_config(bfl_state_dict: dict[str, torch.Tensor], unet_config: dict, dtype: torch.dtype | None):
+    """The same steps as ComfyUI's loader, from a corrected detection config (see the module docstring)."""
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, bfl_state_dict)
+    if model_config is None:
+        raise ComfyCompatError(f"ComfyUI {comfyui_version()} does not know the FLUX model configuration; update "
+                               "ComfyUI")
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    supported = list(model_config.supported_inference_dtypes)
+    if dtype is None:
+        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(bfl_state_dict),
+                              supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(bfl_state_dict))
+    model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
+    model = model_config.get_model(bfl_state_dict, "")
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
+    if not mm.is_device_cpu(offload_device):
+        model.to(offload_device)
+    if hasattr(patcher, "is_dynamic"):
+        model.load_model_weights(dict(bfl_state_dict), "", assign=patcher.is_dynamic())
+    else:
+        model.load_model_weights(dict(bfl_state_dict), "")
+    return patcher
+
+
+def model_weight_keys(patcher) -> set[str]:
+    return set(patcher.model.diffusion_model.state_dict().keys())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def stock_lora_key_map(patcher) -> dict[str, object]:
+    import comfy.lora
+
+    return comfy.lora.model_lora_keys_unet(patcher.model, {})
+
+
+def lora_patches(lora_state_dict: dict[str, torch.Tensor], targets: dict[str, object]) -> dict:
+    import comfy.lora
+
+    return comfy.lora.load_lora(lora_state_dict, targets, log_missing=False)
+
+
+def unet_config(patcher) -> dict:
+    return patcher.model.model_config.unet_config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patches, sampling, decoding
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def diffusion_model_wrapper_type():
+    import comfy.patcher_extension
+
+    return comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+
+
+def ksampler(sampler_function, extra_options: dict):
+    import comfy.samplers
+
+    return comfy.samplers.KSAMPLER(sampler_function, extra_options=extra_options)
+
+
+def positive_only_guider(patcher, conditioning: list):
+    """A cfg-1 guider over the positive conditioning only (the official cfg is 1: no negative pass)."""
+    import comfy.samplers
+
+    class PositiveOnlyGuider(comfy.samplers.CFGGuider):
+        def set_conds(self, positive):
+            self.inner_set_conds({"positive": positive})
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"),
+                                                    1.0, model_options=model_options, seed=seed)
+
+    guider = PositiveOnlyGuider(patcher)
+    guider.set_conds(conditioning)
+    return guider
+
+
+def raw_vae_decoder(vae):
+    """The same VAE, decoding to the model's raw [-1, 1] output instead of ComfyUI's clamped [0, 1] image.
+
+    An identity ``process_output`` is right for both calling styles (returned value on 0.3.75, in place on 0.33.0).
+    """
+    unclamped = copy.copy(vae)
+    unclamped.process_output = lambda image: image
+    return unclamped
+
+
+def load_vae(state_dict: dict[str, torch.Tensor]):
+    import comfy.sd
+
+    return comfy.sd.VAE(sd=state_dict)
+
+
+def throw_if_interrupted() -> None:
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def progress_bar(total: int):
+    import comfy.utils
+
+    return comfy.utils.ProgressBar(total)
+
+
+def metadata_disabled() -> bool:
+    """True when ComfyUI was started with --disable-metadata."""
+    from comfy.cli_args import args
+
+    return bool(args.disable_metadata)
+
+
+def tokenize_padded(clip, text: str, t5_min_length: int):
+    return clip.tokenize(text, tokenizer_options={"t5xxl_min_length": t5_min_length})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def prefer_sdpa_over_cpu_fallback(patcher) -> None:
+    """On CPU, use torch SDPA where ComfyUI fell back to sub-quadratic attention on its own.
+
+    bench/dit_options.py measured the FLUX DiT pass at 0.81x the time with SDPA at 512² on CPU (5 of 5 interleaved
+    rounds). Only CPU was measured, so GPUs keep ComfyUI's choice; so do a backend the user chose with a flag and
+    an override another node already set on this model."""
+    from comfy.cli_args import args
+    from comfy.ldm.modules import attention
+
+    if getattr(patcher, "load_device", None) is None or patcher.load_device.type != "cpu":
+        return
+    chosen_by_flag = args.use_quad_cross_attention or args.use_split_cross_attention
+    if chosen_by_flag or attention.optimized_attention is not attention.attention_sub_quad:
+        return
+    transformer_options = patcher.model_options.setdefault("transformer_options", {})
+    if "optimized_attention_override" in transformer_options:
+        return
+    sdpa = attention.get_attention_function("pytorch")
+
+    def use_sdpa(default_function, *args, **kwargs):
+        return sdpa(*args, **kwargs)
+
+    transformer_options["optimized_attention_override"] = use_sdpa
