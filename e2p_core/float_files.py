@@ -27,6 +27,40 @@ EXR_INCREASING_Y = 0
 EXR_MAX_NAME_LENGTH = 31          # longer attribute names need the "long names" flag, which we avoid
 EXR_CHANNELS = {1: ("Y",), 3: ("R", "G", "B")}
 
+# The two file formats of the saver node and the labelling CLI, with their file extensions.
+FILE_FORMATS = {"png16": "png", "exr32": "exr"}
+
+# What the saved values mean (a tensor carries no such tag); chosen by the user and written into every file.
+CONTENTS = {
+    "unspecified": "not stated",
+    "sqrt_depth": "E2P Depth output: affine in sqrt(depth), near = 0 (dark), far = 1; relative, not linear depth",
+    "disparity": "inverse depth rescaled to [0, 1], near = 1 (bright); what depth ControlNets expect",
+    "relative_depth": "linear depth rescaled to [0, 1], near = 0 (dark)",
+    "metric_depth": "depth in metres (E2P Sqrt Depth Decode metric_depth, from the chosen near and far)",
+    "normals_controlnet_bae": "unit camera-space normals encoded (n + 1) / 2; R = +X left, G = +Y up, "
+                              "B = +Z towards the viewer (E2P's own convention, ControlNet normalbae)",
+    "normals_opengl_camera": "unit camera-space normals encoded (n + 1) / 2; R = +X right, G = +Y up, "
+                             "B = +Z towards the viewer (Marigold, OpenGL)",
+    "normals_directx": "unit camera-space normals encoded (n + 1) / 2; R = +X right, G = +Y down, "
+                       "B = +Z towards the viewer (DirectX)",
+    "alpha": "alpha matte: 0 = background, 1 = foreground",
+}
+
+# Metadata keys (PNG text chunks, EXR string attributes) and the channel descriptions written under META_CHANNELS.
+META_CONTENT = "e2p.content"
+META_DESCRIPTION = "e2p.content_description"
+META_CHANNELS = "e2p.channels"
+META_VALUE_MIN = "e2p.value_min"
+META_VALUE_MAX = "e2p.value_max"
+META_PNG16_LOW = "e2p.png16_low"
+META_PNG16_HIGH = "e2p.png16_high"
+META_DECODE = "e2p.decode"
+PNG16_DECODE = "value = e2p.png16_low + code / 65535 * (e2p.png16_high - e2p.png16_low)"
+EXR_DECODE = "value = sample (float32, unchanged)"
+CHANNELS_GRAY_IMAGE = "Y (gray: the image's three channels are identical)"
+CHANNELS_GRAY_MASK = "Y (gray: the mask)"
+CHANNELS_RGB = "R, G, B"
+
 
 def _as_planar(data: np.ndarray) -> np.ndarray:
     """[H, W] or [H, W, C] with C in (1, 3) -> [H, W, C]; anything else is refused with the shapes we take."""
@@ -164,3 +198,34 @@ def write_png16(path: str, data: np.ndarray, value_range: tuple[float, float], t
 def write_exr(path: str, data: np.ndarray, attributes: dict[str, str] | None = None) -> None:
     with open(path, "wb") as handle:
         handle.write(encode_exr(data, attributes))
+
+
+def check_file_format(file_format: str) -> str:
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"unknown file_format '{file_format}'; choose one of {', '.join(FILE_FORMATS)}")
+    return file_format
+
+
+def float_file_metadata(data: np.ndarray, content: str, channels: str, file_format: str) -> dict[str, str]:
+    """What a float file says about itself: content and its meaning, channels, value range and how to decode
+    (for png16 also the range the codes stand for, see :func:`png16_range`)."""
+    check_file_format(file_format)
+    if content not in CONTENTS:
+        raise ValueError(f"unknown content '{content}'; choose one of {', '.join(CONTENTS)}")
+    low, high = finite_range(data)
+    metadata = {META_CONTENT: content, META_DESCRIPTION: CONTENTS[content], META_CHANNELS: channels,
+                META_VALUE_MIN: repr(low), META_VALUE_MAX: repr(high)}
+    if file_format == "png16":
+        png_low, png_high = png16_range(data)
+        metadata.update({META_PNG16_LOW: repr(png_low), META_PNG16_HIGH: repr(png_high), META_DECODE: PNG16_DECODE})
+    else:
+        metadata[META_DECODE] = EXR_DECODE
+    return metadata
+
+
+def encode_float_file(data: np.ndarray, file_format: str, metadata: dict[str, str]) -> bytes:
+    """The bytes of a png16 or exr32 file; png16 quantises over the range that ``metadata`` records."""
+    if check_file_format(file_format) == "png16":
+        value_range = (float(metadata[META_PNG16_LOW]), float(metadata[META_PNG16_HIGH]))
+        return encode_png16(quantize_png16(data, value_range), metadata)
+    return encode_exr(data, metadata)
