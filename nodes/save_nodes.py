@@ -20,34 +20,8 @@ from comfy.cli_args import args
 from ..e2p_core import float_files
 from .loader_nodes import CATEGORY
 
-FILE_FORMATS = ["png16", "exr32"]
-
-# What the saved values mean, chosen by the user (an IMAGE tensor carries no such tag). Written into every file.
-CONTENTS = {
-    "unspecified": "not stated",
-    "sqrt_depth": "E2P Depth output: affine in sqrt(depth), near = 0 (dark), far = 1; relative, not linear depth",
-    "disparity": "inverse depth rescaled to [0, 1], near = 1 (bright); what depth ControlNets expect",
-    "relative_depth": "linear depth rescaled to [0, 1], near = 0 (dark)",
-    "metric_depth": "depth in metres (E2P Sqrt Depth Decode metric_depth, from the chosen near and far)",
-    "normals_controlnet_bae": "unit camera-space normals encoded (n + 1) / 2; R = +X left, G = +Y up, "
-                              "B = +Z towards the viewer (E2P's own convention, ControlNet normalbae)",
-    "normals_opengl_camera": "unit camera-space normals encoded (n + 1) / 2; R = +X right, G = +Y up, "
-                             "B = +Z towards the viewer (Marigold, OpenGL)",
-    "normals_directx": "unit camera-space normals encoded (n + 1) / 2; R = +X right, G = +Y down, "
-                       "B = +Z towards the viewer (DirectX)",
-    "alpha": "alpha matte: 0 = background, 1 = foreground",
-}
-
-META_CONTENT = "e2p.content"
-META_DESCRIPTION = "e2p.content_description"
-META_CHANNELS = "e2p.channels"
-META_VALUE_MIN = "e2p.value_min"
-META_VALUE_MAX = "e2p.value_max"
-META_PNG16_LOW = "e2p.png16_low"
-META_PNG16_HIGH = "e2p.png16_high"
-META_DECODE = "e2p.decode"
-PNG16_DECODE = "value = e2p.png16_low + code / 65535 * (e2p.png16_high - e2p.png16_low)"
-EXR_DECODE = "value = sample (float32, unchanged)"
+FILE_FORMATS = list(float_files.FILE_FORMATS)
+CONTENTS = float_files.CONTENTS
 MASK_SUFFIX = "mask"
 
 
@@ -58,8 +32,8 @@ def _channel_planes(image: torch.Tensor) -> tuple[np.ndarray, str]:
         raise ValueError(f"the image has {image.shape[-1]} channels; this node saves RGB images (3 channels). "
                          "For an RGBA result save its RGB as images and its alpha (a MASK) as mask")
     if torch.equal(image[..., 0], image[..., 1]) and torch.equal(image[..., 0], image[..., 2]):
-        return image[..., 0].float().cpu().numpy(), "Y (gray: the image's three channels are identical)"
-    return image.float().cpu().numpy(), "R, G, B"
+        return image[..., 0].float().cpu().numpy(), float_files.CHANNELS_GRAY_IMAGE
+    return image.float().cpu().numpy(), float_files.CHANNELS_RGB
 
 
 def _preview(data: np.ndarray) -> Image.Image:
@@ -117,7 +91,7 @@ class E2PSaveFloatImage:
             items += [(index, "", *_channel_planes(batch[index])) for index in range(batch.shape[0])]
         if mask is not None:
             masks = mask if mask.dim() == 3 else mask[None]
-            items += [(index, MASK_SUFFIX, masks[index].float().cpu().numpy(), "Y (gray: the mask)")
+            items += [(index, MASK_SUFFIX, masks[index].float().cpu().numpy(), float_files.CHANNELS_GRAY_MASK)
                       for index in range(masks.shape[0])]
         if not items:
             raise ValueError("nothing to save: the connected batch is empty (0 images)")
@@ -128,32 +102,16 @@ class E2PSaveFloatImage:
         workflow_metadata = self._workflow_metadata(prompt, extra_pnginfo)
         saved, previews = [], []
         for index, suffix, data, channels in items:
-            metadata = self._metadata(data, content, channels, file_format)
+            metadata = float_files.float_file_metadata(data, content, channels, file_format)
             metadata.update(workflow_metadata)
             stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_{suffix}"
-            extension = "png" if file_format == "png16" else "exr"
-            path = os.path.join(folder, f"{stem}.{extension}")
-            if file_format == "png16":
-                value_range = (float(metadata[META_PNG16_LOW]), float(metadata[META_PNG16_HIGH]))
-                float_files.write_png16(path, data, value_range, metadata)
-            else:
-                float_files.write_exr(path, data, metadata)
+            path = os.path.join(folder, f"{stem}.{float_files.FILE_FORMATS[file_format]}")
+            with open(path, "wb") as handle:
+                handle.write(float_files.encode_float_file(data, file_format, metadata))
             entry = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
             saved.append(entry)
             previews.append(entry if file_format == "png16" else self._write_preview(data, stem))
         return {"ui": {"images": previews, "files": saved}}
-
-    @staticmethod
-    def _metadata(data: np.ndarray, content: str, channels: str, file_format: str) -> dict[str, str]:
-        low, high = float_files.finite_range(data)
-        metadata = {META_CONTENT: content, META_DESCRIPTION: CONTENTS[content], META_CHANNELS: channels,
-                    META_VALUE_MIN: repr(low), META_VALUE_MAX: repr(high)}
-        if file_format == "png16":
-            png_low, png_high = float_files.png16_range(data)
-            metadata.update({META_PNG16_LOW: repr(png_low), META_PNG16_HIGH: repr(png_high), META_DECODE: PNG16_DECODE})
-        else:
-            metadata[META_DECODE] = EXR_DECODE
-        return metadata
 
     @staticmethod
     def _workflow_metadata(prompt, extra_pnginfo) -> dict[str, str]:
