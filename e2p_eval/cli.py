@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from e2p_core.files import atomic_write_text
+
 from . import protocol as protocols
 from .datasets import DATASETS, DatasetError
 from .predict import (MATTING_HINTS, RESIZE_MODES, PredictionSettings, ensure_comfyui, load_manifest,
@@ -189,9 +191,7 @@ def command_report(args):
             raise ValueError(f"cannot read {path}: {error.strerror}; give summary.json files written by "
                              "'evaluate' or their folders") from None
     markdown = summary_markdown(summaries)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as handle:
-        handle.write(markdown)
+    atomic_write_text(args.output, markdown)
     print(markdown)
     if args.plot:
         print(save_plot(summaries, args.plot))

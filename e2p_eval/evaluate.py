@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from e2p_core.files import atomic_write, atomic_write_text
+
 from . import metrics, protocol as protocols, report
 from .datasets import EvalDataset, open_dataset
 from .predict import prediction_path
@@ -40,8 +42,7 @@ def evaluate_dataset(task: str, dataset: EvalDataset, out_dir: str, protocol: pr
     aggregate = protocols.DatasetAggregate(task, protocol)
     columns = ["image", "status"] + list(METRIC_COLUMNS[task]) + list(EXTRA_COLUMNS[task])
     missing = 0
-    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_write(csv_path, suffix=".csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for sample in tqdm(dataset.samples, desc=f"evaluate {dataset.name}", unit="img", disable=not show_progress):
@@ -102,13 +103,9 @@ def evaluate_run(out_dir: str, protocol: protocols.Protocol, task: str, datasets
         "checkpoint_name": checkpoint_name,
         "datasets": {r.name: {"title": r.title, **r.summary} for r in results},
     }
-    os.makedirs(metrics_dir, exist_ok=True)
-    with open(os.path.join(metrics_dir, "summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, allow_nan=True)
-        handle.write("\n")
+    atomic_write_text(os.path.join(metrics_dir, "summary.json"), json.dumps(summary, indent=2, allow_nan=True) + "\n")
     markdown = report.summary_markdown([summary])
-    with open(os.path.join(metrics_dir, "summary.md"), "w", encoding="utf-8") as handle:
-        handle.write(markdown)
+    atomic_write_text(os.path.join(metrics_dir, "summary.md"), markdown)
     plot_message = report.save_plot([summary], os.path.join(metrics_dir, "summary.png"))
     print(markdown)
     print(plot_message)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from e2p_core import representations
+from e2p_core.files import atomic_write, atomic_write_text
 
 from .datasets import EvalDataset, open_dataset
 
@@ -106,7 +106,7 @@ def load_manifest(out_dir: str) -> RunManifest | None:
 
 def save_manifest(out_dir: str, manifest: RunManifest) -> None:
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write_text(os.path.join(out_dir, MANIFEST), json.dumps(manifest.to_json(), indent=2) + "\n")
+    atomic_write_text(os.path.join(out_dir, MANIFEST), json.dumps(manifest.to_json(), indent=2) + "\n")
 
 
 def merge_manifest(out_dir: str, settings: PredictionSettings, label: str | None) -> RunManifest:
@@ -129,27 +129,10 @@ def prediction_path(out_dir: str, dataset_name: str, key: str) -> str:
     return os.path.join(out_dir, PREDICTIONS, dataset_name, *relative.split("/"))
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", dir=folder)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def save_prediction(path: str, array: np.ndarray) -> None:
-    """Write through a temporary file so an interrupted run never leaves a truncated .npy that looks done."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, np.asarray(array, dtype=np.float32))
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Written through ``atomic_write``: an interrupted run never leaves a truncated .npy that looks done."""
+    with atomic_write(path, suffix=".npy") as temporary, open(temporary, "wb") as stream:
+        np.save(stream, np.asarray(array, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+from e2p_core.files import atomic_write
+
 from . import metrics
 from .datasets import PAPER_ORDER
 
@@ -175,6 +177,6 @@ def save_plot(summaries: list[dict], path: str) -> str:
         draw.rectangle([MARGIN, y, MARGIN + 16, y + 16], fill=RUN_COLOURS[run % len(RUN_COLOURS)])
         draw.text((MARGIN + 24, y + 8), f"{summary['label']} ({protocol_note(summary)})", fill="black",
                   font=_font(13), anchor="lm")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path)
+    with atomic_write(path, suffix=os.path.splitext(path)[1]) as temporary:
+        image.save(temporary)
     return f"plot written to {path}"

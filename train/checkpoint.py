@@ -6,8 +6,9 @@ Layout of a run directory::
                                 the progress counters and the EMA) + export/ (files the ComfyUI nodes load)
     checkpoints/latest          the name of the newest complete checkpoint
 
-A checkpoint is written into a ``.partial-`` folder and renamed once every process has finished writing, and
-``latest`` is replaced atomically afterwards, so a run killed at any moment resumes from the last complete one.
+A checkpoint is written into a ``.partial-`` folder, fsynced and renamed once every process has finished writing,
+and ``latest`` is replaced atomically and durably afterwards, so a run killed at any moment (power loss included)
+resumes from the last complete one.
 Only trainable parameters are stored for LoRA runs (the frozen base is reloaded from its own file).
 """
 
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import torch
+
+from e2p_core.files import atomic_publish_folder, atomic_write_text
 
 CHECKPOINT_FOLDER = "checkpoints"
 LATEST_FILE = "latest"
@@ -98,11 +100,7 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 def write_latest(output_dir: str, folder: str) -> None:
-    root = checkpoint_root(output_dir)
-    handle, temporary = tempfile.mkstemp(prefix=".latest-", dir=root)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(os.path.basename(folder))
-    os.replace(temporary, os.path.join(root, LATEST_FILE))
+    atomic_write_text(os.path.join(checkpoint_root(output_dir), LATEST_FILE), os.path.basename(folder))
 
 
 def strip_wrapper_prefix(name: str) -> str:
@@ -135,7 +133,7 @@ def save(accelerator, output_dir: str, step: int, keep: int, write_extras=None) 
     if accelerator.is_main_process:
         if os.path.isdir(final):
             shutil.rmtree(final)
-        os.replace(partial, final)
+        atomic_publish_folder(partial, final)
         write_latest(output_dir, final)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

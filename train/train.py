@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from e2p_core import representations
+from e2p_core.files import atomic_write, atomic_write_text
 from e2p_core.sampling import seeded_noise
 from e2p_core.tasks import DEFAULT_SEED
 
@@ -368,10 +369,7 @@ def read_jsonl(path: str) -> list[dict]:
 def truncate_log(path: str, last_step: int) -> None:
     """Drop records past the resumed step, so the log of a resumed run reads as one uninterrupted run."""
     kept = [r for r in read_jsonl(path) if r["step"] <= last_step]
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(temporary, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def append_jsonl(path: str, record: dict) -> None:
@@ -586,9 +584,8 @@ def run(config: TrainConfig, resume: bool = False, train_dataset: Dataset | None
     if is_main and last_checkpoint:
         final = os.path.join(last_checkpoint, EXPORT_FOLDER, export_file_name(config))
         export_path = os.path.join(config.output_dir, EXPORT_FOLDER, export_file_name(config))
-        os.makedirs(os.path.dirname(export_path), exist_ok=True)
-        shutil.copyfile(final, export_path + ".tmp")
-        os.replace(export_path + ".tmp", export_path)
+        with atomic_write(export_path, suffix=".safetensors") as temporary:
+            shutil.copyfile(final, temporary)
         log.info("exported %s (load it with LoadE2PModel)", export_path)
     if bar is not None:
         bar.close()
