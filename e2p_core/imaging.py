@@ -4,6 +4,9 @@
 padded (edge-replicated) to a multiple of 16 for the VAE and the 2x2 patches, and the padding is cropped off the
 prediction, which is resized back bilinearly. ``reference``: the official entry points' square stretch to
 ``processing_resolution`` x ``processing_resolution`` and nearest-neighbour resize back, for comparisons.
+
+Nearest resizes choose their source pixels exactly as Pillow's ``NEAREST`` does (the official app resizes with it),
+on float data.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,11 +80,32 @@ def plan_canvas(height: int, width: int, processing_resolution: int, mode: str =
     return canvas
 
 
+def pillow_nearest_indices(source: int, target: int) -> np.ndarray:
+    """Source pixel of each of ``target`` pixels when Pillow's ``NEAREST`` resizes ``source`` pixels to ``target``.
+
+    Pillow starts at half the scale and adds the scale once per pixel in double precision, then truncates. The
+    accumulated sum can land just below a pixel boundary where the exact centre ``(i + 0.5) * scale`` is on it, so
+    Pillow then takes the previous pixel where torch's ``nearest-exact`` takes the next one. ``np.cumsum``
+    accumulates sequentially, in the same order and precision.
+    """
+    scale = source / target
+    steps = np.full(target, scale, dtype=np.float64)
+    steps[0] = scale * 0.5
+    return np.cumsum(steps).astype(np.int64)
+
+
+def nearest_resize(bchw: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[..., H, W] -> [..., height, width] picking Pillow ``NEAREST``'s source pixels (values are not touched)."""
+    rows = torch.from_numpy(pillow_nearest_indices(bchw.shape[-2], height)).to(bchw.device)
+    columns = torch.from_numpy(pillow_nearest_indices(bchw.shape[-1], width)).to(bchw.device)
+    return bchw.index_select(-2, rows).index_select(-1, columns)
+
+
 def _resize(bchw: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
     if bchw.shape[-2:] == (height, width):
         return bchw
     if mode == "nearest":
-        return F.interpolate(bchw, size=(height, width), mode="nearest-exact")
+        return nearest_resize(bchw, height, width)
     return F.interpolate(bchw, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 

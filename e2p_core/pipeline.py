@@ -33,13 +33,12 @@ class MattingHints:
 def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: int,
                        seed: int = representations.HINT_SEED) -> np.ndarray:
     """The hint point map at the padded canvas size (zeros in the padding), following the official app:
-    a painted mask is widened at its own resolution and resized nearest; clicks and box are rescaled."""
+    a painted mask is widened at its own resolution and resized as Pillow NEAREST does; clicks and box are rescaled."""
     height, width = canvas.content_height, canvas.content_width
     region = np.zeros((height, width), dtype=np.float32)
     if hints.mask is not None and np.any(np.asarray(hints.mask) > 0):
         widened = representations.dilate_mask(hints.mask, representations.HINT_BRUSH_DILATION)
-        resized = torch.nn.functional.interpolate(torch.from_numpy(widened)[None, None], size=(height, width),
-                                                  mode="nearest-exact")[0, 0].numpy()
+        resized = imaging.nearest_resize(torch.from_numpy(widened), height, width).numpy()
         region = np.maximum(region, resized)
     if hints.box is not None:
         x0, y0, x1, y1 = hints.box
