@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = Path(os.environ.get("E2P_CACHE_DIR", Path.home() / ".cache" / "e2p_comfyui"))
-EXPECTED_COMFYUI_VERSION = "0.3.75"
+# The versions the pack is tested on: the registry's (oldest users) and a current upstream release.
+SUPPORTED_COMFYUI_VERSIONS = ("0.3.75", "0.33.0")
 # Folder name the repo gets under <base>/custom_nodes/ in server tests (what a user's clone would be called).
 PACK_DIR_NAME = "comfyui-edit2perceive"
 SERVER_STARTUP_TIMEOUT_S = 120.0
@@ -45,21 +46,36 @@ def comfyui_dir() -> Path:
     """Where setup_env.sh put ComfyUI; raises with the fix when it is not there."""
     configured = os.environ.get("E2P_COMFYUI_DIR")
     path = Path(configured) if configured else DEFAULT_CACHE_DIR / "comfyui"
-    version_file = path / "comfyui_version.py"
-    if not version_file.is_file():
+    found = read_comfyui_version(path)
+    if found is None:
         raise HarnessSetupError(
-            f"ComfyUI {EXPECTED_COMFYUI_VERSION} not found at {path} "
-            f"({'from E2P_COMFYUI_DIR' if configured else 'default cache path'}). "
+            f"ComfyUI not found at {path} ({'from E2P_COMFYUI_DIR' if configured else 'default cache path'}). "
             "Run `bash scripts/setup_env.sh` (or run the tests with `bash scripts/test.sh`)."
         )
-    match = re.search(r'__version__\s*=\s*"([^"]+)"', version_file.read_text())
-    found = match.group(1) if match else "unknown"
-    if found != EXPECTED_COMFYUI_VERSION:
+    if found not in SUPPORTED_COMFYUI_VERSIONS:
         raise HarnessSetupError(
-            f"{path} holds ComfyUI {found}, the tests expect {EXPECTED_COMFYUI_VERSION}. "
+            f"{path} holds ComfyUI {found}; the tests run on {' and '.join(SUPPORTED_COMFYUI_VERSIONS)}. "
             "Run `bash scripts/setup_env.sh` to rebuild it."
         )
     return path
+
+
+def read_comfyui_version(path: Path) -> str | None:
+    """The version a ComfyUI source folder declares, or None when the folder holds no ComfyUI."""
+    version_file = Path(path) / "comfyui_version.py"
+    if not version_file.is_file():
+        return None
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', version_file.read_text())
+    return match.group(1) if match else "unknown"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def offline_flag(version: str) -> str:
+    """ComfyUI 0.4 renamed --disable-api-nodes to --offline (the old name is a deprecated alias)."""
+    return "--offline" if version_tuple(version) >= (0, 4) else "--disable-api-nodes"
 
 
 def _prepend_sys_path(path: Path) -> None:
@@ -302,7 +318,8 @@ class ComfyServer:
         self.port = free_local_port()
         command = [
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base_dir), "--disable-api-nodes", "--dont-print-server",
+            "--base-directory", str(self.base_dir), offline_flag(read_comfyui_version(self.comfyui_dir)),
+            "--dont-print-server",
             "--database-url", f"sqlite:///{user_dir / 'comfyui.db'}",
             *self.extra_args,
         ]

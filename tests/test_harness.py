@@ -75,7 +75,10 @@ def test_inprocess_boot_registers_core_and_extra_nodes(comfy_core):
     import comfy.cli_args
     import comfyui_version
 
-    assert comfyui_version.__version__ == "0.3.75"
+    from comfy_harness import SUPPORTED_COMFYUI_VERSIONS, comfyui_dir, read_comfyui_version
+
+    assert comfyui_version.__version__ == read_comfyui_version(comfyui_dir())
+    assert comfyui_version.__version__ in SUPPORTED_COMFYUI_VERSIONS
     assert comfy.cli_args.args.cpu is True
     for name in ("EmptyImage", "SaveImage", "ReferenceLatent", "FluxGuidance", "BasicGuider", "SamplerCustomAdvanced"):
         assert name in comfy_core.node_class_mappings, name
