@@ -6,6 +6,7 @@ register_folder()
 
 from .nodes.depth_nodes import E2PColorizeDepth, SqrtDecode  # noqa: E402
 from .nodes.loader_nodes import E2PModelFromMODEL, LoadE2PModel  # noqa: E402
+from .nodes.mesh_nodes import E2PDepthTo3D  # noqa: E402
 from .nodes.save_nodes import E2PSaveFloatImage  # noqa: E402
 from .nodes.task_nodes import E2PDepth, E2PMatting, E2PNormal  # noqa: E402
 
@@ -18,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "SqrtDecode": SqrtDecode,
     "E2PColorizeDepth": E2PColorizeDepth,
     "E2PSaveFloatImage": E2PSaveFloatImage,
+    "E2PDepthTo3D": E2PDepthTo3D,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -29,6 +31,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SqrtDecode": "E2P Sqrt Depth Decode",
     "E2PColorizeDepth": "E2P Colorize Depth",
     "E2PSaveFloatImage": "Save Float Image (16-bit PNG / EXR)",
+    "E2PDepthTo3D": "E2P Depth to 3D (GLB mesh / PLY points)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -28,7 +28,9 @@ Touch points and the differences found:
 - Interrupt and progress: ``comfy.model_management.throw_exception_if_processing_interrupted`` and
   ``comfy.utils.ProgressBar``; same on both.
 - Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags).
-- 3D: ComfyUI 0.33.0 has a ``MESH`` type (``comfy_api.latest.Types.MESH``); 0.3.75 has none.
+- 3D: ``comfy_api.latest.Types.MESH``. 0.3.75's holds vertices and faces only (its SaveGLB writes bare
+  geometry); 0.33.0's also takes uvs, texture, normals, vertex colours and per-item counts for batches of
+  different sizes, which its SaveGLB and mesh nodes use. The fields are read from the constructor.
 
 ComfyUI's public ``folder_paths`` module (model folders, output paths) is used directly by the nodes: it is
 ComfyUI's documented extension point and identical on both versions.
@@ -37,7 +39,9 @@ ComfyUI's documented extension point and identical on both versions.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
+import inspect
 import logging
 
 import torch
@@ -248,3 +252,71 @@ def prefer_sdpa_over_cpu_fallback(patcher) -> None:
         return sdpa(*args, **kwargs)
 
     transformer_options["optimized_attention_override"] = use_sdpa
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3D meshes (ComfyUI's MESH type)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def native_mesh_fields() -> frozenset[str] | None:
+    """The constructor fields of the running ComfyUI's ``MESH`` type, or None when it has none. Detected once."""
+    try:
+        from comfy_api.latest import Types
+    except ImportError:
+        return None
+    mesh_class = getattr(Types, "MESH", None)
+    if mesh_class is None:
+        return None
+    return frozenset(inspect.signature(mesh_class).parameters)
+
+
+def has_native_mesh() -> bool:
+    return native_mesh_fields() is not None
+
+
+def native_mesh(vertices: list[torch.Tensor], faces: list[torch.Tensor], **per_vertex_and_texture):
+    """One mesh per batch item as ComfyUI's ``MESH``, with each optional field this version's MESH accepts.
+
+    ``per_vertex_and_texture`` may hold ``uvs``, ``normals``, ``vertex_colors`` (lists of [N_i, k] tensors, one per
+    item) and ``texture`` ([B, H, W, 3] float). Items of different sizes are zero-padded with per-item counts where
+    MESH has them (0.33.0). Without counts (0.3.75) padding repeats an item's last vertex and adds zero-area
+    triangles on it, which SaveGLB writes and viewers draw as nothing. Fields the version lacks are left out.
+    """
+    fields = native_mesh_fields()
+    if fields is None:
+        raise ComfyCompatError(f"ComfyUI {comfyui_version()} has no MESH type; update ComfyUI to pass meshes to "
+                               "its 3D nodes (the GLB and PLY files are written either way)")
+    from comfy_api.latest import Types
+
+    counted = {"vertex_counts", "face_counts"} <= fields
+    vertex_counts = [int(v.shape[0]) for v in vertices]
+    face_counts = [int(f.shape[0]) for f in faces]
+    uniform = len(set(vertex_counts)) == 1 and len(set(face_counts)) == 1
+    options = {}
+    for name, value in per_vertex_and_texture.items():
+        if value is None or name not in fields:
+            continue
+        options[name] = value if name == "texture" else _padded_stack(value, max(vertex_counts),
+                                                                       repeat_last=not counted)
+    if uniform:
+        return Types.MESH(torch.stack(vertices), torch.stack(faces), **options)
+    if counted:
+        options["vertex_counts"] = torch.tensor(vertex_counts, dtype=torch.int64)
+        options["face_counts"] = torch.tensor(face_counts, dtype=torch.int64)
+        return Types.MESH(_padded_stack(vertices, max(vertex_counts), repeat_last=False),
+                          _padded_stack(faces, max(face_counts), repeat_last=False), **options)
+    padded_faces = [torch.cat([f, torch.full((max(face_counts) - f.shape[0], 3), count - 1, dtype=f.dtype)])
+                    for f, count in zip(faces, vertex_counts)]
+    return Types.MESH(_padded_stack(vertices, max(vertex_counts), repeat_last=True), torch.stack(padded_faces),
+                      **options)
+
+
+def _padded_stack(items: list[torch.Tensor], length: int, repeat_last: bool) -> torch.Tensor:
+    padded = []
+    for item in items:
+        missing = length - item.shape[0]
+        fill = item[-1:].expand(missing, *item.shape[1:]) if repeat_last else item.new_zeros(missing, *item.shape[1:])
+        padded.append(torch.cat([item, fill]))
+    return torch.stack(padded)
