@@ -69,13 +69,6 @@ def read_comfyui_version(path: Path) -> str | None:
     return match.group(1) if match else "unknown"
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
-
-
-def offline_flag(version: str) -> str:
-    """ComfyUI 0.4 renamed --disable-api-nodes to --offline (the old name is a deprecated alias)."""
-    return "--offline" if version_tuple(version) >= (0, 4) else "--disable-api-nodes"
 
 
 def _prepend_sys_path(path: Path) -> None:
@@ -318,8 +311,8 @@ class ComfyServer:
         self.port = free_local_port()
         command = [
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base_dir), offline_flag(read_comfyui_version(self.comfyui_dir)),
-            "--dont-print-server",
+            # 0.33.0's parser still has --disable-api-nodes (the --offline spelling is not in its source).
+            "--base-directory", str(self.base_dir), "--disable-api-nodes", "--dont-print-server",
             "--database-url", f"sqlite:///{user_dir / 'comfyui.db'}",
             *self.extra_args,
         ]
