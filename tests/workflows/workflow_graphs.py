@@ -534,4 +534,39 @@ def native_loader() -> Graph:
     return g
 
 
-ALL_GRAPHS = (quickstart, depth_controlnet, normal_controlnet_relight, matting_composite, video_depth, native_loader)
+def image_to_3d() -> Graph:
+    g = Graph("e2p_image_to_3d", "Image to 3D: depth and normals become a textured mesh (GLB) and a point cloud (PLY)")
+    image = g.add("LoadImage", 0, image=INPUT_FILES["image"])
+    vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    loaders = {task: g.add("LoadE2PModel", 1, f"Load E2P Model ({task})", checkpoint=f"{task}.safetensors",
+                           task=task) for task in ("depth", "normal")}
+    clip = _text_encoder(g, 0, *loaders.values())
+    depth = g.add("E2PDepth", 2)
+    normal = g.add("E2PNormal", 2, convention="controlnet_bae")
+    for task, node in (("depth", depth), ("normal", normal)):
+        _e2p_inputs(g, loaders[task], vae, image, node)
+    mesh = g.add("E2PDepthTo3D", 3, depth_kind="sqrt_depth", near=0.5, far=10.0, fov_degrees=60.0,
+                 filename_prefix="edit2perceive/mesh", normal_convention="controlnet_bae")
+    g.link(depth, "sqrt_depth", mesh, "depth")
+    g.link(image, "IMAGE", mesh, "image")
+    g.link(normal, "normal_map", mesh, "normal_map")
+    preview = g.add("Preview3D", 4, "Preview the mesh")
+    g.link(mesh, "glb_path", preview, "model_file")
+    colorized = g.add("E2PColorizeDepth", 3)
+    g.link(depth, "sqrt_depth", colorized, "depth")
+    preview_depth = g.add("PreviewImage", 4, "Depth (colour)")
+    g.link(colorized, "IMAGE", preview_depth, "images")
+    g.group("Models", "models", vae, clip, *loaders.values())
+    g.group("Edit2Perceive", "e2p", depth, normal, colorized)
+    g.group("3D out", "save", mesh, preview, preview_depth)
+    g.note(0, files_note(g, "**Scale and shape:** the depth is relative; `near`/`far` (metres) set the scale and "
+                            "`fov_degrees` the photo's horizontal field of view (phone ~70, 50 mm lens ~40). "
+                            "The GLB (textured, with E2P's normals) and the PLY points land in "
+                            "`output/edit2perceive/`. Triangles across depth jumps are cut (`max_view_angle`); "
+                            "`max_faces`/`stride` bound the mesh size. The `mesh` output is ComfyUI's MESH for its "
+                            "own 3D nodes (SaveGLB and, on current ComfyUI, the mesh tools)."))
+    return g
+
+
+ALL_GRAPHS = (quickstart, depth_controlnet, normal_controlnet_relight, matting_composite, video_depth, native_loader,
+              image_to_3d)
