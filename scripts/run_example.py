@@ -3,7 +3,7 @@
     bash scripts/run_example.sh            # builds the environment, then runs this file with its venv
     bash scripts/run_example.sh --demo     # the same plumbing on tiny random weights (outputs are labelled DEMO)
 
-The workflow (default workflows/e2p_quickstart.json, UI format as the frontend saves it) is converted to ComfyUI's
+The workflow (default example_workflows/e2p_quickstart.json, UI format as the frontend saves it) is converted to ComfyUI's
 API format with the server's own node definitions, queued over HTTP and awaited. When model files the workflow
 names are missing, the script lists each file, the folder it belongs in and where to download it, and exits 2
 without running the workflow.
@@ -28,7 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("E2P_CACHE_DIR", Path.home() / ".cache" / "e2p_comfyui"))
 COMFYUI_DIR = Path(os.environ.get("E2P_COMFYUI_DIR", CACHE_DIR / "comfyui"))
-DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "e2p_quickstart.json"
+DEFAULT_WORKFLOW = REPO_ROOT / "example_workflows" / "e2p_quickstart.json"
 DEFAULT_BASE_DIR = CACHE_DIR / "home"
 PACK_LINK_NAME = "comfyui-edit2perceive"
 
@@ -515,7 +515,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true",
                         help=f"run on tiny random weights written to a temporary models folder ({DEMO_LABEL})")
     parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW,
-                        help="UI-format workflow JSON to run (default: workflows/e2p_quickstart.json)")
+                        help="UI-format workflow JSON to run (default: example_workflows/e2p_quickstart.json)")
     parser.add_argument("--image", type=Path, help="your own photo for the workflow's Load Image node")
     parser.add_argument("--base-dir", type=Path,
                         help=f"ComfyUI folder for models/, input/, output/ (default: {DEFAULT_BASE_DIR}; with --demo "

@@ -1,6 +1,6 @@
 """Convert a ComfyUI UI-format workflow (what the frontend saves) into the API format that POST /prompt takes.
 
-    python scripts/workflow_to_api.py workflows/e2p_quickstart.json --server http://127.0.0.1:8188 > prompt.json
+    python scripts/workflow_to_api.py example_workflows/e2p_quickstart.json --server http://127.0.0.1:8188 > prompt.json
 
 Widget values are matched to input names with the server's /object_info (the order the frontend creates widgets
 in), skipping the frontend-only extras: the 'control after generate' value after seeds and the upload button of

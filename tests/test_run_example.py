@@ -16,7 +16,7 @@ from PIL import Image
 from comfy_harness import REPO_ROOT, comfyui_dir
 
 SCRIPT = REPO_ROOT / "scripts" / "run_example.py"
-QUICKSTART = REPO_ROOT / "workflows" / "e2p_quickstart.json"
+QUICKSTART = REPO_ROOT / "example_workflows" / "e2p_quickstart.json"
 DEMO_LABEL = "DEMO — random weights, not real predictions"
 RUN_TIMEOUT_S = 900
 FOLDER_OF = {"ae.safetensors": "vae", "clip_l.safetensors": "text_encoders", "t5xxl_fp16.safetensors": "text_encoders"}

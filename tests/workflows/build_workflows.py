@@ -1,4 +1,4 @@
-"""Regenerates workflows/*.json and their .jpg thumbnails through the real ComfyUI frontend.
+"""Regenerates example_workflows/*.json and their .jpg thumbnails through the real ComfyUI frontend.
 
     ~/.cache/e2p_comfyui/venv/bin/python tests/workflows/build_workflows.py [FOLDER_TO_KEEP_TINY_MODELS_IN]
 

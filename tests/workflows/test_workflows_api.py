@@ -38,7 +38,7 @@ def test_converter_cli_writes_a_prompt(tmp_path, workflow_server):
     info_path = tmp_path / "object_info.json"
     info_path.write_text(json.dumps(workflow_server.object_info()))
     out = tmp_path / "prompt.json"
-    source = REPO_ROOT / "workflows" / "e2p_quickstart.json"
+    source = REPO_ROOT / "example_workflows" / "e2p_quickstart.json"
     assert converter.main([str(source), "--object-info", str(info_path), "--output", str(out)]) == 0
     prompt = json.loads(out.read_text())
     assert {node["class_type"] for node in prompt.values()} >= {"LoadE2PModel", "E2PDepth", "E2PNormal", "E2PMatting"}

@@ -25,7 +25,7 @@ from comfy_harness import ComfyServer
 from workflow_graphs import INPUT_FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS_DIR = REPO_ROOT / "workflows"
+WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
 IMAGE_SIZE = 64
 VIDEO_FRAMES = 4
 
