@@ -55,8 +55,8 @@ def _add_dataset_args(parser, required: bool) -> None:
     parser.add_argument("--limit", type=_positive_int, help="only the first N images of each dataset (quick checks)")
 
 
-def _add_predict_args(parser) -> None:
-    parser.add_argument("--task", required=True, choices=sorted(DATASETS))
+def add_model_args(parser) -> None:
+    """The model files and run options of every prediction command (``predict``/``run`` and the labelling CLI)."""
     parser.add_argument("--model", required=True,
                         help="E2P full checkpoint in any layout the loader accepts, or the FLUX.1 Kontext base "
                              "when --lora is given")
@@ -66,21 +66,26 @@ def _add_predict_args(parser) -> None:
     parser.add_argument("--dtype", default="default", choices=("default", "bf16", "fp16", "fp8_e4m3fn", "fp32"),
                         help="transformer weight dtype (the official evaluation ran bf16)")
     parser.add_argument("--time-embedding", default="auto", choices=("auto", "bf16_frequencies", "fp32_frequencies"))
-    parser.add_argument("--resize", default="official", choices=RESIZE_MODES,
-                        help="official: stretch to N x N (PIL bilinear) and keep the N x N output, as the official "
-                             "evaluation; aspect/reference: the nodes' modes, output at input size")
     parser.add_argument("--processing-resolution", type=int, default=768)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--comfyui", help="ComfyUI folder (with main.py), unless ComfyUI is importable already "
+                                          "(also read from COMFYUI_PATH)")
+    parser.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
+
+
+def _add_predict_args(parser) -> None:
+    parser.add_argument("--task", required=True, choices=sorted(DATASETS))
+    add_model_args(parser)
+    parser.add_argument("--resize", default="official", choices=RESIZE_MODES,
+                        help="official: stretch to N x N (PIL bilinear) and keep the N x N output, as the official "
+                             "evaluation; aspect/reference: the nodes' modes, output at input size")
     parser.add_argument("--matting-hints", default="none", choices=MATTING_HINTS,
                         help="none (default): the RGB alone, no point image, as the official evaluation runs by "
                              "default; gt-points: the official --matting_prompt points map (10 Gaussian points, "
                              "sigma 20 px at native size, from ground-truth alpha > 0.8, seed 42); empty: an empty "
                              "point image (the nodes without clicks); gt-clicks: those 10 points as clicks through "
                              "the nodes' hint path")
-    parser.add_argument("--comfyui", help="ComfyUI folder (with main.py), unless ComfyUI is importable already "
-                                          "(also read from COMFYUI_PATH)")
-    parser.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
 
 
 def _add_evaluate_args(parser) -> None:
@@ -138,7 +143,7 @@ def _protocol(args) -> protocols.Protocol:
         depth_align=args.depth_align, normal_aggregation=args.normal_aggregation, matting_region=args.matting_region)
 
 
-def _settings(args) -> PredictionSettings:
+def prediction_settings(args) -> PredictionSettings:
     return PredictionSettings(
         task=args.task, model=args.model, lora=args.lora, vae=args.vae, conditioning=args.conditioning,
         dtype=args.dtype, time_embedding=args.time_embedding, resize=args.resize,
@@ -147,7 +152,7 @@ def _settings(args) -> PredictionSettings:
 
 
 def command_predict(args, predictor=None):
-    settings = _settings(args)
+    settings = prediction_settings(args)
     datasets = _dataset_list(args, settings.task)
     if predictor is None:
         ensure_comfyui(args.comfyui, args.cpu)
