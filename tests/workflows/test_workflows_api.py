@@ -95,6 +95,11 @@ def check_outputs(name, prompt, entry, server):
         node_id = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"
                        and n["inputs"]["images"][0] == next(j for j, m in prompt.items() if m["class_type"] == "VAEDecode"))
         assert _image(server, entry, node_id).size[0] >= 64
+    if name == "e2p_image_to_3d":
+        node_id = next(i for i, n in prompt.items() if n["class_type"] == "E2PDepthTo3D")
+        (glb,) = entry["outputs"][node_id]["3d"]
+        data = server.fetch_output(glb)
+        assert data[:4] == b"glTF" and int.from_bytes(data[8:12], "little") == len(data), "a whole GLB file"
     if name == "e2p_video_depth":
         frames_node = by_title["Save disparity frames (16-bit)"]
         frames = entry["outputs"][frames_node]["images"]

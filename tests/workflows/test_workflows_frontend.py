@@ -24,8 +24,13 @@ pytestmark = pytest.mark.server
 
 # ComfyUI started with --disable-api-nodes answers every page with a CSP that blocks connections to other hosts
 # (server.py, create_block_external_middleware); the frontend's registry lookups then fail by design.
+# The same CSP (connect-src 'self', no blob:) stops the 3D viewer's GLTFLoader from fetching a texture embedded in a
+# GLB (it reads it through a blob: URL), so Preview 3D shows e2p_image_to_3d's mesh untextured here; a server
+# without --disable-api-nodes loads the texture with no console error.
 OFFLINE_CSP_BLOCK = re.compile(r"^Connecting to 'https://api\.comfy\.org/[^']*' violates the following Content "
-                               r"Security Policy directive: \"connect-src 'self'\"")
+                               r"Security Policy directive: \"connect-src 'self'\"|"
+                               r"^(Connecting to '|Fetch API cannot load |THREE\.GLTFLoader: Couldn't load texture )"
+                               r"blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+\b")
 
 
 def declared(object_info: dict, node: dict) -> set[str]:
