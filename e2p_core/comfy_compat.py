@@ -151,6 +151,45 @@ def unet_config(patcher) -> dict:
     return patcher.model.model_config.unet_config
 
 
+def model_family(patcher) -> str:
+    """What kind of model a MODEL holds: ComfyUI's model config class name (``Flux``, ``SD15``, ``SDXL`` ...)."""
+    return type(patcher.model.model_config).__name__
+
+
+def is_flux1_model(patcher) -> bool:
+    """A FLUX.1 transformer (dev, schnell, Kontext): what the E2P patches and LoRAs apply to."""
+    return unet_config(patcher).get("image_model") == "flux"
+
+
+def flux_text_input_widths(patcher) -> tuple[int, int | None]:
+    """(T5 sequence width, pooled CLIP width or None) the FLUX transformer's text inputs take."""
+    config = unet_config(patcher)
+    return int(config["context_in_dim"]), config.get("vec_in_dim")
+
+
+def model_latent_channels(patcher) -> int:
+    return int(patcher.model.latent_format.latent_channels)
+
+
+def vae_latent_channels(vae) -> int:
+    """Latent channels of a ComfyUI VAE: 16 for FLUX's ae, 4 for SD1.5/SDXL."""
+    return int(vae.latent_channels)
+
+
+def model_weight_dtype(patcher) -> torch.dtype:
+    """The dtype the transformer's weights are stored in."""
+    return patcher.model.get_dtype()
+
+
+def non_finite_weights(patcher) -> list[str]:
+    """Names of the transformer's weights that hold NaN or infinite values (one tensor at a time in float32)."""
+    found = []
+    for name, tensor in patcher.model.diffusion_model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor.to(torch.float32)).all():
+            found.append(name)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Patches, sampling, decoding
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ MULTIPLE = 16
 RESIZE_MODES = ("aspect", "reference")
 MAX_WORKING_PIXELS = 2048 * 2048    # beyond this one FLUX pass needs tens of GB of attention memory
 MAX_ASPECT_RATIO = 16.0
+# Below this long side the model sees a 4x4 grid of tokens or fewer (VAE /8, then 2x2 patches: 16 px per token) and
+# returns a near-constant map; processing_resolution 0 (the image's own size) needs an image at least this large.
+MIN_WORKING_SIZE = 64
 
 
 class ImageSizeError(ValueError):
@@ -57,6 +60,14 @@ def plan_canvas(height: int, width: int, processing_resolution: int, mode: str =
         raise ImageSizeError(f"unknown resize mode '{mode}'; use one of {', '.join(RESIZE_MODES)}")
     if height < 1 or width < 1:
         raise ImageSizeError(f"the image is {width}x{height}; it needs at least one pixel")
+    if processing_resolution < 0 or 0 < processing_resolution < MIN_WORKING_SIZE:
+        raise ImageSizeError(f"processing_resolution {processing_resolution} is below the {MIN_WORKING_SIZE} px the "
+                             f"model can work at; use {MIN_WORKING_SIZE}..2048 (768 is what it was trained at), or 0 "
+                             "for the image's own size")
+    if processing_resolution == 0 and max(height, width) < MIN_WORKING_SIZE:
+        raise ImageSizeError(f"the image is {width}x{height}, smaller than the {MIN_WORKING_SIZE} px the model can "
+                             f"work at, so processing_resolution 0 (its own size) cannot be used; set it to "
+                             f"{MIN_WORKING_SIZE} or more (the result still comes back at the image's size)")
     if mode == "reference":
         side = _round_up(processing_resolution or max(height, width))
         canvas = Canvas(height, width, side, side, side, side, mode)

@@ -15,7 +15,8 @@ import torch
 from . import comfy_compat, formats
 from .files import read_safetensors
 from .patches import apply_e2p_patches
-from .tasks import META_TASK, META_TIME_EMBEDDING, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from .tasks import (META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL,
+                    TIME_EMBEDDING_STOCK, check_task, task_from_file_name)
 
 log = logging.getLogger("edit2perceive")
 
@@ -43,11 +44,53 @@ class E2PModel:
     cond: torch.Tensor | None = None    # task conditioning, attached once resolved (see e2p_core.conditioning)
     pooled: torch.Tensor | None = None
 
-    def for_task(self, task: str, cond: torch.Tensor, pooled: torch.Tensor) -> "E2PModel":
-        """The model bound to a task and its conditioning; refuses weights whose metadata names another task."""
+    def resolve_task(self, requested: str, file_names: list[str | None]) -> tuple[str, str]:
+        """(task, what says so) for a requested task or ``auto``. File metadata decides when present; else the
+        names of the files (the released checkpoints carry no metadata but are named depth/normal/matting). An
+        explicit choice must agree with both, so normal weights never run as "depth"."""
+        if requested != TASK_AUTO:
+            check_task(requested)
+        if self.task is not None:
+            if requested not in (TASK_AUTO, self.task):
+                raise self._metadata_mismatch(requested)
+            return self.task, "file metadata"
+        named = {name: task_from_file_name(name) for name in file_names if name}
+        stated = {name: task for name, task in named.items() if task is not None}
+        if requested != TASK_AUTO:
+            for name, task in stated.items():
+                if task != requested:
+                    raise E2PLoadError(f"task is set to '{requested}' but the file {name} is named for '{task}'; "
+                                       f"select the {requested} checkpoint/LoRA, or set task to '{task}' (or auto)")
+            return requested, "chosen"
+        if len(set(stated.values())) == 1:
+            name, task = next(iter(stated.items()))
+            return task, f"file name {name}"
+        if stated:
+            listing = ", ".join(f"{name} says '{task}'" for name, task in stated.items())
+            raise E2PLoadError(f"the file names disagree on the task ({listing}); set task to what these weights "
+                               "were trained for")
+        files = ", ".join(named) or "the MODEL input"
+        raise E2PLoadError(f"task is auto but {files} does not say which task it was trained for (no e2p.task "
+                           f"metadata, and depth/normal/matting is not in the file name); set task to "
+                           f"{', '.join(TASK_PROMPTS)}")
+
+    def _metadata_mismatch(self, task: str) -> E2PLoadError:
+        return E2PLoadError(f"these weights were trained for '{self.task}' (file metadata) but '{task}' was "
+                            f"selected; choose the {task} checkpoint/LoRA or set the task to '{self.task}' (or auto)")
+
+    def for_task(self, task: str, cond: torch.Tensor, pooled: torch.Tensor,
+                 cond_source: str = "the conditioning") -> "E2PModel":
+        """The model bound to a task and its conditioning; refuses weights whose metadata names another task and
+        conditioning of another text encoder's width (which would fail deep inside the model)."""
         if self.task is not None and self.task != task:
-            raise E2PLoadError(f"these weights were trained for '{self.task}' (file metadata) but '{task}' was "
-                               f"selected; choose the {task} checkpoint/LoRA or set the task to '{self.task}'")
+            raise self._metadata_mismatch(task)
+        text_width, pooled_width = comfy_compat.flux_text_input_widths(self.patcher)
+        if cond.shape[-1] != text_width or (pooled_width is not None and pooled.shape[-1] != pooled_width):
+            raise E2PLoadError(
+                f"{cond_source} is {cond.shape[-1]} wide (pooled {pooled.shape[-1]}) but this model takes text "
+                f"{text_width} wide (pooled {pooled_width}): it was encoded by other text encoders. Delete that "
+                "file from models/embeddings/edit2perceive and connect the FLUX text encoders once (DualCLIPLoader: "
+                "clip_l + t5xxl, type flux) so it is encoded again")
         return E2PModel(self.patcher, task, self.time_embedding, list(self.description), cond, pooled)
 
 
@@ -168,6 +211,9 @@ def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str
 def from_native_model(patcher, lora_path: str | None = None, lora_strength: float = 1.0,
                       time_embedding: str = "auto") -> E2PModel:
     """A MODEL from any ComfyUI loader (UNETLoader, GGUF, ...) plus an optional E2P LoRA."""
+    if not comfy_compat.is_flux1_model(patcher):
+        raise E2PLoadError(f"the MODEL input is a {comfy_compat.model_family(patcher)} model, not FLUX.1 Kontext; "
+                           "load flux1-kontext-dev (or an E2P checkpoint) with UNETLoader, or use Load E2P Model")
     notes = ["native MODEL input"]
     task, metadata = None, {}
     if lora_path:

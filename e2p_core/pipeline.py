@@ -30,6 +30,28 @@ class MattingHints:
                 and (self.mask is None or not np.any(np.asarray(self.mask) > 0)) and self.box is None)
 
 
+def matting_hints(images: torch.Tensor, points: str = "", box: str = "", coordinates: str = "pixels",
+                  hint_mask: torch.Tensor | None = None) -> list[MattingHints]:
+    """One MattingHints per image from the matting node's inputs (points JSON, box text, painted MASK); points and
+    box are in ``coordinates`` (pixels or fractions of the input size); a single mask is shared by every image."""
+    batch, height, width = images.shape[0], images.shape[1], images.shape[2]
+    clicks = representations.parse_points(points, width, height, coordinates)
+    box_pixels = representations.parse_box(box, width, height, coordinates)
+    masks = [None] * batch
+    if hint_mask is not None:
+        mask = hint_mask if hint_mask.dim() == 3 else hint_mask[None]
+        if mask.shape[0] not in (1, batch):
+            raise ValueError(f"hint_mask has {mask.shape[0]} masks for {batch} images; give one, or one per image")
+        if mask.shape[-2:] != (height, width):
+            mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width),
+                                                   mode="nearest-exact")[:, 0]
+        masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
+        if not len(clicks) and box_pixels is None and not any(np.any(m > 0) for m in masks):
+            raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the subject "
+                             "in the mask editor, add points, or disconnect hint_mask to matte the salient object")
+    return [MattingHints(clicks if len(clicks) else None, masks[i], box_pixels) for i in range(batch)]
+
+
 def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: int,
                        seed: int = representations.HINT_SEED) -> np.ndarray:
     """The hint point map at the padded canvas size (zeros in the padding), following the official app:
@@ -54,6 +76,44 @@ def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: 
     return padded
 
 
+class NonFinitePrediction(ValueError):
+    """The model produced NaN or infinite values; the message says where they came from and what to try."""
+
+
+def check_vae(patcher, vae) -> None:
+    """The VAE must make the latents this transformer works in (FLUX's ae: 16 channels), else the first layer
+    fails with a bare shape error."""
+    vae_channels, model_channels = comfy_compat.vae_latent_channels(vae), comfy_compat.model_latent_channels(patcher)
+    if vae_channels != model_channels:
+        raise ValueError(f"this VAE makes {vae_channels}-channel latents (an SD1.5/SDXL-style VAE?) but FLUX.1 Kontext "
+                         f"works in {model_channels}-channel latents; load the FLUX VAE (ae.safetensors) with "
+                         "VAELoader and connect that")
+
+
+def _require_finite_vae(values: torch.Tensor, index: int, step: str) -> None:
+    if not torch.isfinite(values).all():
+        raise NonFinitePrediction(f"image {index + 1}: the VAE's {step} holds NaN or infinite values: the VAE file is "
+                                  "broken or overflowed; start ComfyUI with --fp32-vae, or re-download ae.safetensors")
+
+
+def _require_finite_prediction(latent: torch.Tensor, index: int, patcher) -> None:
+    """Refuse a NaN/inf prediction with its likely cause: non-finite weights, or an overflow in the weights' dtype
+    (looked for only when it happens)."""
+    if torch.isfinite(latent).all():
+        return
+    bad = comfy_compat.non_finite_weights(patcher)
+    dtype = str(comfy_compat.model_weight_dtype(patcher)).replace("torch.", "")
+    if bad:
+        cause = (f"{len(bad)} weight tensors are not finite in {dtype} (e.g. {', '.join(bad[:3])}): the file is "
+                 "corrupt or its values do not fit this weight_dtype. Try weight_dtype bf16 or fp32 (fp16 cannot "
+                 "hold values above 65504); if that does not help, re-download the checkpoint/LoRA")
+    else:
+        cause = (f"its weights are finite ({dtype}), so the computation overflowed: try another weight_dtype (bf16 "
+                 "or fp32 instead of fp16/fp8) or a lower lora_strength; if that does not help, re-download the "
+                 "checkpoint/LoRA")
+    raise NonFinitePrediction(f"image {index + 1}: the transformer predicted NaN or infinite values; {cause}")
+
+
 def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images: torch.Tensor, task: str,
                  processing_resolution: int = PROCESSING_RESOLUTION, resize_mode: str = "aspect", steps: int = 1,
                  seed: int = DEFAULT_SEED, hints: list[MattingHints] | None = None,
@@ -72,6 +132,7 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
     if task == "matting" and hints is not None and len(hints) != batch:
         raise ValueError(f"{len(hints)} hint sets for {batch} images; give one per image or one for all")
     canvas = imaging.plan_canvas(height, width, processing_resolution, resize_mode)
+    check_vae(patcher, vae)
     decoder = comfy_compat.raw_vae_decoder(vae)
     outputs, hint_outputs = [], []
     for index in range(batch):
@@ -84,8 +145,12 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
             point_map = torch.from_numpy(hint_map_on_canvas(item_hints, canvas, num_hint_points))
             references.append(vae.encode(representations.hint_map_to_image(point_map[None])))
             hint_outputs.append(imaging.from_canvas(point_map[None, :, :, None], canvas)[..., 0])
+        for reference in references:
+            _require_finite_vae(reference, index, "encoding of the input")
         latent = predict_latent(patcher, references, cond, pooled, seed=seed, steps=steps)
+        _require_finite_prediction(latent, index, patcher)
         decoded = decoder.decode(latent).float()[..., :3]
+        _require_finite_vae(decoded, index, "decoding of the (finite) prediction")
         if task == "depth":
             value = representations.decode_depth(decoded)[..., None]
         elif task == "matting":

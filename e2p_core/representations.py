@@ -276,23 +276,43 @@ class HintScale:
         return HINT_CLICK_RADIUS * self.factor
 
 
-def parse_points(text: str, width: int, height: int) -> np.ndarray:
+# How hint coordinates are given: pixels of the input image, or fractions of its width and height. Stated by the
+# user, never guessed from magnitudes ([[1, 1]] is a pixel near the corner as much as the image's far corner).
+COORDINATE_UNITS = ("pixels", "fractions")
+POINTS_EXAMPLE = "[[120, 80], [300, 200]]"
+
+
+def _check_units(coordinates: str) -> None:
+    if coordinates not in COORDINATE_UNITS:
+        raise ValueError(f"unknown coordinates '{coordinates}'; use one of {', '.join(COORDINATE_UNITS)}")
+
+
+def _check_fractions(values: np.ndarray, what: str) -> None:
+    if values.size and (values.min() < 0.0 or values.max() > 1.0):
+        raise ValueError(f"{what} has values outside [0, 1] but coordinates is 'fractions'; give fractions of the "
+                         "image size, or set coordinates to 'pixels'")
+
+
+def parse_points(text: str, width: int, height: int, coordinates: str = "pixels") -> np.ndarray:
     """Parse a JSON list of points into integer pixel (x, y) coordinates.
 
-    Accepted: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` (the KJNodes points editor) or ``{"points": [...]}``.
-    Points whose coordinates are all within [0, 1] are taken as fractions of the image size.
+    Accepted: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` (the KJNodes points editor) or ``{"points": [...]}``,
+    in pixels of the input image or, with ``coordinates="fractions"``, fractions of its width and height.
     """
+    _check_units(coordinates)
     text = (text or "").strip()
     if not text:
         return np.zeros((0, 2), dtype=np.int64)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"points must be JSON such as [[120, 80], [300, 200]] ({error.msg} at char {error.pos})")
+        raise ValueError(f"points must be JSON such as {POINTS_EXAMPLE} ({error.msg} at char {error.pos})")
+    except RecursionError:
+        raise ValueError(f"points JSON is nested too deeply to read; give a flat list such as {POINTS_EXAMPLE}")
     if isinstance(data, dict):
         data = data.get("points", None)
     if not isinstance(data, list):
-        raise ValueError("points must be a JSON list such as [[120, 80], [300, 200]] or [{\"x\": 120, \"y\": 80}]")
+        raise ValueError(f"points must be a JSON list such as {POINTS_EXAMPLE} or [{{\"x\": 120, \"y\": 80}}]")
     coords = []
     for item in data:
         if isinstance(item, dict) and "x" in item and "y" in item:
@@ -300,37 +320,62 @@ def parse_points(text: str, width: int, height: int) -> np.ndarray:
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             coords.append((item[0], item[1]))
         else:
-            raise ValueError(f"cannot read point {item!r}: use [x, y] or {{\"x\": x, \"y\": y}}")
+            raise ValueError(f"cannot read point {str(item)[:80]}: use [x, y] or {{\"x\": x, \"y\": y}}")
     try:
         array = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("point coordinates must be numbers")
     if not np.all(np.isfinite(array)):
-        raise ValueError("point coordinates must be finite numbers")
-    if array.size and array.min() >= 0.0 and array.max() <= 1.0:
-        array = array * np.array([width, height], dtype=np.float64)
-    pixels = np.floor(array).astype(np.int64)
+        raise ValueError("point coordinates must be finite numbers (not NaN or infinity)")
+    if coordinates == "fractions":
+        _check_fractions(array, "points")
+        size = np.array([width, height], dtype=np.float64)
+        return np.minimum(np.floor(array * size), size - 1).astype(np.int64)
+    pixels = np.floor(array)
     outside = (pixels[:, 0] < 0) | (pixels[:, 0] >= width) | (pixels[:, 1] < 0) | (pixels[:, 1] >= height)
     if outside.any():
         bad = pixels[outside][0]
-        raise ValueError(f"point (x={bad[0]}, y={bad[1]}) lies outside the {width}x{height} image; "
-                         "give pixel coordinates inside the image or fractions in [0, 1]")
-    return pixels
+        raise ValueError(f"point (x={bad[0]:g}, y={bad[1]:g}) lies outside the {width}x{height} image; give "
+                         "pixel coordinates inside the image (or fractions with coordinates = 'fractions')")
+    return pixels.astype(np.int64)
+
+
+def parse_box(text: str, width: int, height: int, coordinates: str = "pixels"):
+    """'x0, y0, x1, y1' -> (x0, y0, x1, y1) in pixels of the input image, or None for an empty text. The box must
+    overlap the image; the part outside it is ignored."""
+    _check_units(coordinates)
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        values = np.array([float(v) for v in text.replace(";", ",").split(",")], dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got '{text[:80]}'")
+    if len(values) != 4:
+        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got {len(values)}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"box values must be finite numbers (not NaN or infinity), got '{text[:80]}'")
+    if coordinates == "fractions":
+        _check_fractions(values, "box")
+        values = values * np.array([width, height, width, height], dtype=np.float64)
+    box = tuple(float(v) for v in values)
+    box_region(box, height, width)
+    return box
 
 
 def box_region(box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
-    """A filled rectangle (x0, y0, x1, y1) in pixels or, when all within [0, 1], fractions of the image size."""
+    """A filled rectangle (x0, y0, x1, y1) in pixels, clipped to the image."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    if all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
-        x0, x1, y0, y1 = x0 * width, x1 * width, y0 * height, y1 * height
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"box values must be finite numbers, got {box}")
     x0, x1 = sorted((x0, x1))
     y0, y1 = sorted((y0, y1))
-    c0, c1 = int(max(0, math.floor(x0))), int(min(width, math.ceil(x1)))
-    r0, r1 = int(max(0, math.floor(y0))), int(min(height, math.ceil(y1)))
+    c0, c1 = max(0.0, math.floor(x0)), min(float(width), math.ceil(x1))
+    r0, r1 = max(0.0, math.floor(y0)), min(float(height), math.ceil(y1))
     if c1 <= c0 or r1 <= r0:
-        raise ValueError(f"the box {box} has no area inside the {width}x{height} image")
+        raise ValueError(f"the box {tuple(round(v, 2) for v in box)} has no area inside the {width}x{height} image")
     region = np.zeros((height, width), dtype=np.float32)
-    region[r0:r1, c0:c1] = 1.0
+    region[int(r0):int(r1), int(c0):int(c1)] = 1.0
     return region
 
 

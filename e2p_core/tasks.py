@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 # The prompts the released checkpoints were trained with (scripts/*.sh --default_caption). For matting the
 # official inference.py uses another sentence ("Extract the foreground object ..."), but training, app.py and the
 # evaluation all use this one, so this is what the weights respond to.
@@ -38,3 +40,14 @@ def check_task(task: str) -> str:
     if task not in TASK_PROMPTS:
         raise ValueError(f"unknown task '{task}': use one of {', '.join(TASK_PROMPTS)}")
     return task
+
+
+TASK_AUTO = "auto"    # the loaders' default: the task the files state (metadata, else the file name)
+
+
+def task_from_file_name(name: str) -> str | None:
+    """The task a weight file's name states: exactly one of depth/normal/matting in it (any case), as in the
+    released depth.safetensors or normal_lora.safetensors. None when it names none or several."""
+    stem = os.path.basename(name or "").lower()
+    named = [task for task in TASK_PROMPTS if task in stem]
+    return named[0] if len(named) == 1 else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..e2p_core import conditioning, loader
-from ..e2p_core.tasks import TASK_PROMPTS
+from ..e2p_core.tasks import TASK_AUTO, TASK_PROMPTS
 from . import model_paths
 
 CATEGORY = "Edit2Perceive"
@@ -18,7 +18,11 @@ CLIP_TOOLTIP = ("Only needed once per task: DualCLIPLoader (clip_l + t5xxl, type
 
 def _common_inputs():
     return {
-        "task": (list(TASK_PROMPTS), {"tooltip": "What the weights predict; must match the checkpoint or LoRA."}),
+        "task": ([TASK_AUTO, *TASK_PROMPTS], {
+            "default": TASK_AUTO,
+            "tooltip": "What the weights predict. auto: the file's e2p.task metadata, else depth/normal/matting in "
+                       "the checkpoint or LoRA file name (as in the released files). A choice that contradicts "
+                       "either is refused."}),
         "lora": (model_paths.lora_choices(), {"tooltip": "An Edit2Perceive LoRA (*_lora.safetensors) from "
                                                          "models/loras or models/edit2perceive, or none."}),
         "lora_strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
@@ -27,11 +31,16 @@ def _common_inputs():
     }
 
 
-def _bind_task(e2p: loader.E2PModel, task: str, clip):
+def _bind_task(e2p: loader.E2PModel, requested_task: str, file_names: list[str], clip):
+    task, said_by = e2p.resolve_task(requested_task, file_names)
     cond, pooled, source = conditioning.resolve_conditioning(task, model_paths.conditioning_cache_folder(), clip)
-    bound = e2p.for_task(task, cond, pooled)
-    bound.description.append(f"conditioning: {source}")
+    bound = e2p.for_task(task, cond, pooled, f"the {task} conditioning ({source})")
+    bound.description += [f"task: {task} ({said_by})", f"conditioning: {source}"]
     return bound
+
+
+def _file_names(*choices: str) -> list[str]:
+    return [choice for choice in choices if choice and choice != model_paths.NONE]
 
 
 class LoadE2PModel:
@@ -62,7 +71,7 @@ class LoadE2PModel:
     def load(self, checkpoint, weight_dtype, task, lora, lora_strength, time_embedding, clip=None):
         e2p = loader.load_e2p_checkpoint(model_paths.checkpoint_path(checkpoint), weight_dtype,
                                          model_paths.lora_path(lora), lora_strength, time_embedding)
-        bound = _bind_task(e2p, task, clip)
+        bound = _bind_task(e2p, task, _file_names(lora, checkpoint), clip)
         return (bound, bound.patcher, "\n".join(bound.description))
 
 
@@ -83,5 +92,5 @@ class E2PModelFromMODEL:
 
     def apply(self, model, task, lora, lora_strength, time_embedding, clip=None):
         e2p = loader.from_native_model(model, model_paths.lora_path(lora), lora_strength, time_embedding)
-        bound = _bind_task(e2p, task, clip)
+        bound = _bind_task(e2p, task, _file_names(lora), clip)
         return (bound, bound.patcher, "\n".join(bound.description))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..e2p_core import comfy_compat, imaging, pipeline, representations
@@ -17,8 +16,9 @@ def _prediction_inputs():
         "image": ("IMAGE", {"tooltip": "One image or a batch (video frames run one after another)."}),
         "processing_resolution": ("INT", {
             "default": PROCESSING_RESOLUTION, "min": 0, "max": 2048, "step": 16,
-            "tooltip": "Long side the model works at (768 = what it was trained at). 0 = the image's own size. "
-                       "The result is always returned at the input size."}),
+            "tooltip": f"Long side the model works at (768 = what it was trained at), at least "
+                       f"{imaging.MIN_WORKING_SIZE}. 0 = the image's own size. The result is always returned at the "
+                       "input size."}),
         "resize_mode": (list(imaging.RESIZE_MODES), {
             "default": "aspect", "tooltip": "aspect: keep the aspect ratio, pad to a multiple of 16. reference: "
                                             "stretch to a square and resize back with nearest, as the official code."}),
@@ -90,41 +90,6 @@ class E2PNormal:
         return (representations.normals_to_rgb(converted),)
 
 
-def _parse_box(text: str, width: int, height: int):
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",")]
-    except ValueError:
-        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got '{text}'")
-    if len(values) != 4:
-        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got {len(values)}")
-    if all(0.0 <= v <= 1.0 for v in values):
-        values = [values[0] * width, values[1] * height, values[2] * width, values[3] * height]
-    representations.box_region(tuple(values), height, width)
-    return tuple(values)
-
-
-def matting_hints(image: torch.Tensor, points: str, box: str, hint_mask: torch.Tensor | None):
-    """One MattingHints per image from the node inputs; a single mask is shared by every image."""
-    batch, height, width = image.shape[0], image.shape[1], image.shape[2]
-    clicks = representations.parse_points(points, width, height)
-    parsed_box = _parse_box(box, width, height)
-    masks = [None] * batch
-    if hint_mask is not None:
-        mask = hint_mask if hint_mask.dim() == 3 else hint_mask[None]
-        if mask.shape[0] not in (1, batch):
-            raise ValueError(f"hint_mask has {mask.shape[0]} masks for {batch} images; give one, or one per image")
-        if mask.shape[-2:] != (height, width):
-            mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width), mode="nearest-exact")[:, 0]
-        masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
-        if not len(clicks) and parsed_box is None and not any(np.any(m > 0) for m in masks):
-            raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the subject "
-                             "in the mask editor, add points, or disconnect hint_mask to matte the salient object")
-    return [pipeline.MattingHints(clicks if len(clicks) else None, masks[i], parsed_box) for i in range(batch)]
-
-
 class E2PMatting:
     DESCRIPTION = ("Interactive alpha matting: mark the subject with points, a box or a painted mask (any mix); the "
                    "hints are turned into the point map the model was trained on. With no hint the model mattes the "
@@ -143,10 +108,13 @@ class E2PMatting:
         inputs = _prediction_inputs()
         inputs["points"] = ("STRING", {
             "default": "", "multiline": True,
-            "tooltip": "JSON list of clicks on the subject: [[x, y], ...] in pixels, fractions in [0, 1], or "
-                       "[{\"x\":..,\"y\":..}] from a points editor. Each click marks a disc as in the official demo."})
-        inputs["box"] = ("STRING", {"default": "", "tooltip": "Optional 'x0, y0, x1, y1' around the subject "
-                                                              "(pixels or fractions)."})
+            "tooltip": "JSON list of clicks on the subject: [[x, y], ...] or [{\"x\":..,\"y\":..}] from a points "
+                       "editor, in the unit set by coordinates. Each click marks a disc as in the official demo."})
+        inputs["box"] = ("STRING", {"default": "", "tooltip": "Optional 'x0, y0, x1, y1' around the subject, in the "
+                                                              "unit set by coordinates."})
+        inputs["coordinates"] = (list(representations.COORDINATE_UNITS), {
+            "default": "pixels", "tooltip": "Unit of points and box: pixels of the input image (x right, y down from "
+                                            "the top-left corner), or fractions of its width and height in [0, 1]."})
         inputs["num_points"] = ("INT", {"default": representations.HINT_POINT_COUNT, "min": 1, "max": 64,
                                         "tooltip": "Gaussian points drawn inside the marked area (10 as trained)."})
         return {"required": inputs, "optional": {
@@ -154,8 +122,8 @@ class E2PMatting:
                                               "editor; widened as in the official demo."})}}
 
     def predict(self, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
-                num_points, hint_mask=None):
-        hints = matting_hints(image, points, box, hint_mask)
+                coordinates, num_points, hint_mask=None):
+        hints = pipeline.matting_hints(image, points, box, coordinates, hint_mask)
         alpha, hint_maps = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode, steps, seed,
                                 hints, num_points)
         rgb = image[..., :3].float().clamp(0.0, 1.0)

@@ -115,20 +115,20 @@ def test_non_finite_and_black_images(predictor):
     image[0, :5] = float("nan")
     image[1, :5] = float("inf")
     image[2] = 0.0
-    depth = predictor.predict(image, processing_resolution=32)
+    depth = predictor.predict(image, processing_resolution=64)
     assert torch.isfinite(depth).all() and depth.shape == (3, 24, 24)
 
 
 def test_very_large_image_is_resized_not_processed_natively(predictor):
     big = torch.zeros(1, 8192, 8192, 3)
-    assert predictor.predict(big, processing_resolution=32).shape == (1, 8192, 8192)
+    assert predictor.predict(big, processing_resolution=64).shape == (1, 8192, 8192)
     with pytest.raises(imaging.ImageSizeError, match="lower processing_resolution"):
         predictor.predict(big, processing_resolution=0)
 
 
 def test_empty_batch(predictor):
     with pytest.raises(ValueError, match="empty"):
-        predictor.predict(torch.zeros(0, 16, 16, 3), processing_resolution=32)
+        predictor.predict(torch.zeros(0, 16, 16, 3), processing_resolution=64)
 
 
 def test_novram_partial_loading_matches_full_load(tmp_path, monkeypatch):

@@ -105,7 +105,7 @@ def test_identical_frames_get_identical_predictions(installed, vae):
 
 def test_reference_mode_and_native_resolution(installed, vae):
     e2p, _, _ = load(installed, "depth")
-    image = image_batch(1, 30, 50)
+    image = image_batch(1, 48, 80)
     for overrides in ({"resize_mode": "reference"}, {"processing_resolution": 0}):
         (depth,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image, **overrides))
         assert depth.shape == image.shape
@@ -126,7 +126,7 @@ def test_normal_node_conventions(installed, vae):
 def test_matting_node_outputs_and_hints(installed, vae):
     e2p, _, _ = load(installed, "matting")
     image = image_batch(2, 48, 64)
-    common = task_inputs(e2p, vae, image, num_points=10, box="")
+    common = task_inputs(e2p, vae, image, num_points=10, box="", coordinates="pixels")
     alpha, rgba, foreground, hint_map = installed.run_node("E2PMatting", **common, points="[[20, 24]]")
     assert alpha.shape == (2, 48, 64) and rgba.shape == (2, 48, 64, 4) and foreground.shape == image.shape
     assert torch.equal(rgba[..., 3], alpha) and torch.allclose(foreground, image * alpha[..., None])
@@ -147,7 +147,7 @@ def test_matting_node_outputs_and_hints(installed, vae):
 ])
 def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
     e2p, _, _ = load(installed, "matting")
-    options = dict(points="", box="")
+    options = dict(points="", box="", coordinates="pixels")
     options.update(inputs)
     with pytest.raises(ValueError, match=message):
         installed.run_node("E2PMatting", **task_inputs(e2p, vae, image_batch(2, 48, 64)), num_points=10, **options)
@@ -156,7 +156,8 @@ def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
 def test_empty_mask_with_points_is_fine(installed, vae):
     e2p, _, _ = load(installed, "matting")
     alpha = installed.run_node("E2PMatting", **task_inputs(e2p, vae, image_batch(1, 48, 64)), num_points=10,
-                               points="[[20, 24]]", box="", hint_mask=torch.zeros(1, 48, 64))[0]
+                               points="[[20, 24]]", box="", coordinates="pixels",
+                               hint_mask=torch.zeros(1, 48, 64))[0]
     assert alpha.shape == (1, 48, 64)
 
 

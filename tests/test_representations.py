@@ -131,29 +131,48 @@ def test_hint_sizes_scale_with_resolution():
     assert rep.HintScale(384).click_radius == 50.0
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("[[10, 20], [30, 5]]", [[10, 20], [30, 5]]),
-    ('[{"x": 10.7, "y": 20}]', [[10, 20]]),
-    ('{"points": [[0.5, 0.25]]}', [[50, 10]]),
-    ("", []),
+@pytest.mark.parametrize("text,coordinates,expected", [
+    ("[[10, 20], [30, 5]]", "pixels", [[10, 20], [30, 5]]),
+    ('[{"x": 10.7, "y": 20}]', "pixels", [[10, 20]]),
+    ("[[1, 1]]", "pixels", [[1, 1]]),                       # a pixel near the corner, not the far corner
+    ('{"points": [[0.5, 0.25]]}', "fractions", [[50, 10]]),
+    ("[[1, 1], [0, 0]]", "fractions", [[99, 39], [0, 0]]),  # 1.0 is the last pixel, not one past it
+    ("", "pixels", []),
 ])
-def test_points_json(text, expected):
-    assert rep.parse_points(text, 100, 40).tolist() == expected
+def test_points_json(text, coordinates, expected):
+    assert rep.parse_points(text, 100, 40, coordinates).tolist() == expected
 
 
-@pytest.mark.parametrize("text,message", [
-    ("[[10, 20", "JSON"), ('"abc"', "JSON list"), ("[[1, 2, 3]]", "cannot read point"),
-    ("[[500, 5]]", "outside"), ('[["a", 1]]', "numbers"),
+@pytest.mark.parametrize("text,coordinates,message", [
+    ("[[10, 20", "pixels", "JSON"), ('"abc"', "pixels", "JSON list"), ("[[1, 2, 3]]", "pixels", "cannot read point"),
+    ("[[500, 5]]", "pixels", "outside the 100x40 image"), ('[["a", 1]]', "pixels", "numbers"),
+    ("[[NaN, 5]]", "pixels", "finite"), ("[[1e999, 5]]", "pixels", "finite"),
+    ("[[10, 20]]", "fractions", r"outside \[0, 1\].*'pixels'"), ("[[0.1, 0.2]]", "inches", "pixels, fractions"),
+    ("[" * 100000 + "]" * 100000, "pixels", "nested too deeply"),
 ])
-def test_bad_points_are_explained(text, message):
+def test_bad_points_are_explained(text, coordinates, message):
     with pytest.raises(ValueError, match=message):
-        rep.parse_points(text, 100, 40)
+        rep.parse_points(text, 100, 40, coordinates)
+
+
+def test_box_units_are_stated_not_guessed():
+    assert rep.box_region(rep.parse_box("0, 0, 1, 1", 50, 40), 40, 50).sum() == 1   # one pixel, not the image
+    assert rep.parse_box("0, 0, 0.5, 0.5", 50, 40, "fractions") == (0.0, 0.0, 25.0, 20.0)
+    assert rep.parse_box("", 50, 40) is None
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        rep.parse_box("0, 0, 10, 10", 50, 40, "fractions")
+
+
+@pytest.mark.parametrize("text", ["nan, 0, 10, 10", "0, 0, inf, 10", "0, -inf, 10, 10", "0, 0, 1e999, 10"])
+def test_non_finite_box_is_explained(text):
+    with pytest.raises(ValueError, match="finite numbers"):
+        rep.parse_box(text, 50, 40)
 
 
 def test_box_region_and_zero_area_box():
     region = rep.box_region((10, 5, 20, 15), 40, 50)
     assert region.sum() == 100 and region[5, 10] == 1 and region[15, 20] == 0
-    assert rep.box_region((0.0, 0.0, 0.5, 0.5), 40, 50).sum() == 20 * 25
+    assert rep.box_region((-5.0, -5.0, 1e300, 2.5), 40, 50).sum() == 50 * 3    # clipped to the image
     with pytest.raises(ValueError, match="no area"):
         rep.box_region((10, 5, 10, 15), 40, 50)
 

@@ -82,6 +82,6 @@ def test_a_clip_runs_one_frame_at_a_time(tiny_depth_predictor, monkeypatch):
 
     monkeypatch.setattr(pipeline, "predict_latent", recording)
     frames = torch.from_numpy(np.random.default_rng(8).random((FRAMES, 24, 32, 3)).astype(np.float32))
-    depth = tiny_depth_predictor.predict(frames, processing_resolution=32)
+    depth = tiny_depth_predictor.predict(frames, processing_resolution=64)
     assert depth.shape == (FRAMES, 24, 32)
     assert seen_batches == [[1]] * FRAMES

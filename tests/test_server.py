@@ -69,7 +69,7 @@ def task_prompt(task, checkpoint="e2p_tiny.safetensors", points=""):
         prompt["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "normal"}}
     else:
         prompt["4"] = {"class_type": "E2PMatting", "inputs": {**common, "points": points, "box": "",
-                                                               "num_points": 10}}
+                                                               "coordinates": "pixels", "num_points": 10}}
         prompt["6"] = {"class_type": "MaskToImage", "inputs": {"mask": ["4", 0]}}
         prompt["5"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "alpha"}}
     return prompt
