@@ -304,6 +304,18 @@ def test_comfy_mesh_flows_into_core_save_glb(comfy_inprocess, scene):
             assert np.allclose(core.visual.uv[used], own.visual.uv[np.unique(own.faces)])
 
 
+def test_comfy_mesh_flows_into_core_decimate_mesh(comfy_inprocess, scene):
+    if "DecimateMesh" not in comfy_inprocess.node_class_mappings:
+        pytest.skip(f"ComfyUI {comfy_compat.comfyui_version()} has no DecimateMesh node")
+    *_, native = comfy_inprocess.run_node("E2PDepthTo3D", **node_inputs(scene, stride=4))
+    (decimated,) = comfy_inprocess.run_node("DecimateMesh", mesh=native, target_face_count=300,
+                                            placement_mode={"placement_mode": "midpoint"})
+    # QEM stops near the target (it keeps the open borders), far below the input's face count.
+    assert 0 < decimated.faces.shape[1] < native.faces.shape[1] / 3
+    extent = native.vertices[0].amax(dim=0) - native.vertices[0].amin(dim=0)
+    assert (decimated.vertices[0].amax(dim=0) - decimated.vertices[0].amin(dim=0) <= extent + 1e-4).all()
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(image="narrow"), "image is 120x96 but the depth map is 128x96"),
     (dict(fov_degrees=0.0), "fov_degrees must be between"),
