@@ -8,12 +8,18 @@ file pickers. Frontend-only nodes (Note, MarkdownNote, Reroute, PrimitiveNode) d
 input through, a PrimitiveNode becomes the literal value of the widgets it feeds. Muted nodes are left out and
 bypassed nodes are passed through (an input fed by one takes the bypassed node's input of the same type, or is
 dropped), as the frontend does when it queues.
+
+A widget input the file has no value for (a node that gained an input since the workflow was saved, such as
+ImageScaleToTotalPixels' resolution_steps in ComfyUI 0.4+) gets the server's /object_info default, as the frontend
+gives a new widget its default; each such fill is logged as a warning so the user knows the value came from the
+server, not the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -24,6 +30,8 @@ DISPLAY_ONLY = {"Note", "MarkdownNote"}
 MODE_MUTED = 2
 MODE_BYPASSED = 4
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+
+logger = logging.getLogger("workflow_to_api")
 
 
 class WorkflowConversionError(ValueError):
@@ -54,6 +62,36 @@ def _has_control_value(name: str, spec) -> bool:
 
 def _has_upload_value(spec) -> bool:
     return any(_options(spec).get(flag) for flag in ("image_upload", "video_upload", "audio_upload"))
+
+
+def server_default(spec) -> tuple[bool, Any]:
+    """(has one, value): the value the frontend gives a new widget for this input spec."""
+    options = _options(spec)
+    if "default" in options:
+        return True, options["default"]
+    if _spec_type(spec) == "COMBO":
+        choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+        if choices:
+            return True, choices[0]
+    return False, None
+
+
+def fill_missing_widgets(node: dict, node_info: dict, mapped: dict[str, Any]) -> None:
+    """Widget inputs the file has no value for get the server's default; a required one without a default stops."""
+    node_name = f"node {node['id']} ({node['type']})"
+    required = node_info.get("input", {}).get("required", {})
+    linked = {entry["name"] for entry in node.get("inputs") or [] if entry.get("link") is not None}
+    for name, spec in widget_inputs(node_info):
+        if name in mapped or name in linked:
+            continue
+        found, value = server_default(spec)
+        if found:
+            mapped[name] = value
+            logger.warning("%s: the workflow has no value for input '%s'; using this ComfyUI's default %r "
+                           "(open and save the workflow in the frontend to keep it)", node_name, name, value)
+        elif name in required:
+            raise WorkflowConversionError(f"{node_name}: the workflow has no value for the required input '{name}' "
+                                          "and this ComfyUI gives it no default; set it in the frontend and save")
 
 
 def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
@@ -136,6 +174,7 @@ def convert(workflow: dict, object_info: dict) -> dict:
                                           "install the node pack that provides it")
         node_info = object_info[node_type]
         inputs = map_widget_values(node, node_info)
+        fill_missing_widgets(node, node_info, inputs)
         declared = set()
         for section in ("required", "optional"):
             declared.update(node_info.get("input", {}).get(section, {}))
@@ -169,14 +208,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--object-info", help="a saved /object_info JSON instead of asking a server")
     parser.add_argument("--output", help="write the prompt here instead of stdout")
     args = parser.parse_args(argv)
-    with open(args.workflow, encoding="utf-8") as handle:
-        workflow = json.load(handle)
-    if args.object_info:
-        with open(args.object_info, encoding="utf-8") as handle:
-            object_info = json.load(handle)
+    notes = logging.StreamHandler(sys.stderr)  # the filled-input reports go to stderr, next to the errors
+    notes.setFormatter(logging.Formatter("note: %(message)s"))
+    logger.addHandler(notes)
     try:
-        if not args.object_info:
-            object_info = fetch_object_info(args.server)
+        return _convert_file(args)
+    finally:
+        logger.removeHandler(notes)
+
+
+def read_json(path: str, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise WorkflowConversionError(f"cannot read {what} {path}: {error}") from error
+
+
+def _convert_file(args: argparse.Namespace) -> int:
+    try:
+        workflow = read_json(args.workflow, "the workflow")
+        object_info = (read_json(args.object_info, "the /object_info copy") if args.object_info
+                       else fetch_object_info(args.server))
         prompt = convert(workflow, object_info)
     except WorkflowConversionError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -4,7 +4,9 @@
 
 Each graph in workflow_graphs.py becomes a draft, is loaded by the frontend (served by ComfyUI 0.3.75 with this
 pack and tiny model files), laid out, and saved with the frontend's own serialisation; the screenshot of the
-loaded workflow, downscaled, is the thumbnail.
+loaded workflow, downscaled, is the thumbnail. Run it after changing a graph or a pack node's inputs
+(test_workflows_files.py fails until then). The files are always built on the first supported ComfyUI, whose
+nodes every later version can load (a newer one's added inputs are filled from its defaults).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ CHROME_LEFT, CHROME_TOP = 52, 64
 
 
 def main() -> None:
+    authoring = comfy_harness.SUPPORTED_COMFYUI_VERSIONS[0]
+    found = comfy_harness.read_comfyui_version(comfy_harness.comfyui_dir())
+    if found != authoring:
+        raise SystemExit(f"the workflows are built on ComfyUI {authoring}, this is {found} "
+                         f"({comfy_harness.comfyui_dir()}); unset E2P_COMFYUI_DIR and run with that version's venv")
     work = Path(tempfile.mkdtemp(prefix="e2p_build_workflows_"))
     files = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "files"  # optional: reuse tiny model files
     comfy_harness.configure_comfy_args(work / "inprocess")

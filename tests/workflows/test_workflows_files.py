@@ -3,6 +3,8 @@ with its folder in the workflow's note, and the UI-to-API converter on the front
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -10,6 +12,8 @@ import workflow_env
 from workflow_env import load_workflow, workflow_paths
 
 converter = workflow_env.load_converter()
+
+REBUILD = f"rebuild the workflows: {workflow_env.REBUILD_COMMAND}"
 
 
 def test_there_are_workflows_with_thumbnails():
@@ -39,6 +43,28 @@ def test_workflow_file_is_a_frontend_save_and_names_its_files(path):
     for name in used:
         assert name in MODEL_FILES, f"{path.name} uses {name}, which no note documents"
         assert f"`{name}`" in note and f"`models/{MODEL_FILES[name][0]}/`" in note, (path.name, name)
+
+
+def test_shipped_files_match_the_graphs_and_the_pack_nodes(comfy_inprocess):
+    """Each file is what the authoring script makes of its graph with the pack's current node inputs: a node
+    that gained, lost or reordered a widget (or a graph edited without rebuilding) fails here until
+    `build_workflows.py` is run again."""
+    from workflow_graphs import ALL_GRAPHS, widgets_values
+
+    pack_nodes = comfy_inprocess.pack_module.NODE_CLASS_MAPPINGS
+    graphs = [make() for make in ALL_GRAPHS]
+    assert sorted(graph.name for graph in graphs) == [path.stem for path in workflow_paths()], REBUILD
+    for graph in graphs:
+        saved = {node["id"]: node for node in load_workflow(workflow_env.WORKFLOWS_DIR / f"{graph.name}.json")["nodes"]}
+        assert sorted(saved) == sorted(node.id for node in graph.nodes), f"{graph.name}: {REBUILD}"
+        for node in graph.nodes:
+            assert saved[node.id]["type"] == node.type, f"{graph.name}: {REBUILD}"
+            if node.type not in pack_nodes:
+                continue
+            info = {"input": pack_nodes[node.type].INPUT_TYPES()}
+            expected = json.loads(json.dumps(widgets_values(node, info)))
+            assert saved[node.id]["widgets_values"] == expected, \
+                f"{graph.name}: node {node.id} ({node.type}) differs from the node's inputs; {REBUILD}"
 
 
 def test_converter_handles_frontend_only_parts():
@@ -79,3 +105,57 @@ def test_converter_handles_frontend_only_parts():
     workflow["nodes"].append({"id": 10, "type": "NotInstalled", "mode": 0})
     with pytest.raises(converter.WorkflowConversionError, match="NotInstalled"):
         converter.convert(workflow, object_info)
+
+
+def test_converter_fills_inputs_the_file_lacks_from_the_server_defaults(caplog):
+    """A node that gained widget inputs since the file was saved (ImageScaleToTotalPixels' resolution_steps in
+    ComfyUI 0.4+) gets the server's defaults, as the frontend does, and each fill is reported."""
+    object_info = {"ImageScaleToTotalPixels": {"input": {"required": {
+        "image": ["IMAGE"], "upscale_method": [["nearest-exact", "lanczos"]],
+        "megapixels": ["FLOAT", {"default": 1.0}], "resolution_steps": ["INT", {"default": 1, "min": 1}],
+        "crop": ["COMBO", {"options": ["disabled", "center"]}]},
+        "optional": {"label": ["STRING", {"default": "x"}], "seed": ["INT", {"control_after_generate": True}]}}},
+        "LoadImage": {"input": {"required": {"image": [["a.png"], {"image_upload": True}]}}}}
+    workflow = {
+        "nodes": [
+            {"id": 1, "type": "LoadImage", "mode": 0, "inputs": [], "widgets_values": ["a.png", "image"],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}]},
+            {"id": 2, "type": "ImageScaleToTotalPixels", "mode": 0, "widgets_values": ["lanczos", 0.26],
+             "inputs": [{"name": "image", "type": "IMAGE", "link": 1}]},
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]],
+    }
+    with caplog.at_level("WARNING", logger="workflow_to_api"):
+        prompt = converter.convert(workflow, object_info)
+    assert prompt["2"]["inputs"] == {"image": ["1", 0], "upscale_method": "lanczos", "megapixels": 0.26,
+                                     "resolution_steps": 1, "crop": "disabled", "label": "x"}
+    filled = [record.getMessage() for record in caplog.records]
+    assert len(filled) == 3, filled
+    for name, value in (("resolution_steps", "1"), ("crop", "'disabled'"), ("label", "'x'")):
+        assert any(f"node 2 (ImageScaleToTotalPixels)" in m and f"'{name}'" in m and value in m for m in filled), name
+    assert not any("'seed'" in m for m in filled), "an optional input without a default stays unset"
+
+    caplog.clear()
+    workflow["nodes"][1]["widgets_values"] = {"upscale_method": "lanczos", "megapixels": 0.26,
+                                              "resolution_steps": 8, "crop": "center", "label": "y"}
+    with caplog.at_level("WARNING", logger="workflow_to_api"):
+        assert converter.convert(workflow, object_info)["2"]["inputs"]["resolution_steps"] == 8
+    assert caplog.records == [], "nothing is filled when the file has every value"
+
+    del object_info["ImageScaleToTotalPixels"]["input"]["required"]["resolution_steps"][1]["default"]
+    workflow["nodes"][1]["widgets_values"] = ["lanczos", 0.26]
+    with pytest.raises(converter.WorkflowConversionError, match="required input 'resolution_steps'.*no default"):
+        converter.convert(workflow, object_info)
+
+
+def test_converter_cli_reports_each_filled_input(tmp_path, capsys):
+    object_info = {"EmptyLatentImage": {"input": {"required": {
+        "width": ["INT", {"default": 512}], "height": ["INT", {"default": 512}],
+        "batch_size": ["INT", {"default": 1}]}}}}
+    workflow = {"nodes": [{"id": 7, "type": "EmptyLatentImage", "mode": 0, "widgets_values": [64, 48]}], "links": []}
+    (tmp_path / "info.json").write_text(json.dumps(object_info))
+    (tmp_path / "workflow.json").write_text(json.dumps(workflow))
+    assert converter.main([str(tmp_path / "workflow.json"), "--object-info", str(tmp_path / "info.json")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["7"]["inputs"] == {"width": 64, "height": 48, "batch_size": 1}
+    assert "node 7 (EmptyLatentImage)" in captured.err and "'batch_size'" in captured.err, captured.err

@@ -26,6 +26,9 @@ from workflow_graphs import INPUT_FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
+# The one command that rebuilds the shipped workflows and thumbnails from workflow_graphs.py (on ComfyUI 0.3.75,
+# the first supported version, so the files load on every supported version).
+REBUILD_COMMAND = "~/.cache/e2p_comfyui/venv/bin/python tests/workflows/build_workflows.py"
 IMAGE_SIZE = 64
 VIDEO_FRAMES = 4
 
