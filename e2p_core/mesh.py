@@ -148,24 +148,26 @@ def back_project(depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, focal: f
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _quad_triangles(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two triangles of every grid quad, [h-1, w-1, 3 corners, 3], counter-clockwise seen from the camera.
+def _quad_corners(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Corners of every grid quad: a = (r, c), b = (r + 1, c), c = (r, c + 1), d = (r + 1, c + 1).
 
-    Quad corners: a = (r, c), b = (r + 1, c), c = (r, c + 1), d = (r + 1, c + 1); triangles (a, b, c), (c, b, d).
-    """
-    a, b = points[:-1, :-1], points[1:, :-1]
-    c, d = points[:-1, 1:], points[1:, 1:]
-    return np.stack([a, b, c], axis=2), np.stack([c, b, d], axis=2)
+    Its two triangles are (a, b, c) and (c, b, d), both counter-clockwise seen from the camera."""
+    return grid[:-1, :-1], grid[1:, :-1], grid[:-1, 1:], grid[1:, 1:]
 
 
-def view_angle_degrees(triangles: np.ndarray) -> np.ndarray:
-    """Angle between each triangle's normal and its line of sight to the camera: 0 = facing it, 90 = edge-on."""
-    normal = np.cross(triangles[..., 1, :] - triangles[..., 0, :], triangles[..., 2, :] - triangles[..., 0, :])
-    sight = -triangles.mean(axis=-2)
-    lengths = np.linalg.norm(normal, axis=-1) * np.linalg.norm(sight, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = np.einsum("...i,...i->...", normal, sight) / lengths
-    return np.degrees(np.arccos(np.clip(np.nan_to_num(cosine, nan=0.0), -1.0, 1.0)))
+def seen_too_obliquely(a: np.ndarray, b: np.ndarray, c: np.ndarray, max_view_angle: float) -> np.ndarray:
+    """For triangles with corners a, b, c ([..., 3] each): True where the angle between the normal and the line of
+    sight to the camera exceeds ``max_view_angle`` degrees (0 = facing the camera, 90 = edge-on); degenerate
+    triangles count as edge-on.
+
+    Written out per component and compared as cosines: this runs on every pixel quad of the image."""
+    (ax, ay, az), (bx, by, bz), (cx, cy, cz) = (np.moveaxis(corner, -1, 0) for corner in (a, b, c))
+    ux, uy, uz, vx, vy, vz = bx - ax, by - ay, bz - az, cx - ax, cy - ay, cz - az
+    nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
+    sx, sy, sz = -(ax + bx + cx), -(ay + by + cy), -(az + bz + cz)      # towards the camera (3x the centroid)
+    facing = nx * sx + ny * sy + nz * sz
+    lengths = np.sqrt((nx * nx + ny * ny + nz * nz) * (sx * sx + sy * sy + sz * sz))
+    return ~(facing > math.cos(math.radians(max_view_angle)) * lengths) | (lengths == 0)
 
 
 def broken_pixel_quads(depth: np.ndarray, focal: float, max_view_angle: float, band: int = 256) -> np.ndarray:
@@ -177,10 +179,10 @@ def broken_pixel_quads(depth: np.ndarray, focal: float, max_view_angle: float, b
     columns = np.arange(width)
     for top in range(0, height - 1, band):
         rows = np.arange(top, min(top + band, height - 1) + 1)
-        first, second = _quad_triangles(back_project(depth, rows, columns, focal, height, width))
-        part = valid[rows]
-        corners_valid = part[:-1, :-1] & part[1:, :-1] & part[:-1, 1:] & part[1:, 1:]
-        oblique = (view_angle_degrees(first) > max_view_angle) | (view_angle_degrees(second) > max_view_angle)
+        a, b, c, d = _quad_corners(back_project(depth, rows, columns, focal, height, width))
+        va, vb, vc, vd = _quad_corners(valid[rows])
+        corners_valid = va & vb & vc & vd
+        oblique = seen_too_obliquely(a, b, c, max_view_angle) | seen_too_obliquely(c, b, d, max_view_angle)
         broken[rows[:-1]] = ~corners_valid | oblique
     return broken
 
@@ -198,9 +200,8 @@ def _vertex_normals_from_faces(vertices: np.ndarray, faces: np.ndarray) -> np.nd
     """Area-weighted vertex normals (what viewers would otherwise replace with flat shading)."""
     corners = vertices[faces]
     face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], face_normals)
+    normals = np.stack([sum(np.bincount(faces[:, k], weights=face_normals[:, axis], minlength=len(vertices))
+                            for k in range(3)) for axis in range(3)], axis=-1)
     lengths = np.linalg.norm(normals, axis=-1, keepdims=True)
     return normals / np.where(lengths > 0, lengths, 1.0)
 
@@ -248,8 +249,10 @@ def depth_to_mesh(depth: np.ndarray, image: np.ndarray, fov_degrees: float, norm
     if len(faces) == 0:
         raise MeshInputError("no triangle survived: every quad crosses a depth jump steeper than max_view_angle or "
                              "a pixel without depth; raise max_view_angle (90 keeps everything) or lower stride")
-    used, faces = np.unique(faces, return_inverse=True)
-    faces = faces.reshape(-1, 3).astype(np.uint32)
+    is_used = np.zeros(len(rows) * len(cols), dtype=bool)
+    is_used[faces.ravel()] = True
+    used = np.flatnonzero(is_used)
+    faces = (np.cumsum(is_used) - 1)[faces].astype(np.uint32)      # grid index -> index among the used vertices
     grid_rows, grid_cols = np.divmod(used, len(cols))
     pixel_rows, pixel_cols = rows[grid_rows], cols[grid_cols]
     vertices = points.reshape(-1, 3)[used]
@@ -267,10 +270,10 @@ def depth_to_mesh(depth: np.ndarray, image: np.ndarray, fov_degrees: float, norm
 
 
 def _grid_faces(grid_height: int, grid_width: int, keep_quad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vertex-grid indices of both triangles of every kept quad (same corner order as ``_quad_triangles``)."""
-    index = np.arange(grid_height * grid_width).reshape(grid_height, grid_width)
-    first, second = _quad_triangles(index[..., None])
-    return first[keep_quad][..., 0], second[keep_quad][..., 0]
+    """Vertex-grid indices of both triangles of every kept quad (corner order of ``_quad_corners``)."""
+    a, b, c, d = (corner[keep_quad] for corner in
+                  _quad_corners(np.arange(grid_height * grid_width).reshape(grid_height, grid_width)))
+    return np.stack([a, b, c], axis=-1), np.stack([c, b, d], axis=-1)
 
 
 def _as_torch(array: np.ndarray):
