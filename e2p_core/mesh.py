@@ -256,11 +256,13 @@ def depth_to_mesh(depth: np.ndarray, image: np.ndarray, fov_degrees: float, norm
     grid_rows, grid_cols = np.divmod(used, len(cols))
     pixel_rows, pixel_cols = rows[grid_rows], cols[grid_cols]
     vertices = points.reshape(-1, 3)[used]
+    vertex_normals = _vertex_normals_from_faces(vertices, faces.astype(np.int64))
     if normals is not None:
-        vertex_normals = representations.unit_normals(
+        given = representations.unit_normals(
             _as_torch(np.asarray(normals, dtype=np.float64)[pixel_rows, pixel_cols])).numpy()
-    else:
-        vertex_normals = _vertex_normals_from_faces(vertices, faces.astype(np.int64))
+        # A pixel whose colour decodes to no direction (mid-gray) keeps the mesh's own normal: glTF needs unit ones.
+        usable = np.linalg.norm(given, axis=-1) > 0.5
+        vertex_normals[usable] = given[usable]
     colors = _to_uint8(image[..., :3])
     return DepthMesh(
         vertices=vertices.astype(np.float32), faces=faces,

@@ -109,6 +109,11 @@ def test_vertex_normals_from_the_normal_map_are_the_true_normals(scene):
     true_normals = scene["normals"]
     built = mesh.depth_to_mesh(scene["depth"], scene["image"], FOV, normals=true_normals)
     assert np.abs(built.normals - traced(scene, built, "normals")).max() < 1e-5
+    # A mid-gray (no direction) pixel of the normal map leaves that vertex its mesh normal, still unit length.
+    holed = true_normals.copy()
+    holed[40:50, 60:70] = 0.0
+    patched = mesh.depth_to_mesh(scene["depth"], scene["image"], FOV, normals=holed)
+    assert np.allclose(np.linalg.norm(patched.normals, axis=1), 1.0, atol=1e-5)
     # Without a normal map the vertex normals come from the mesh itself: inside the sphere they agree too.
     shaped = mesh.depth_to_mesh(scene["depth"], scene["image"], FOV)
     ids = scene["ids"][shaped.pixels[:, 0], shaped.pixels[:, 1]]
