@@ -110,3 +110,24 @@ def atomic_publish_folder(partial: str, final: str) -> None:
     fsync_tree(partial)
     os.replace(partial, final)
     fsync_folder(os.path.dirname(os.path.abspath(final)))
+
+
+# A file name is at most 255 bytes on common filesystems; savers add a counter, a suffix and an extension (and a
+# preview name adds a random part), so the prefix's own name part is kept well below that.
+MAX_PREFIX_NAME_BYTES = 200
+
+
+def check_filename_prefix(prefix: str) -> str:
+    """Refuse a save node's filename_prefix that the filesystem would refuse (with a bare OSError) before any file
+    is opened: control characters such as NUL, or a folder or file name part longer than a file name can be."""
+    bad = sorted({f"U+{ord(char):04X}" for char in prefix if ord(char) < 32 or ord(char) == 127})
+    if bad:
+        raise ValueError(f"filename_prefix contains control characters ({', '.join(bad)}), which file names cannot "
+                         "hold; remove them (type the prefix again)")
+    for part in prefix.replace("\\", "/").split("/"):
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > MAX_PREFIX_NAME_BYTES:
+            raise ValueError(f"filename_prefix has a name part of {size} bytes ('{part[:24]}...'); file names are "
+                             f"limited to 255 bytes including the counter and extension: shorten it to at most "
+                             f"{MAX_PREFIX_NAME_BYTES}, or use '/' to make subfolders")
+    return prefix

@@ -13,7 +13,10 @@ import zlib
 
 import numpy as np
 
+from .files import atomic_write_bytes
+
 PNG16_MAX = 65535
+PNG16_NON_FINITE = "16-bit PNG cannot hold NaN or infinite values; save as EXR (exr32) instead"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOR_GRAY = 0
 PNG_COLOR_RGB = 2
@@ -97,7 +100,7 @@ def quantize_png16(data: np.ndarray, value_range: tuple[float, float]) -> np.nda
     low, high = value_range
     values = np.asarray(data, dtype=np.float64)
     if not np.all(np.isfinite(values)):
-        raise ValueError("16-bit PNG cannot hold NaN or infinite values; save as EXR (exr32) instead")
+        raise ValueError(PNG16_NON_FINITE)
     span = high - low
     if span <= 0.0:
         return np.zeros(values.shape, dtype=np.uint16)
@@ -191,19 +194,27 @@ def encode_exr(data: np.ndarray, attributes: dict[str, str] | None = None) -> by
 
 def write_png16(path: str, data: np.ndarray, value_range: tuple[float, float], text: dict[str, str] | None = None,
                 compress_level: int = 6) -> None:
-    with open(path, "wb") as handle:
-        handle.write(encode_png16(quantize_png16(data, value_range), text, compress_level))
+    """Encoded in full before the file is created, then published atomically: a refusal leaves no file."""
+    atomic_write_bytes(path, encode_png16(quantize_png16(data, value_range), text, compress_level))
 
 
 def write_exr(path: str, data: np.ndarray, attributes: dict[str, str] | None = None) -> None:
-    with open(path, "wb") as handle:
-        handle.write(encode_exr(data, attributes))
+    atomic_write_bytes(path, encode_exr(data, attributes))
 
 
 def check_file_format(file_format: str) -> str:
     if file_format not in FILE_FORMATS:
         raise ValueError(f"unknown file_format '{file_format}'; choose one of {', '.join(FILE_FORMATS)}")
     return file_format
+
+
+def check_savable(data: np.ndarray, file_format: str) -> None:
+    """Raise what encoding would raise (shape, emptiness, no finite value, NaN/inf in png16), without encoding, so a
+    saver can refuse a whole batch before it creates any file."""
+    _as_planar(data)
+    finite_range(data)
+    if check_file_format(file_format) == "png16" and not np.all(np.isfinite(np.asarray(data, dtype=np.float64))):
+        raise ValueError(PNG16_NON_FINITE)
 
 
 def float_file_metadata(data: np.ndarray, content: str, channels: str, file_format: str) -> dict[str, str]:

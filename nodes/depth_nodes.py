@@ -60,6 +60,11 @@ class SqrtDecode:
 
 def apply_colormap(values: torch.Tensor, colormap: str) -> torch.Tensor:
     """Values [..., H, W] in [0, 1] -> RGB [..., H, W, 3] by linear interpolation between colour stops."""
+    invalid = int((~torch.isfinite(values)).sum())
+    if invalid:
+        raise ValueError(f"the map has {invalid} NaN or infinite values (of {values.numel()}), which have no colour; "
+                         "the node that made it produced them: fix its inputs, or colour a finite map (E2PDepth and "
+                         "SqrtDecode's disparity/relative_depth always are)")
     values = values.clamp(0.0, 1.0)
     if colormap == "gray":
         return values[..., None].expand(*values.shape, 3).contiguous()

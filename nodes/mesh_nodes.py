@@ -13,7 +13,7 @@ import os
 import folder_paths
 import torch
 
-from ..e2p_core import comfy_compat, mesh, representations
+from ..e2p_core import comfy_compat, files, mesh, representations
 from .loader_nodes import CATEGORY
 
 DEPTH_KIND_TOOLTIP = ("What the depth input is. sqrt_depth: E2P Depth's output, turned into metres with near and "
@@ -109,6 +109,7 @@ class E2PDepthTo3D:
         if normal_convention not in representations.NORMAL_CONVENTIONS:
             raise ValueError(f"unknown normal_convention '{normal_convention}'; choose one of "
                              f"{', '.join(representations.NORMAL_CONVENTIONS)}")
+        files.check_filename_prefix(filename_prefix)
         batch, height, width = depth.shape[:3]
         meshes = []
         for index in range(batch):

@@ -15,9 +15,8 @@ import torch
 from PIL import Image
 
 import folder_paths
-from comfy.cli_args import args
 
-from ..e2p_core import float_files
+from ..e2p_core import comfy_compat, files, float_files
 from .loader_nodes import CATEGORY
 
 FILE_FORMATS = list(float_files.FILE_FORMATS)
@@ -95,6 +94,12 @@ class E2PSaveFloatImage:
                       for index in range(masks.shape[0])]
         if not items:
             raise ValueError("nothing to save: the connected batch is empty (0 images)")
+        files.check_filename_prefix(filename_prefix)
+        for index, suffix, data, _ in items:
+            try:
+                float_files.check_savable(data, file_format)
+            except ValueError as error:
+                raise ValueError(f"{'mask' if suffix else 'image'} {index + 1}: {error}; nothing was saved") from None
         height, width = items[0][2].shape[:2]
         output_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width,
@@ -106,8 +111,7 @@ class E2PSaveFloatImage:
             metadata.update(workflow_metadata)
             stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_{suffix}"
             path = os.path.join(folder, f"{stem}.{float_files.FILE_FORMATS[file_format]}")
-            with open(path, "wb") as handle:
-                handle.write(float_files.encode_float_file(data, file_format, metadata))
+            files.atomic_write_bytes(path, float_files.encode_float_file(data, file_format, metadata))
             entry = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
             saved.append(entry)
             previews.append(entry if file_format == "png16" else self._write_preview(data, stem))
@@ -116,7 +120,7 @@ class E2PSaveFloatImage:
     @staticmethod
     def _workflow_metadata(prompt, extra_pnginfo) -> dict[str, str]:
         """The graph, as SaveImage embeds it, so dropping the file on ComfyUI brings the workflow back."""
-        if args.disable_metadata:
+        if comfy_compat.metadata_disabled():
             return {}
         metadata = {}
         if prompt is not None:
@@ -130,5 +134,6 @@ class E2PSaveFloatImage:
         temp_dir = folder_paths.get_temp_directory()
         os.makedirs(temp_dir, exist_ok=True)
         filename = f"{stem.rstrip('_')}_preview_{os.urandom(4).hex()}.png"
-        _preview(data).save(os.path.join(temp_dir, filename), compress_level=1)
+        with files.atomic_write(os.path.join(temp_dir, filename), suffix=".png") as temporary:
+            _preview(data).save(temporary, compress_level=1)
         return {"filename": filename, "subfolder": "", "type": "temp"}
