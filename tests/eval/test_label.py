@@ -89,15 +89,15 @@ def run_in_process(tiny, input_path, out, *extra):
 
 
 def accelerate_command(tiny, input_path, out, port):
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    return [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
             "-m", "e2p_eval.label", *label_argv(tiny, input_path, out),
             "--comfyui", str(comfy_harness.comfyui_dir())]
 
 
 def subprocess_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(comfy_harness.REPO_ROOT)}
+    path = os.pathsep.join([str(comfy_harness.REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def label_files(out):
@@ -123,7 +123,7 @@ def test_one_process_labels_every_image_as_save_float_image_would(reference, tin
     files = label_files(reference)
     assert sorted(files) == ["i0.png", "i1.png", "i2.png", "i4.png", "sub/i3.png"]
     save_node = comfy_inprocess.node_class_mappings["E2PSaveFloatImage"]
-    image = np.asarray(Image.open(images / "i2.png").convert("RGB"))
+    image = np.array(Image.open(images / "i2.png").convert("RGB"))
     with one_thread(), torch.inference_mode():
         depth = tiny["predictor"].predict(torch.from_numpy(image).float().div(255)[None],
                                           processing_resolution=RESOLUTION)
