@@ -208,14 +208,27 @@ def test_ply_point_cloud_is_read_back_by_trimesh(scene, tmp_path):
 
 
 def test_a_failed_write_leaves_no_file(scene, tmp_path, monkeypatch):
+    """A write that dies half-way (disk full) leaves neither the target nor the partial temporary file."""
     built = mesh.depth_to_mesh(scene["depth"], scene["image"], FOV, stride=8)
 
-    def broken_png(texture):
-        raise OSError("disk full")
+    class DiskFull:
+        def __init__(self, path, mode):
+            self.handle = open(path, mode)
 
-    monkeypatch.setattr(mesh, "_png_bytes", broken_png)
-    with pytest.raises(OSError):
-        mesh.write_glb(str(tmp_path / "scene.glb"), built)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mesh, "open", DiskFull, raising=False)
+    for write in (mesh.write_glb, mesh.write_ply):
+        with pytest.raises(OSError, match="No space left"):
+            write(str(tmp_path / "scene.out"), built)
     assert list(tmp_path.iterdir()) == []
 
 
