@@ -44,6 +44,7 @@ def main() -> None:
         object_info = server.object_info()
         jobs = []
         workflow_env.WORKFLOWS_DIR.mkdir(exist_ok=True)
+        before = {path: path.read_bytes() for path in workflow_env.WORKFLOWS_DIR.glob("*.json")}
         for make in workflow_graphs.ALL_GRAPHS:
             graph = make()
             jobs.append({"name": graph.name, "workflow": workflow_graphs.to_ui(graph, object_info),
@@ -56,11 +57,14 @@ def main() -> None:
             print(result["name"], {k: v for k, v in result.items() if k not in ("name", "screenshot", "saved")})
             if "failure" in result:
                 raise SystemExit(f"{result['name']} failed in the frontend")
+            saved, thumbnail_path = Path(result["saved"]), workflow_env.WORKFLOWS_DIR / f"{result['name']}.jpg"
+            if before.get(saved) == saved.read_bytes() and thumbnail_path.exists():
+                continue  # same file, same picture: keep the thumbnail byte-stable (screenshots vary slightly)
             with Image.open(result["screenshot"]) as full:
                 shot = full.crop((CHROME_LEFT, CHROME_TOP, full.width, full.height))
                 height = round(shot.height * THUMBNAIL_WIDTH / shot.width)
                 thumbnail = shot.convert("RGB").resize((THUMBNAIL_WIDTH, height), Image.Resampling.LANCZOS)
-                thumbnail.save(workflow_env.WORKFLOWS_DIR / f"{result['name']}.jpg", quality=85)
+                thumbnail.save(thumbnail_path, quality=85)
     finally:
         server.stop()
         print("server log:", server.log_path)

@@ -23,14 +23,17 @@ converter = workflow_env.load_converter()
 pytestmark = pytest.mark.server
 
 # ComfyUI started with --disable-api-nodes answers every page with a CSP that blocks connections to other hosts
-# (server.py, create_block_external_middleware); the frontend's registry lookups then fail by design.
-# The same CSP (connect-src 'self', no blob:) stops the 3D viewer's GLTFLoader from fetching a texture embedded in a
-# GLB (it reads it through a blob: URL), so Preview 3D shows e2p_image_to_3d's mesh untextured here; a server
-# without --disable-api-nodes loads the texture with no console error.
-OFFLINE_CSP_BLOCK = re.compile(r"^Connecting to 'https://api\.comfy\.org/[^']*' violates the following Content "
-                               r"Security Policy directive: \"connect-src 'self'\"|"
-                               r"^(Connecting to '|Fetch API cannot load |THREE\.GLTFLoader: Couldn't load texture )"
-                               r"blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+\b")
+# (server.py, create_block_external_middleware; connect-src 'self', from 0.4 also data:); the frontend's registry
+# and model-file lookups then fail by design. The same CSP (no blob:) stops the 3D viewer's GLTFLoader from
+# fetching a texture embedded in a GLB (it reads it through a blob: URL), so Preview 3D shows e2p_image_to_3d's
+# mesh untextured here; a server without --disable-api-nodes sets no CSP and loads the texture with no error.
+_BLOCKED_URL = r"(https://[^'\s]+|blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+)"
+OFFLINE_CSP_BLOCK = re.compile(
+    rf"^Connecting to '{_BLOCKED_URL}' violates the following Content Security Policy directive: "
+    r"\"connect-src 'self'( data:)?\"|"
+    rf"^Fetch API cannot load {_BLOCKED_URL}\. Refused to connect because it violates the document's Content "
+    r"Security Policy|"
+    r"^THREE\.GLTFLoader: Couldn't load texture blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+")
 
 
 def declared(object_info: dict, node: dict) -> set[str]:

@@ -434,7 +434,8 @@ def matting_composite() -> Graph:
     vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
     model = g.add("LoadE2PModel", 0, checkpoint="matting.safetensors", task="matting")
     clip = _text_encoder(g, 0, model)
-    by_points = g.add("E2PMatting", 1, "E2P Matting (click points)", points="[[0.5, 0.45], [0.5, 0.7]]")
+    by_points = g.add("E2PMatting", 1, "E2P Matting (click points)", points="[[0.5, 0.45], [0.5, 0.7]]",
+                      coordinates="fractions")
     _e2p_inputs(g, model, vae, subject, by_points)
     by_mask = g.add("E2PMatting", 1, "E2P Matting (painted mask)")
     _e2p_inputs(g, model, vae, subject, by_mask)
@@ -464,7 +465,8 @@ def matting_composite() -> Graph:
     g.group("Edit2Perceive matting", "e2p", vae, model, clip, by_points, by_mask)
     g.group("Stock compositing", "stock", size, fitted, composite, preview_hints)
     g.group("Save", "save", save_composite, save_rgba, save_alpha, save_mask_rgba)
-    g.note(0, files_note(g, "Points are fractions of the image (or pixels) on the subject. For the painted-mask "
+    g.note(0, files_note(g, "Points mark the subject, in the unit *coordinates* sets: here fractions of the "
+                            "image (x right, y down), or pixels. For the painted-mask "
                             "branch open the subject image in the MaskEditor and paint over the subject; its "
                             "LoadImage MASK output carries the strokes. Each E2PMatting node also accepts a box."))
     return g
