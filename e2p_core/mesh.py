@@ -11,7 +11,7 @@ quad is dropped when one of its triangles is seen more obliquely than ``max_view
 on every full-resolution pixel quad, before any stride is applied, so a coarse mesh cuts the same edges as a fine
 one.
 
-Only numpy and Pillow (both shipped with ComfyUI) are used: the writers encode GLB and PLY themselves.
+Only numpy, torch and Pillow (all shipped with ComfyUI) are used: the writers encode GLB and PLY themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from . import representations
 from .files import atomic_write
@@ -98,8 +99,6 @@ def metric_depth(depth: np.ndarray, depth_kind: str, near: float, far: float) ->
         raise MeshInputError(f"need 0 <= near < far (metres) to turn {depth_kind} into 3D, got near={near}, "
                              f"far={far}")
     if depth_kind == "sqrt_depth":
-        import torch
-
         return representations.sqrt_depth_to_metric(torch.from_numpy(np.clip(values, 0.0, 1.0)), near,
                                                     far).numpy()
     return near + np.clip(values, 0.0, 1.0) * (far - near)
@@ -259,7 +258,7 @@ def depth_to_mesh(depth: np.ndarray, image: np.ndarray, fov_degrees: float, norm
     vertex_normals = _vertex_normals_from_faces(vertices, faces.astype(np.int64))
     if normals is not None:
         given = representations.unit_normals(
-            _as_torch(np.asarray(normals, dtype=np.float64)[pixel_rows, pixel_cols])).numpy()
+            torch.from_numpy(np.asarray(normals, dtype=np.float64)[pixel_rows, pixel_cols])).numpy()
         # A pixel whose colour decodes to no direction (mid-gray) keeps the mesh's own normal: glTF needs unit ones.
         usable = np.linalg.norm(given, axis=-1) > 0.5
         vertex_normals[usable] = given[usable]
@@ -276,12 +275,6 @@ def _grid_faces(grid_height: int, grid_width: int, keep_quad: np.ndarray) -> tup
     a, b, c, d = (corner[keep_quad] for corner in
                   _quad_corners(np.arange(grid_height * grid_width).reshape(grid_height, grid_width)))
     return np.stack([a, b, c], axis=-1), np.stack([c, b, d], axis=-1)
-
-
-def _as_torch(array: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
