@@ -13,6 +13,8 @@ from safetensors import SafetensorError, safe_open
 
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
+# Names of atomic_write's temporary files: a run killed mid-write leaves them, and its next run may delete them.
+TEMPORARY_PREFIX = ".partial-"
 
 
 class WeightFileError(ValueError):
@@ -73,7 +75,7 @@ def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
     os.close(handle)
     try:
         yield temporary

@@ -27,12 +27,13 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from e2p_core import float_files, representations
-from e2p_core.files import atomic_write_bytes, atomic_write_text, fsync_folder
+from e2p_core.files import TEMPORARY_PREFIX, atomic_write_bytes, atomic_write_text, fsync_folder
 
 from .cli import add_model_args, prediction_settings
 from .label_inputs import Item, UnreadableItem, list_items, read_items
@@ -44,7 +45,6 @@ LABELS = "labels"
 SHARDS = "shards"
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
-PARTIAL_PREFIX = ".partial-"          # e2p_core.files.atomic_write's temporary files, left behind by a kill
 OK, FAILED = "ok", "failed"
 TASKS = ("depth", "normal", "matting")
 # How long the processes wait for each other at the end. Shards differ by at most a few items, but a process can be
@@ -85,18 +85,18 @@ def shard_path(out_dir: str, process: int, processes: int) -> str:
     return os.path.join(out_dir, SHARDS, f"shard-{process:05d}-of-{processes:05d}.jsonl")
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """Records of a JSONL file; a last line cut short by a kill is ignored."""
-    records = []
+def read_jsonl(path: str) -> Iterator[dict]:
+    """Records of a JSONL file, one at a time; a last line cut short by a kill is ignored."""
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             if line.endswith("\n"):
-                records.append(json.loads(line))
-    return records
+                yield json.loads(line)
 
 
-def read_items_file(out_dir: str) -> list[Item]:
-    return [Item.from_json(record) for record in read_jsonl(os.path.join(out_dir, ITEMS_FILE))]
+def read_items_file(out_dir: str, indices: set[int] | None = None) -> list[Item]:
+    """The run's items (only those in ``indices`` when given: a process keeps its share, not millions)."""
+    return [Item.from_json(record) for record in read_jsonl(os.path.join(out_dir, ITEMS_FILE))
+            if indices is None or record["index"] in indices]
 
 
 def latest_records(out_dir: str) -> dict[int, dict]:
@@ -115,9 +115,9 @@ def latest_records(out_dir: str) -> dict[int, dict]:
     return best
 
 
-def prepare_run(out_dir: str, run: dict, retry_failed: bool) -> list[int]:
+def prepare_run(out_dir: str, run: dict, retry_failed: bool) -> tuple[list[int], int]:
     """On the main process, before any process writes: fix or check the run's settings and item list, remove
-    temporary files a killed run left, and return the indices still to label."""
+    temporary files a killed run left. Returns the indices still to label and the number of items."""
     run_file = os.path.join(out_dir, RUN_FILE)
     if os.path.isfile(run_file):
         with open(run_file, encoding="utf-8") as handle:
@@ -138,7 +138,7 @@ def prepare_run(out_dir: str, run: dict, retry_failed: bool) -> list[int]:
     pending = [item.index for item in items if item.index not in records
                or (retry_failed and records[item.index]["status"] == FAILED)]
     _remove_partial_files({os.path.dirname(label_path(out_dir, items[i], run["file_format"])) for i in pending})
-    return pending
+    return pending, len(items)
 
 
 def _remove_partial_files(folders: set[str]) -> None:
@@ -147,7 +147,7 @@ def _remove_partial_files(folders: set[str]) -> None:
         if not os.path.isdir(folder):
             continue
         with os.scandir(folder) as entries:
-            stale = [entry.path for entry in entries if entry.name.startswith(PARTIAL_PREFIX) and entry.is_file()]
+            stale = [entry.path for entry in entries if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file()]
         for path in stale:
             os.remove(path)
 
@@ -192,14 +192,14 @@ def _cut_partial_last_line(path: str) -> None:
             handle.truncate(keep)
 
 
-def merge_manifest(out_dir: str, items: list[Item], this_run: dict) -> dict:
+def merge_manifest(out_dir: str, item_count: int, this_run: dict) -> dict:
     """manifest.jsonl (the deciding record of every labelled or failed item, in item order) and summary.json."""
     records = latest_records(out_dir)
-    lines = [json.dumps(records[item.index]) + "\n" for item in items if item.index in records]
+    lines = [json.dumps(records[index]) + "\n" for index in sorted(records)]
     atomic_write_text(os.path.join(out_dir, MANIFEST_FILE), "".join(lines))
     statuses = [record["status"] for record in records.values()]
-    summary = {"items": len(items), "labelled": statuses.count(OK), "failed": statuses.count(FAILED),
-               "not_done": len(items) - len(records), "this_run": this_run}
+    summary = {"items": item_count, "labelled": statuses.count(OK), "failed": statuses.count(FAILED),
+               "not_done": item_count - len(records), "this_run": this_run}
     atomic_write_text(os.path.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -324,19 +324,18 @@ def run_labelling(args, predictor=None) -> dict | None:
     run = run_record(args, settings)
     state = PartialState(cpu=args.cpu or not torch.cuda.is_available(), timeout=COLLECTIVE_TIMEOUT)
     process, processes = state.process_index, state.num_processes
-    problem = pending = None
+    problem = pending = item_count = None
     if state.is_main_process:
         try:
-            pending = prepare_run(args.out, run, args.retry_failed)
+            pending, item_count = prepare_run(args.out, run, args.retry_failed)
         except ValueError as error:
             problem = str(error)
-    problem, pending = broadcast_object_list([problem, pending])
+    problem, pending, item_count = broadcast_object_list([problem, pending, item_count])
     if problem is not None:
         raise ValueError(problem)
-    items = read_items_file(args.out)
-    mine = [items[index] for index in pending[process::processes]]
+    mine = read_items_file(args.out, set(pending[process::processes]))
     if state.is_main_process:
-        print(f"{len(items)} items, {len(items) - len(pending)} already done, {len(pending)} to label on "
+        print(f"{item_count} items, {item_count - len(pending)} already done, {len(pending)} to label on "
               f"{processes} process(es)", flush=True)
     stats = {"process": process, "labelled": 0, "failed": 0, "seconds": 0.0}
     if mine:
@@ -357,7 +356,7 @@ def run_labelling(args, predictor=None) -> dict | None:
         this_run = {"processes": processes, "labelled": sum(s["labelled"] for s in everyone),
                     "failed": sum(s["failed"] for s in everyone), "seconds": wall,
                     "items_per_second": round(done / wall, 4) if wall > 0 else None, "per_process": everyone}
-        summary = merge_manifest(args.out, items, this_run)
+        summary = merge_manifest(args.out, item_count, this_run)
         rate = f"{this_run['items_per_second']:.3f} items/s" if wall > 0 else "nothing to do"
         print(f"this run: {done} items ({this_run['failed']} failed) in {wall:.1f} s on {processes} process(es): "
               f"{rate} (model loading not counted)\n"

@@ -145,7 +145,7 @@ def test_one_process_labels_every_image_as_save_float_image_would(reference, tin
 
 
 def test_corrupt_image_is_listed_as_failed_with_its_reason(reference):
-    manifest = labelling.read_jsonl(str(reference / labelling.MANIFEST_FILE))
+    manifest = list(labelling.read_jsonl(str(reference / labelling.MANIFEST_FILE)))
     assert [record["index"] for record in manifest] == list(range(len(SIZES) + 1))
     failed = [record for record in manifest if record["status"] == "failed"]
     assert [record["name"] for record in failed] == [CORRUPT]
@@ -255,7 +255,7 @@ def test_file_list_with_a_missing_file(tiny, images, tmp_path, capsys):
     listing.write_text(f"# two images\n{images / 'i1.png'}\n\n{images / 'sub' / 'i3.png'}\n{images / 'gone.png'}\n")
     out = tmp_path / "out"
     assert run_in_process(tiny, listing, out) == 0
-    manifest = labelling.read_jsonl(str(out / labelling.MANIFEST_FILE))
+    manifest = list(labelling.read_jsonl(str(out / labelling.MANIFEST_FILE)))
     assert [(r["name"], r["status"]) for r in manifest] == [("i1.png", "ok"), ("sub/i3.png", "ok"),
                                                             ("gone.png", "failed")]
     assert manifest[2]["reason"].startswith("file not found")
