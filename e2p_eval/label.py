@@ -119,22 +119,24 @@ def prepare_run(out_dir: str, run: dict, retry_failed: bool) -> tuple[list[int],
     """On the main process, before any process writes: fix or check the run's settings and item list, remove
     temporary files a killed run left. Returns the indices still to label and the number of items."""
     run_file = os.path.join(out_dir, RUN_FILE)
+    records = latest_records(out_dir)
+    recorded = None
     if os.path.isfile(run_file):
         with open(run_file, encoding="utf-8") as handle:
             recorded = json.load(handle)
-        if recorded != run:
-            changed = ", ".join(f"{key}: {recorded.get(key)!r} -> {run.get(key)!r}"
-                                for key in sorted(set(recorded) | set(run)) if recorded.get(key) != run.get(key))
-            raise ValueError(f"{out_dir} holds labels made with other settings ({changed}); use another --out "
-                             "folder, or the same settings to resume")
+    if recorded is not None and recorded != run and records:
+        changed = ", ".join(f"{key}: {recorded.get(key)!r} -> {run.get(key)!r}"
+                            for key in sorted(set(recorded) | set(run)) if recorded.get(key) != run.get(key))
+        raise ValueError(f"{out_dir} holds labels made with other settings ({changed}); use another --out "
+                         "folder, or the same settings to resume")
+    if recorded == run:
         items = read_items_file(out_dir)
-    else:
+    else:      # a first run, or earlier ones that recorded nothing (a mistyped model path, say): start afresh
         items = list_items(run["input"])
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, ITEMS_FILE),
                           "".join(json.dumps(item.to_json()) + "\n" for item in items))
         atomic_write_text(run_file, json.dumps(run, indent=2) + "\n")
-    records = latest_records(out_dir)
     pending = [item.index for item in items if item.index not in records
                or (retry_failed and records[item.index]["status"] == FAILED)]
     _remove_partial_files({os.path.dirname(label_path(out_dir, items[i], run["file_format"])) for i in pending})

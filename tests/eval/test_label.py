@@ -171,6 +171,19 @@ def test_other_settings_in_the_same_folder_are_refused(reference, tiny, images, 
     assert "holds labels made with other settings (seed: 42 -> 7)" in error
 
 
+def test_a_start_that_labelled_nothing_does_not_pin_its_settings(tiny, images, tmp_path, capsys):
+    """A mistyped model path fails after the item list is made; the corrected command must not be refused."""
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{images / 'i1.png'}\n")
+    out = tmp_path / "out"
+    argv = label_argv(tiny, listing, out)
+    argv[argv.index("--model") + 1] = str(tmp_path / "typo.safetensors")
+    assert main(argv) == 2
+    assert "typo.safetensors does not exist" in capsys.readouterr().err
+    assert run_in_process(tiny, listing, out) == 0
+    assert sorted(label_files(out)) == ["i1.png"]
+
+
 def test_two_processes_write_the_same_files_as_one(reference, tiny, images, tmp_path):
     out = tmp_path / "pair"
     completed = subprocess.run(accelerate_command(tiny, images, out, 29541), capture_output=True, text=True,
