@@ -144,6 +144,66 @@ def test_one_process_labels_every_image_as_save_float_image_would(reference, tin
     assert label_text[float_files.META_CONTENT] == "sqrt_depth"
 
 
+def read_float_file(path):
+    """(values, metadata) of a labelling or Save Float Image file, through independent readers."""
+    if path.endswith(".exr"):
+        import OpenEXR
+
+        exr = OpenEXR.File(path, separate_channels=True)
+        channels = {name: channel.pixels for name, channel in exr.channels().items()}
+        values = channels["Y"] if "Y" in channels else np.stack([channels[c] for c in "RGB"], axis=-1)
+        return values, {k: v for k, v in exr.header().items() if isinstance(v, str)}
+    with Image.open(path) as png:
+        return np.asarray(png), dict(png.text)
+
+
+@pytest.mark.parametrize("task, file_format, convention", [("normal", "exr32", "opengl_camera"),
+                                                           ("matting", "png16", "controlnet_bae")])
+def test_normals_and_alpha_are_the_node_outputs_as_save_float_image_writes_them(tiny, images, tmp_path, task,
+                                                                                 file_format, convention,
+                                                                                 comfy_inprocess):
+    import folder_paths
+
+    from e2p_core import representations
+    from e2p_core.api import E2PPredictor
+    from e2p_core.conditioning_file import save_conditioning
+    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+
+    cond, pooled = tm.conditioning(seed=4)
+    conditioning = str(tmp_path / f"{task}_cond.safetensors")
+    save_conditioning(conditioning, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    predictor = E2PPredictor.from_files(task=task, model=tiny["model"], conditioning=conditioning, vae=tiny["vae"],
+                                        dtype="fp32")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{images / 'i2.png'}\n")
+    argv = label_argv(tiny, listing, tmp_path / "out", "--format", file_format, "--normal-convention", convention)
+    argv[argv.index("--task") + 1] = task
+    argv[argv.index("--conditioning") + 1] = conditioning
+    with one_thread():
+        assert main(argv, predictor=predictor) == 0
+        image = torch.from_numpy(np.array(Image.open(images / "i2.png").convert("RGB"))).float().div(255)[None]
+        with torch.inference_mode():
+            prediction = predictor.predict(image, processing_resolution=RESOLUTION)
+            save = comfy_inprocess.node_class_mappings["E2PSaveFloatImage"]().save
+            if task == "normal":     # what E2P Normal returns for this convention
+                rgb = representations.normals_to_rgb(representations.convert_normals(prediction, convention))
+                saved = save(filename_prefix="label_test/normal", file_format=file_format,
+                             content=f"normals_{convention}", images=rgb)
+            else:                    # E2P Matting's alpha is a MASK
+                saved = save(filename_prefix="label_test/alpha", file_format=file_format, content="alpha",
+                             mask=prediction)
+    entry = saved["ui"]["files"][0]
+    node_values, node_meta = read_float_file(os.path.join(folder_paths.get_output_directory(), entry["subfolder"],
+                                                          entry["filename"]))
+    extension = float_files.FILE_FORMATS[file_format]
+    label_values, label_meta = read_float_file(str(tmp_path / "out" / "labels" / f"i2.{extension}"))
+    assert label_values.shape == node_values.shape == (SIZES[2][0], SIZES[2][1], 3)[:3 if task == "normal" else 2]
+    assert np.array_equal(label_values, node_values)
+    assert label_meta.pop("e2p.label_source") == "i2.png"
+    assert json.loads(label_meta.pop("e2p.label_settings"))["task"] == task
+    assert label_meta == {k: v for k, v in node_meta.items() if k.startswith("e2p.")}
+
+
 def test_corrupt_image_is_listed_as_failed_with_its_reason(reference):
     manifest = list(labelling.read_jsonl(str(reference / labelling.MANIFEST_FILE)))
     assert [record["index"] for record in manifest] == list(range(len(SIZES) + 1))
