@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,9 +89,18 @@ def run_in_process(tiny, input_path, out, *extra):
         return main(label_argv(tiny, input_path, out, *extra), predictor=tiny["predictor"])
 
 
-def accelerate_command(tiny, input_path, out, port):
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerate_command(tiny, input_path, out):
+    """Two CPU processes over gloo: ``--multi_gpu`` makes accelerate start them with torchrun, and the CLI picks
+    gloo where there is no GPU."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()),
             "-m", "e2p_eval.label", *label_argv(tiny, input_path, out),
             "--comfyui", str(comfy_harness.comfyui_dir())]
 
@@ -246,7 +256,7 @@ def test_a_start_that_labelled_nothing_does_not_pin_its_settings(tiny, images, t
 
 def test_two_processes_write_the_same_files_as_one(reference, tiny, images, tmp_path):
     out = tmp_path / "pair"
-    completed = subprocess.run(accelerate_command(tiny, images, out, 29541), capture_output=True, text=True,
+    completed = subprocess.run(accelerate_command(tiny, images, out), capture_output=True, text=True,
                                timeout=SUBPROCESS_TIMEOUT_S, env=subprocess_env(), cwd=comfy_harness.REPO_ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "to label on 2 process(es)" in completed.stdout and "items/s" in completed.stdout
@@ -260,7 +270,7 @@ def test_two_processes_write_the_same_files_as_one(reference, tiny, images, tmp_
 
 def test_kill_9_mid_run_then_resume_gives_the_same_set(reference, tiny, images, tmp_path):
     out = tmp_path / "killed"
-    launcher = subprocess.Popen(accelerate_command(tiny, images, out, 29542), stdout=subprocess.DEVNULL,
+    launcher = subprocess.Popen(accelerate_command(tiny, images, out), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=comfy_harness.REPO_ROOT)
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
