@@ -95,3 +95,34 @@ def test_writers_go_through_the_durable_write(tmp_path, fsync_log):
     assert load_conditioning(conditioning)[0].shape == (1, 2, 3)
     assert np.load(prediction).shape == (2, 2)
     assert sorted(os.listdir(tmp_path)) == ["cond.safetensors", "pred"]
+
+
+class OneProcessAccelerator:
+    """The part of accelerate's Accelerator that train.checkpoint.save uses, for one process."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "model.safetensors"), "wb") as stream:
+            stream.write(b"weights")
+
+
+def test_training_checkpoint_is_fsynced_before_its_folder_is_renamed(tmp_path, fsync_log):
+    from train import checkpoint
+
+    final = checkpoint.save(OneProcessAccelerator(), str(tmp_path), step=7, keep=2)
+    root = os.path.dirname(final)
+    rename_at = fsync_log.index(("replace", final))
+    synced_before = {path for kind, path in fsync_log[:rename_at] if kind == "fsync"}
+    partial = os.path.join(root, checkpoint.PARTIAL_PREFIX + os.path.basename(final))
+    assert os.path.join(partial, "model.safetensors") in synced_before and partial in synced_before
+    assert fsync_log[rename_at + 1] == ("fsync", root)
+    latest = os.path.join(root, checkpoint.LATEST_FILE)
+    latest_at = fsync_log.index(("replace", latest))
+    assert fsync_log[latest_at - 1][0] == "fsync" and fsync_log[latest_at + 1] == ("fsync", root)
+    assert checkpoint.latest_checkpoint(str(tmp_path)) == final
+    assert sorted(os.listdir(root)) == [checkpoint.LATEST_FILE, os.path.basename(final)]
