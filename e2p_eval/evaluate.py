@@ -42,7 +42,8 @@ def evaluate_dataset(task: str, dataset: EvalDataset, out_dir: str, protocol: pr
     aggregate = protocols.DatasetAggregate(task, protocol)
     columns = ["image", "status"] + list(METRIC_COLUMNS[task]) + list(EXTRA_COLUMNS[task])
     missing = 0
-    with atomic_write(csv_path, suffix=".csv") as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
+    with atomic_write(csv_path, suffix=".csv") as temporary, \
+            open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for sample in tqdm(dataset.samples, desc=f"evaluate {dataset.name}", unit="img", disable=not show_progress):
