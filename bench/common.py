@@ -635,12 +635,15 @@ def start(args, extra_comfy_args: list[str] | tuple[str, ...] = (), runs_line: s
     device = pick_device(args.device)
     shape = SHAPES[DEFAULT_SHAPE[device.type] if args.shape == "auto" else args.shape]
     resolutions = args.resolutions or DEFAULT_RESOLUTIONS[device.type]
-    for resolution in resolutions:
-        if resolution < 16 or resolution % 16:
-            raise SystemExit(f"--resolutions: {resolution} is not a positive multiple of 16")
     if args.warmup < 0 or args.repeats < 1:
         raise SystemExit("--warmup must be >= 0 and --repeats >= 1")
     comfy = boot_comfy(args.work_dir / shape.name, device, extra_comfy_args)
+    from e2p_core import imaging   # importable once ComfyUI is booted (the repo root is on sys.path)
+
+    for resolution in resolutions:
+        if resolution < imaging.MIN_WORKING_SIZE or resolution % 16:
+            raise SystemExit(f"--resolutions: {resolution} is not a multiple of 16 of at least "
+                             f"{imaging.MIN_WORKING_SIZE} (the smallest working size the nodes accept)")
     files = bench_files(args.work_dir, shape)
     for resolution in resolutions:
         write_test_image(files, resolution)

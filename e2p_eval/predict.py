@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from e2p_core import representations
+from e2p_core import imaging, representations
 from e2p_core.files import atomic_write, atomic_write_text
 
 from .datasets import EvalDataset, open_dataset
@@ -63,8 +63,9 @@ class PredictionSettings:
             raise ValueError(f"--matting-hints {self.matting_hints} conditions the model as the official evaluation "
                              "does, on its square stretched input: use --resize official, or --matting-hints "
                              "empty / gt-clicks (the nodes' conditioning) with other resize modes")
-        if self.processing_resolution < 16:
-            raise ValueError("--processing-resolution must be at least 16 (768 is what the model was trained at)")
+        if self.processing_resolution < imaging.MIN_WORKING_SIZE:
+            raise ValueError(f"--processing-resolution must be at least {imaging.MIN_WORKING_SIZE} (768 is what the "
+                             "model was trained at)")
         if self.steps < 1:
             raise ValueError("--steps must be at least 1")
 

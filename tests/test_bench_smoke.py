@@ -1,6 +1,6 @@
 """The benchmark scripts run end to end at the smallest size and print their tables.
 
-Each script is its own process (ComfyUI's flags are fixed per process), on the ``smoke`` model shape at 16 x 16
+Each script is its own process (ComfyUI's flags are fixed per process), on the ``smoke`` model shape at 64 x 64
 pixels with one timed run; the weight files are written once into a shared folder. Numbers are not checked, only
 that every table is printed with one row per case and that JSON results come out.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SMALLEST = ["--device", "cpu", "--shape", "smoke", "--resolutions", "16", "--warmup", "0", "--repeats", "1"]
+SMALLEST = ["--device", "cpu", "--shape", "smoke", "--resolutions", "64", "--warmup", "0", "--repeats", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def table_rows(output: str, title: str) -> list[list[str]]:
 def test_wrapper_overhead_prints_table(work_dir):
     output, raw = run_script("wrapper_overhead", work_dir)
     rows = table_rows(output, "### Wrapper overhead (depth, 1 step)")
-    assert [row[0] for row in rows] == ["16²"]
-    assert set(raw["runs"]["16"]) == {"bare", "graph"}
+    assert [row[0] for row in rows] == ["64²"]
+    assert set(raw["runs"]["64"]) == {"bare", "graph"}
     assert "load average at start" in output and "load average at end" in output
 
 
@@ -59,17 +59,17 @@ def test_vs_diffusers_prints_table(work_dir):
     rows = table_rows(output, "### Ours vs diffusers FluxKontextPipeline")
     assert [row[1] for row in rows] == ["ours, 1 step", "diffusers, 1 step", "diffusers, 2 steps"]
     assert rows[0][3] == "1.00x"
-    assert len(raw["runs"]["16"]["diffusers, 2 steps"]) == 1
+    assert len(raw["runs"]["64"]["diffusers, 2 steps"]) == 1
 
 
 def test_stages_prints_tables(work_dir):
     output, raw = run_script("stages", work_dir, "--attention", "default", "pytorch")
     stage_rows = table_rows(output, "### Per-stage time (depth, 1 step)")
-    assert [row[:2] for row in stage_rows] == [["16²", "default"], ["16²", "pytorch"]]
+    assert [row[:2] for row in stage_rows] == [["64²", "default"], ["64²", "pytorch"]]
     assert len(stage_rows[0]) == 8
     dit_rows = table_rows(output, "### DiT throughput")
     assert len(dit_rows) == 2 and float(dit_rows[0][2]) > 0
-    assert set(raw["runs"]["16/default"]) == {"pre-processing", "VAE encode", "DiT (1 step)", "VAE decode",
+    assert set(raw["runs"]["64/default"]) == {"pre-processing", "VAE encode", "DiT (1 step)", "VAE decode",
                                               "post-processing"}
 
 
@@ -78,7 +78,7 @@ def test_memory_prints_table(work_dir):
     rows = table_rows(output, "### Peak memory (depth, 1 step)")
     assert [row[0] for row in rows] == ["default"]
     result = raw["results"]["default"]
-    assert result["16"]["rss_peak"] >= result["rss_after_import"] > 0
+    assert result["64"]["rss_peak"] >= result["rss_after_import"] > 0
     assert "not measurable on CPU" in output
 
 
@@ -95,4 +95,4 @@ def test_dit_options_prints_table(work_dir):
     rows = table_rows(output, "### DiT time by option (1 step)")
     assert [row[1] for row in rows] == ["default", "attention pytorch", "weights bf16"]
     assert rows[0][3] == "1.00x"
-    assert len(raw["runs"]["16"]["weights bf16"]) == 1
+    assert len(raw["runs"]["64"]["weights bf16"]) == 1

@@ -109,7 +109,7 @@ def test_predict_resumes_and_refuses_other_settings(tmp_path, capsys):
     syn.make_scannet(str(tmp_path / "scannet"))
     out = tmp_path / "run"
     argv = ["predict", "--task", "depth", "--model", model_file(tmp_path), "--dataset",
-            f"scannet={tmp_path / 'scannet'}", "--processing-resolution", "32", "--resize", "aspect",
+            f"scannet={tmp_path / 'scannet'}", "--processing-resolution", "64", "--resize", "aspect",
             "--out", str(out)]
     first = FakePredictor("depth")
     assert run_cli(argv, first) == 0 and len(first.calls) == 2
@@ -130,7 +130,7 @@ def test_evaluate_reports_missing_predictions(tmp_path, capsys):
     syn.make_scannet(str(tmp_path / "scannet"))
     out = tmp_path / "run"
     argv = ["predict", "--task", "depth", "--model", model_file(tmp_path, "sqrt_model.safetensors"),
-            "--dataset", f"scannet={tmp_path / 'scannet'}", "--processing-resolution", "32", "--out", str(out)]
+            "--dataset", f"scannet={tmp_path / 'scannet'}", "--processing-resolution", "64", "--out", str(out)]
     assert run_cli(argv, FakePredictor("depth")) == 0
     os.remove(prediction_path(str(out), "scannet", "scene0088_02/color/000300.jpg"))
     assert run_cli(["evaluate", "--out", str(out)]) == 0
@@ -146,7 +146,7 @@ def test_normals_run_with_standard_protocol(tmp_path):
     out = tmp_path / "run"
     argv = ["run", "--task", "normal", "--model", model_file(tmp_path, "normal.safetensors"),
             "--dataset", f"ibims={tmp_path / 'ibims'}", "--dataset", f"diode={tmp_path / 'diode'}",
-            "--processing-resolution", "32", "--resize", "aspect", "--protocol", "standard", "--out", str(out)]
+            "--processing-resolution", "64", "--resize", "aspect", "--protocol", "standard", "--out", str(out)]
     assert run_cli(argv, FakePredictor("normal")) == 0
     summary = json.loads((out / "metrics-standard" / "summary.json").read_text())
     for name in ("ibims", "diode"):
@@ -163,14 +163,14 @@ def test_matting_run_with_ground_truth_clicks(tmp_path):
     out = tmp_path / "run"
     predictor = FakePredictor("matting")
     argv = ["run", "--task", "matting", "--model", model_file(tmp_path, "matting.safetensors"),
-            "--dataset", f"aim500={tmp_path / 'aim'}", "--processing-resolution", "40",
+            "--dataset", f"aim500={tmp_path / 'aim'}", "--processing-resolution", "64",
             "--matting-hints", "gt-clicks", "--out", str(out)]
     assert run_cli(argv, predictor) == 0
     assert predictor.latent_calls == [] and len(predictor.calls) == 2       # the nodes' path
     for call in predictor.calls:
         (hints,) = call["hints"]
         clicks = hints.clicks_xy
-        assert clicks.shape == (10, 2) and clicks.min() >= 0 and clicks.max() < 40
+        assert clicks.shape == (10, 2) and clicks.min() >= 0 and clicks.max() < 64
     summary = json.loads((out / "metrics-official" / "summary.json").read_text())
     assert summary["datasets"]["aim500"]["mad"] < 0.02 and summary["datasets"]["aim500"]["images"] == 2
     assert "AIM-500 MSE×10³↓" in (out / "metrics-official" / "summary.md").read_text()
@@ -199,20 +199,20 @@ def test_matting_official_conditioning_none_and_points(tmp_path):
         out = tmp_path / mode
         predictor = FakePredictor("matting")
         argv = ["run", "--task", "matting", "--model", model_file(tmp_path, "matting.safetensors"),
-                "--dataset", f"aim500={tmp_path / 'aim'}", "--processing-resolution", "48",
+                "--dataset", f"aim500={tmp_path / 'aim'}", "--processing-resolution", "64",
                 "--matting-hints", mode, "--out", str(out)]
         assert run_cli(argv, predictor) == 0
         assert predictor.calls == []                                # the latent-level path, not the nodes' one
         assert [len(call["references"]) for call in predictor.latent_calls] == [references] * 2
         first = predictor.latent_calls[0]["references"][0]
-        assert first.shape == (1, 48, 48, 3) and (predictor.latent_calls[0]["steps"], predictor.latent_calls[0][
+        assert first.shape == (1, 64, 64, 3) and (predictor.latent_calls[0]["steps"], predictor.latent_calls[0][
             "seed"]) == (1, 42)
         summary = json.loads((out / "metrics-official" / "summary.json").read_text())
         assert summary["datasets"]["aim500"]["mad"] < 0.02 and summary["datasets"]["aim500"]["images"] == 2
     keys = sorted(truth)
     for key, call in zip(keys, predictor.latent_calls):          # the gt-points run, in dataset order
         point_image = call["references"][1]
-        expected = _official_points_map_independently(truth[key], 48)
+        expected = _official_points_map_independently(truth[key], 64)
         assert expected.max() > 0.5                                # the blobs exist
         np.testing.assert_allclose(point_image[0, :, :, 0].numpy(), expected, atol=1e-5)
         np.testing.assert_array_equal(point_image[..., 0], point_image[..., 2])
@@ -253,7 +253,7 @@ def test_report_combines_runs_into_one_table_and_plot(tmp_path, capsys):
     syn.make_scannet(str(tmp_path / "scannet"))
     for label, noise in (("clean", 0.0), ("noisy", 0.2)):
         argv = ["run", "--task", "depth", "--model", model_file(tmp_path), "--dataset",
-                f"scannet={tmp_path / 'scannet'}", "--processing-resolution", "32", "--protocol", "standard",
+                f"scannet={tmp_path / 'scannet'}", "--processing-resolution", "64", "--protocol", "standard",
                 "--label", label, "--out", str(tmp_path / label)]
         assert run_cli(argv, FakePredictor("depth", noise)) == 0
         assert (tmp_path / label / "metrics-standard" / "summary.png").is_file()      # every evaluation plots

@@ -40,11 +40,11 @@ def test_depth_checkpoint_through_the_cli(tmp_path, tiny_files):
     syn.make_scannet(str(tmp_path / "scannet"))
     out = tmp_path / "run"
     argv = ["run", "--task", "depth", "--model", tiny_files["model"], "--vae", tiny_files["vae"],
-            "--conditioning", tiny_files["depth"], "--dtype", "fp32", "--processing-resolution", "32",
+            "--conditioning", tiny_files["depth"], "--dtype", "fp32", "--processing-resolution", "64",
             "--dataset", f"scannet={tmp_path / 'scannet'}", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     prediction = np.load(prediction_path(str(out), "scannet", "scene0406_02/color/000300.jpg"))
-    assert prediction.shape == (32, 32) and np.isfinite(prediction).all()
+    assert prediction.shape == (64, 64) and np.isfinite(prediction).all()
     assert prediction.min() >= 0.0 and prediction.max() <= 1.0
     summary = json.loads((out / "metrics-official" / "summary.json").read_text())
     assert summary["depth_alignment"] == "sqrt"           # "sqrt" in the file name, the official rule
@@ -66,12 +66,12 @@ def test_matting_checkpoint_with_each_conditioning(tmp_path, tiny_files, hints, 
     syn.make_am2k(str(tmp_path / "am2k"))
     out = tmp_path / "run"
     argv = ["run", "--task", "matting", "--model", tiny_files["model"], "--vae", tiny_files["vae"],
-            "--conditioning", tiny_files["matting"], "--dtype", "fp32", "--processing-resolution", "32",
+            "--conditioning", tiny_files["matting"], "--dtype", "fp32", "--processing-resolution", "64",
             "--resize", resize, "--matting-hints", hints, "--protocol", protocol,
             "--dataset", f"am2k={tmp_path / 'am2k'}", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     key = "validation/original/x_0080.jpg"
-    expected_shape = (32, 32) if resize == "official" else (36, 44)       # aspect mode: input size
+    expected_shape = (64, 64) if resize == "official" else (36, 44)       # aspect mode: input size
     prediction = np.load(prediction_path(str(out), "am2k", key))
     assert prediction.shape == expected_shape and np.isfinite(prediction).all()
     assert 0.0 <= prediction.min() and prediction.max() <= 1.0
@@ -85,11 +85,11 @@ def test_normal_lora_on_a_base_checkpoint_through_the_cli(tmp_path, tiny_files):
     out = tmp_path / "run"
     argv = ["run", "--task", "normal", "--model", tiny_files["kontext"], "--lora", tiny_files["lora"],
             "--vae", tiny_files["vae"], "--conditioning", tiny_files["normal"], "--dtype", "fp32",
-            "--processing-resolution", "32", "--dataset", f"nyuv2={tmp_path / 'nyuv2'}", "--out", str(out),
+            "--processing-resolution", "64", "--dataset", f"nyuv2={tmp_path / 'nyuv2'}", "--out", str(out),
             "--no-progress"]
     assert main(argv) == 0
     prediction = np.load(prediction_path(str(out), "nyuv2", "test/000000_img.png"))
-    assert prediction.shape == (32, 32, 3)
+    assert prediction.shape == (64, 64, 3)
     np.testing.assert_allclose(np.linalg.norm(prediction, axis=2), 1.0, atol=1e-4)     # unit normals
     summary = json.loads((out / "metrics-official" / "summary.json").read_text())
     assert summary["label"] == "flux1-kontext-dev + normal_lora"
