@@ -2,6 +2,11 @@
 
 ComfyUI's CLI args (`--cpu --base-directory <session tmp dir>`) are parsed in pytest_configure, before any test
 module is imported, so test files may import `comfy.*` and `e2p_core` at top level.
+
+Two markers are applied here, not by hand, so a new test cannot forget them:
+- `server`: the test starts a real ComfyUI server (uses `comfy_server`);
+- `comfyui`: the test needs ComfyUI (uses a ComfyUI fixture or starts a server). `scripts/test.sh` runs these
+  once more on the current ComfyUI release; everything else runs once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ if str(Path(__file__).parent) not in sys.path:  # keeps `import comfy_harness` w
 import comfy_harness  # noqa: E402
 from comfy_harness import REPO_ROOT, ComfyServer, HarnessSetupError  # noqa: E402
 
+# Fixtures that import or start ComfyUI; a test whose fixture closure holds one of them needs ComfyUI.
+COMFYUI_FIXTURES = frozenset({"comfy_core", "comfy_inprocess", "comfy_server", "workflow_server"})
+
 _session_base_dir: Path | None = None
 _comfy_setup_error: HarnessSetupError | None = None
 
@@ -27,6 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
     global _session_base_dir, _comfy_setup_error
     config.addinivalue_line(
         "markers", "server: starts a real ComfyUI server process (slow); select with -m server or -m 'not server'"
+    )
+    config.addinivalue_line(
+        "markers", "comfyui: imports or starts ComfyUI (auto-applied); scripts/test.sh runs these on every version"
     )
     comfy_harness.add_repo_root_to_sys_path()
     _session_base_dir = Path(tempfile.mkdtemp(prefix="e2p_comfy_base_"))
@@ -44,13 +55,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "comfy_server" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "comfy_server" in fixtures:
             item.add_marker(pytest.mark.server)
+        # Tests marked `server` by hand start ComfyUI through the harness or a script of their own.
+        if fixtures & COMFYUI_FIXTURES or item.get_closest_marker("server") is not None:
+            item.add_marker(pytest.mark.comfyui)
 
 
 @pytest.fixture(scope="session")
 def comfy_core() -> comfy_harness.InProcessComfy:
-    """ComfyUI 0.3.75 imported in-process with core and extra nodes, but no custom node pack."""
+    """ComfyUI (the version in E2P_COMFYUI_DIR) imported in-process with core and extra nodes, no custom node pack."""
     if _comfy_setup_error is not None:
         raise _comfy_setup_error
     return comfy_harness.boot_comfy_inprocess(_session_base_dir)

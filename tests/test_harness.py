@@ -182,7 +182,7 @@ def shared_server(tmp_path_factory):
 @pytest.mark.server
 def test_server_answers_system_stats_and_serves_frontend(shared_server):
     stats = shared_server.system_stats()
-    assert stats["system"]["comfyui_version"] == "0.3.75"
+    assert stats["system"]["comfyui_version"] == comfy_harness.read_comfyui_version(comfy_harness.comfyui_dir())
     assert [device["type"] for device in stats["devices"]] == ["cpu"]
     page = shared_server.get("/")
     assert page.status_code == 200
@@ -217,7 +217,8 @@ def test_server_rejects_bad_prompt_and_keeps_answering(shared_server):
     assert status_code == 400
     assert "NoSuchNode" in reply["error"]["message"]
 
-    assert shared_server.system_stats()["system"]["comfyui_version"] == "0.3.75"
+    expected_version = comfy_harness.read_comfyui_version(comfy_harness.comfyui_dir())
+    assert shared_server.system_stats()["system"]["comfyui_version"] == expected_version
     shared_server.run_prompt(empty_image_to_save_prompt(8, 8, 0))
 
 
