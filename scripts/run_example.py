@@ -1,7 +1,8 @@
-"""The main job: start ComfyUI 0.3.75 with this pack, run an example workflow end to end, say where the results are.
+"""The main job: start ComfyUI with this pack, run an example workflow end to end, say where the results are.
 
-    bash scripts/run_example.sh            # builds the environment, then runs this file with its venv
+    bash scripts/run_example.sh            # builds ComfyUI 0.3.75 and its venv, then runs this file with that venv
     bash scripts/run_example.sh --demo     # the same plumbing on tiny random weights (outputs are labelled DEMO)
+    bash scripts/run_example.sh --comfyui PATH   # in your own ComfyUI checkout with its Python; PATH is not changed
 
 The workflow (default example_workflows/e2p_quickstart.json, UI format as the frontend saves it) is converted to ComfyUI's
 API format with the server's own node definitions, queued over HTTP and awaited. When model files the workflow
@@ -101,7 +102,10 @@ def _free_port() -> int:
 class ComfyUI:
     """`python main.py` on 127.0.0.1 with a private base directory; a few HTTP calls, all bounded in time."""
 
-    def __init__(self, base_dir: Path, use_cpu: bool, extra_args: list[str]):
+    def __init__(self, comfyui_dir: Path, base_dir: Path, use_cpu: bool, extra_args: list[str],
+                 write_bytecode: bool = True):
+        self.comfyui_dir = comfyui_dir
+        self.write_bytecode = write_bytecode
         self.port = _free_port()
         self.log_path = base_dir / "comfyui_run_example.log"
         self.command = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -113,8 +117,11 @@ class ComfyUI:
 
     def start(self) -> None:
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command, cwd=COMFYUI_DIR, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        environment = dict(os.environ, PYTHONUNBUFFERED="1")
+        if not self.write_bytecode:
+            environment["PYTHONDONTWRITEBYTECODE"] = "1"
+        self.process = subprocess.Popen(self.command, cwd=self.comfyui_dir, stdout=self._log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -400,10 +407,10 @@ def adapt_for_demo(prompt: dict) -> None:
             inputs["filename_prefix"] = f"{DEMO_SUBFOLDER}/{DEMO_FILE_PREFIX}{Path(inputs['filename_prefix']).name}"
 
 
-def write_demo_weights(prompt: dict, models_dir: Path) -> list[Path]:
+def write_demo_weights(prompt: dict, models_dir: Path, comfyui_dir: Path) -> list[Path]:
     """Tiny random models under the exact names the workflow loads, plus cached conditioning for every task."""
     _importable(REPO_ROOT, REPO_ROOT / "tests")
-    _boot_comfy_for_cpu()
+    _boot_comfy_for_cpu(comfyui_dir)
     logging.disable(logging.WARNING)        # ComfyUI's import chatter and the VAE skeleton's "missing keys"
     try:
         return _write_demo_files(prompt, models_dir)
@@ -445,9 +452,9 @@ def _write_demo_files(prompt: dict, models_dir: Path) -> list[Path]:
     return written
 
 
-def _boot_comfy_for_cpu() -> None:
+def _boot_comfy_for_cpu(comfyui_dir: Path) -> None:
     """ComfyUI importable in this process with --cpu (the VAE stand-in is built from ComfyUI's own classes)."""
-    _importable(COMFYUI_DIR)
+    _importable(comfyui_dir)
     saved = sys.argv
     sys.argv = [saved[0], "--cpu"]
     try:
@@ -509,6 +516,22 @@ def saved_files(entry: dict, base_dir: Path) -> list[Path]:
     return paths
 
 
+def check_comfyui(comfyui_dir: Path) -> None:
+    """A ComfyUI checkout this script can run: main.py, and the options it starts ComfyUI with."""
+    if not (comfyui_dir / "main.py").is_file():
+        raise UserActionNeeded(f"no ComfyUI at {comfyui_dir} (no main.py there): give the folder of a ComfyUI "
+                               "checkout with --comfyui, or leave --comfyui out to build ComfyUI 0.3.75 "
+                               "(bash scripts/run_example.sh)")
+    cli_args = comfyui_dir / "comfy" / "cli_args.py"
+    options = cli_args.read_text(errors="replace") if cli_args.is_file() else ""
+    lacking = [option for option in ("--base-directory", "--database-url", "--disable-api-nodes")
+               if f'"{option}"' not in options]
+    if lacking:
+        raise UserActionNeeded(f"the ComfyUI at {comfyui_dir} has no {', '.join(lacking)} option: it is older than "
+                               "this script supports (tested on 0.3.75 and 0.33.0); update it, or leave --comfyui "
+                               "out to build ComfyUI 0.3.75")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -519,11 +542,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image", type=Path, help="your own photo for the workflow's Load Image node")
     parser.add_argument("--base-dir", type=Path,
                         help=f"ComfyUI folder for models/, input/, output/ (default: {DEFAULT_BASE_DIR}; with --demo "
-                             "a new temporary folder)")
+                             "or --comfyui a new temporary folder)")
     parser.add_argument("--models-dir", type=Path,
                         help="an existing ComfyUI models/ folder to read weights from as well (not with --demo)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the workflow (3600)")
+    parser.add_argument("--comfyui", type=Path,
+                        help="run in this existing ComfyUI checkout instead of the one setup_env.sh builds; this "
+                             "Python must be the one that runs it (run_example.sh --comfyui finds it). Its models/ "
+                             "folder is read (unless --demo); the base folder is a new temporary one unless "
+                             "--base-dir is given; nothing in the checkout is changed")
     args = parser.parse_args(argv)
+    if args.comfyui is not None:
+        args.comfyui = args.comfyui.resolve()
+        if args.models_dir is None and not args.demo and (args.comfyui / "models").is_dir():
+            args.models_dir = args.comfyui / "models"
     if args.demo and args.models_dir:
         parser.error("--demo writes its own random weights; it does not take --models-dir")
     if args.models_dir is not None and not args.models_dir.is_dir():
@@ -540,9 +572,12 @@ def run(args: argparse.Namespace, base_dir: Path) -> list[Path]:
     workflow_path = args.workflow.resolve()
     models_dir = args.models_dir.resolve() if args.models_dir else None
     extra_args = prepare_base_dir(base_dir, models_dir)
-    models_dirs = [base_dir / "models"] + ([models_dir] if models_dir else [])
-    server = ComfyUI(base_dir, use_cpu(args.demo), extra_args)
-    print(f"Starting ComfyUI ({COMFYUI_DIR}) with this pack; base folder {base_dir}; log {server.log_path}", flush=True)
+    # Files go where the user keeps weights: their own models folder when there is one, else the base folder's.
+    models_dirs = ([models_dir] if models_dir else []) + [base_dir / "models"]
+    comfyui_dir = args.comfyui or COMFYUI_DIR
+    # In the user's own ComfyUI (and its venv, often inside it) not even bytecode files are written.
+    server = ComfyUI(comfyui_dir, base_dir, use_cpu(args.demo), extra_args, write_bytecode=args.comfyui is None)
+    print(f"Starting ComfyUI ({comfyui_dir}) with this pack; base folder {base_dir}; log {server.log_path}", flush=True)
     try:
         server.start()
         object_info = server.get("/object_info")
@@ -555,7 +590,7 @@ def run(args: argparse.Namespace, base_dir: Path) -> list[Path]:
             prompt = to_api_prompt(workflow, object_info)
         if args.demo:
             adapt_for_demo(prompt)
-            written = write_demo_weights(prompt, base_dir / "models")
+            written = write_demo_weights(prompt, base_dir / "models", comfyui_dir)
             print(f"Wrote {len(written)} tiny random model and conditioning files ({DEMO_LABEL}) to "
                   f"{base_dir / 'models'}; the workflow runs with random cached prompt conditioning instead of text "
                   f"encoders, at processing_resolution {DEMO_RESOLUTION}, saving under output/{DEMO_SUBFOLDER}/")
@@ -572,7 +607,14 @@ def run(args: argparse.Namespace, base_dir: Path) -> list[Path]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not (COMFYUI_DIR / "main.py").is_file():
+    if args.comfyui is not None:
+        sys.dont_write_bytecode = True      # this process imports from the user's ComfyUI and venv: write nothing
+        try:
+            check_comfyui(args.comfyui)
+        except UserActionNeeded as problem:
+            print(problem, file=sys.stderr)
+            return EXIT_MISSING
+    elif not (COMFYUI_DIR / "main.py").is_file():
         print(f"ComfyUI 0.3.75 is not at {COMFYUI_DIR}; run `bash scripts/setup_env.sh` first "
               "(scripts/run_example.sh does it for you).", file=sys.stderr)
         return 1
@@ -583,6 +625,8 @@ def main(argv=None) -> int:
                   "--base-dir so no real weights get shadowed or overwritten.", file=sys.stderr)
             return 1
         print(f"=== {DEMO_LABEL} ===")
+    elif args.comfyui is not None:
+        base_dir = (args.base_dir or Path(tempfile.mkdtemp(prefix="e2p_run_"))).resolve()
     else:
         base_dir = (args.base_dir or DEFAULT_BASE_DIR).resolve()
     started = time.monotonic()

@@ -16,6 +16,7 @@ from PIL import Image
 from comfy_harness import REPO_ROOT, comfyui_dir
 
 SCRIPT = REPO_ROOT / "scripts" / "run_example.py"
+SHELL_SCRIPT = REPO_ROOT / "scripts" / "run_example.sh"
 QUICKSTART = REPO_ROOT / "example_workflows" / "e2p_quickstart.json"
 DEMO_LABEL = "DEMO — random weights, not real predictions"
 RUN_TIMEOUT_S = 900
@@ -29,6 +30,20 @@ def run_script(*arguments):
     environment = dict(os.environ, E2P_COMFYUI_DIR=str(comfyui_dir()), PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S, env=environment, stdin=subprocess.DEVNULL)
+
+
+def run_shell_script(*arguments):
+    return subprocess.run(["bash", str(SHELL_SCRIPT), *arguments], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL)
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of everything under folder (a folder's mtime changes when an entry is added)."""
+    state = {}
+    for path in [folder, *folder.rglob("*")]:
+        info = path.lstat()
+        state[str(path.relative_to(folder))] = (info.st_size, info.st_mtime_ns)
+    return state
 
 
 def quickstart_model_files():
@@ -115,3 +130,47 @@ def test_demo_runs_the_quickstart_and_labels_every_output(tmp_path):
     with Image.open(depth[0]) as image:
         assert image.text["e2p.content"] == "sqrt_depth"
     assert not (home / "models").exists(), "the random weights must not stay where real ones belong"
+
+
+def test_python_without_comfyui_is_refused():
+    result = run_shell_script("--python", sys.executable, "--demo")
+    assert result.returncode == 2
+    assert "give that ComfyUI with --comfyui PATH" in result.stderr
+
+
+def test_comfyui_without_a_checkout_or_its_python_says_what_to_give(tmp_path):
+    result = run_shell_script("--comfyui", str(tmp_path / "nowhere"), "--demo")
+    assert result.returncode == 2 and "no main.py there" in result.stderr
+    (tmp_path / "main.py").write_text("")
+    result = run_shell_script("--comfyui", str(tmp_path), "--demo")
+    assert result.returncode == 2
+    assert "looked for venv/bin/python and .venv/bin/python" in result.stderr and "--python" in result.stderr
+
+
+def test_comfyui_too_old_for_the_script_is_named(tmp_path):
+    (tmp_path / "main.py").write_text("")
+    (tmp_path / "comfy").mkdir()
+    (tmp_path / "comfy" / "cli_args.py").write_text('parser.add_argument("--cpu")\n')
+    result = run_shell_script("--comfyui", str(tmp_path), "--python", sys.executable, "--demo")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--base-directory, --database-url, --disable-api-nodes" in result.stderr
+    assert "older than this script supports" in result.stderr
+
+
+@pytest.mark.server
+def test_demo_in_an_existing_comfyui_leaves_it_unchanged(tmp_path):
+    """run_example.sh --comfyui with the ComfyUI under test and its Python (on the current ComfyUI in the second
+    run of scripts/test.sh): the quickstart runs, and not one file or folder of that ComfyUI changes."""
+    checkout = comfyui_dir()
+    before = folder_state(checkout)
+    home = tmp_path / "demo"
+    result = run_shell_script("--comfyui", str(checkout), "--python", sys.executable, "--demo", "--base-dir", str(home))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Starting ComfyUI ({checkout.resolve()}) with this pack; base folder {home}" in result.stdout
+    printed = [line.strip() for line in result.stdout.splitlines() if line.startswith(f"  {home}")]
+    assert len(printed) == len(quickstart_save_nodes())
+    assert all(line.endswith(f"[{DEMO_LABEL}]") and Path(line.split(" [")[0]).is_file() for line in printed)
+    assert (home / "custom_nodes" / "comfyui-edit2perceive").resolve() == REPO_ROOT
+    after = folder_state(checkout)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert changed == [], f"run_example.sh --comfyui changed the ComfyUI checkout: {changed[:20]}"
