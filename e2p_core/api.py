@@ -51,6 +51,6 @@ class E2PPredictor:
         if self.vae is None:
             raise ValueError("predict() needs a VAE: pass vae=<path to ae.safetensors> to from_files")
         with torch.inference_mode():
-            prediction, _ = pipeline.predict_task(self.model.patcher, self.vae, self.cond, self.pooled, images,
-                                                  self.task, processing_resolution, resize_mode, steps, seed, hints)
-        return prediction
+            result = pipeline.predict_task(self.model.patcher, self.vae, self.cond, self.pooled, images, self.task,
+                                           processing_resolution, resize_mode, steps, seed, hints)
+        return result.prediction

@@ -1,19 +1,24 @@
 """Image in, task prediction out: resize to the working canvas, VAE-encode, one flow step, decode, resize back.
 
-Items of a batch run one at a time: memory stays that of a single image however long the clip, every item gets
-the same seeded noise (as the official per-image runs do, which keeps video frames consistent), and an interrupt
-or the progress bar act between items.
+Items of a batch run in passes of ``frames_per_pass`` (default 1): memory stays that of one pass however long the
+clip, every item gets the same seeded noise (as the official per-image runs do, which keeps video frames
+consistent), so a pass of several frames predicts what the one-at-a-time loop does; an interrupt or the progress
+bar act between passes. With ``ensemble_size`` N each frame is predicted N times with the member seeds of
+e2p_core.ensemble; the (frame, member) predictions are the items that fill the passes, frame by frame, so the
+members of one image can share a pass, a frame's input is encoded once for all its members, and a frame is
+combined as soon as its last member is done.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from . import comfy_compat, imaging, representations
-from .sampling import predict_latent
+from . import comfy_compat, ensemble, imaging, representations
+from .sampling import predict_latent, seeded_noise
 from .tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
 
 
@@ -114,15 +119,61 @@ def _require_finite_prediction(latent: torch.Tensor, index: int, patcher) -> Non
     raise NonFinitePrediction(f"image {index + 1}: the transformer predicted NaN or infinite values; {cause}")
 
 
+class TaskPrediction(NamedTuple):
+    prediction: torch.Tensor               # depth/alpha [B, H, W], unit normals [B, H, W, 3]
+    hint_maps: torch.Tensor | None         # matting: the point map the model saw [B, H, W]; else None
+    uncertainty: torch.Tensor              # [B, H, W]: depth/alpha MAD in output units, normals degrees; 0 for N=1
+
+
+def _decode_task_value(decoded: torch.Tensor, task: str, canvas: imaging.Canvas) -> torch.Tensor:
+    """Decoder output [B, h, w, 3] on the canvas -> the task's value at the input size."""
+    if task == "depth":
+        value = representations.decode_depth(decoded)[..., None]
+    elif task == "matting":
+        value = representations.decode_alpha(decoded)[..., None]
+    else:
+        value = representations.decode_normals(decoded)
+    value = imaging.from_canvas(value, canvas)
+    if task == "normal":
+        return representations.unit_normals(value)
+    return value[..., 0].clamp(0.0, 1.0)
+
+
+def _encode_frames(vae, images: torch.Tensor, frames: list[int], canvas: imaging.Canvas, task: str,
+                   hints: list[MattingHints] | None, num_hint_points: int,
+                   hint_outputs: list) -> dict[int, list[torch.Tensor]]:
+    """VAE-encode these frames in one call (and their matting point maps in a second): frame -> its reference
+    latents [1, 16, h, w]. Matting point maps at the input size go into ``hint_outputs`` for the preview."""
+    rgb = torch.nan_to_num(images[frames, :, :, :3].float(), nan=0.0, posinf=1.0, neginf=0.0)
+    references = [vae.encode(imaging.to_canvas(rgb.clamp(0.0, 1.0), canvas))]
+    if task == "matting":
+        point_maps = []
+        for frame in frames:
+            frame_hints = hints[frame] if hints is not None else MattingHints()
+            point_map = torch.from_numpy(hint_map_on_canvas(frame_hints, canvas, num_hint_points))
+            point_maps.append(point_map)
+            hint_outputs[frame] = imaging.from_canvas(point_map[None, :, :, None], canvas)[..., 0]
+        references.append(vae.encode(representations.hint_map_to_image(torch.stack(point_maps))))
+    encoded = {}
+    for position, frame in enumerate(frames):
+        encoded[frame] = [reference[position:position + 1] for reference in references]
+        for reference in encoded[frame]:
+            _require_finite_vae(reference, frame, "encoding of the input")
+    return encoded
+
+
 def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images: torch.Tensor, task: str,
                  processing_resolution: int = PROCESSING_RESOLUTION, resize_mode: str = "aspect", steps: int = 1,
                  seed: int = DEFAULT_SEED, hints: list[MattingHints] | None = None,
-                 num_hint_points: int = representations.HINT_POINT_COUNT, on_item_done=None):
+                 num_hint_points: int = representations.HINT_POINT_COUNT, on_progress=None,
+                 frames_per_pass: int = 1, ensemble_size: int = 1) -> TaskPrediction:
     """Run the task on IMAGE [B, H, W, 3] in [0, 1].
 
-    Returns (prediction, hint_maps): depth -> sqrt depth [B, H, W] in [0, 1] (near = 0); normal -> unit normals
+    Returns TaskPrediction: depth -> sqrt depth [B, H, W] in [0, 1] (near = 0); normal -> unit normals
     [B, H, W, 3] (E2P native convention); matting -> alpha [B, H, W]. ``hint_maps`` [B, H, W] (matting only) is
-    the point map the model saw, resized to the input, for previews.
+    the point map the model saw, resized to the input, for previews. ``uncertainty``: see e2p_core.ensemble.
+    ``frames_per_pass`` predictions share one transformer pass and one VAE decode; ``on_progress(count)`` is called
+    after each pass with the number of predictions it made (B * ensemble_size in all).
     """
     if images.dim() != 4 or images.shape[-1] < 3:
         raise ValueError(f"expected an IMAGE batch [B, H, W, 3], got shape {tuple(images.shape)}")
@@ -131,39 +182,41 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
         raise ValueError("the image batch is empty (0 images); connect an image")
     if task == "matting" and hints is not None and len(hints) != batch:
         raise ValueError(f"{len(hints)} hint sets for {batch} images; give one per image or one for all")
+    if int(frames_per_pass) < 1 or int(ensemble_size) < 1:
+        raise ValueError(f"frames_per_pass ({frames_per_pass}) and ensemble_size ({ensemble_size}) must be at least 1")
     canvas = imaging.plan_canvas(height, width, processing_resolution, resize_mode)
     check_vae(patcher, vae)
     decoder = comfy_compat.raw_vae_decoder(vae)
-    outputs, hint_outputs = [], []
-    for index in range(batch):
+    member_seeds = [ensemble.member_seed(seed, member) for member in range(ensemble_size)]
+    items = [(frame, member) for frame in range(batch) for member in range(ensemble_size)]
+    encoded: dict[int, list[torch.Tensor]] = {}
+    members: dict[int, list[torch.Tensor]] = {frame: [] for frame in range(batch)}
+    outputs, uncertainties, hint_outputs = [None] * batch, [None] * batch, [None] * batch
+    for start in range(0, len(items), frames_per_pass):
         comfy_compat.throw_if_interrupted()
-        rgb = torch.nan_to_num(images[index:index + 1, :, :, :3].float(), nan=0.0, posinf=1.0, neginf=0.0)
-        rgb = imaging.to_canvas(rgb.clamp(0.0, 1.0), canvas)
-        references = [vae.encode(rgb)]
-        if task == "matting":
-            item_hints = hints[index] if hints is not None else MattingHints()
-            point_map = torch.from_numpy(hint_map_on_canvas(item_hints, canvas, num_hint_points))
-            references.append(vae.encode(representations.hint_map_to_image(point_map[None])))
-            hint_outputs.append(imaging.from_canvas(point_map[None, :, :, None], canvas)[..., 0])
-        for reference in references:
-            _require_finite_vae(reference, index, "encoding of the input")
-        latent = predict_latent(patcher, references, cond, pooled, seed=seed, steps=steps)
-        _require_finite_prediction(latent, index, patcher)
+        pass_items = items[start:start + frames_per_pass]
+        new_frames = sorted({frame for frame, _ in pass_items} - encoded.keys())
+        if new_frames:
+            encoded.update(_encode_frames(vae, images, new_frames, canvas, task, hints, num_hint_points,
+                                          hint_outputs))
+        pass_references = [torch.cat([encoded[frame][kind] for frame, _ in pass_items])
+                           for kind in range(len(encoded[pass_items[0][0]]))]
+        item_shape = (1,) + tuple(pass_references[0].shape[1:])
+        noise = torch.cat([seeded_noise(item_shape, member_seeds[member]) for _, member in pass_items])
+        latent = predict_latent(patcher, pass_references, cond, pooled, noise=noise, seed=seed, steps=steps)
+        for position, (frame, _) in enumerate(pass_items):
+            _require_finite_prediction(latent[position:position + 1], frame, patcher)
         decoded = decoder.decode(latent).float()[..., :3]
-        _require_finite_vae(decoded, index, "decoding of the (finite) prediction")
-        if task == "depth":
-            value = representations.decode_depth(decoded)[..., None]
-        elif task == "matting":
-            value = representations.decode_alpha(decoded)[..., None]
-        else:
-            value = representations.decode_normals(decoded)
-        value = imaging.from_canvas(value, canvas)
-        if task == "normal":
-            outputs.append(representations.unit_normals(value))
-        else:
-            outputs.append(value[..., 0].clamp(0.0, 1.0))
-        if on_item_done is not None:
-            on_item_done(index)
-    prediction = torch.cat(outputs, dim=0)
-    hint_maps = torch.cat(hint_outputs, dim=0) if hint_outputs else None
-    return prediction, hint_maps
+        for position, (frame, _) in enumerate(pass_items):
+            _require_finite_vae(decoded[position:position + 1], frame, "decoding of the (finite) prediction")
+        values = _decode_task_value(decoded, task, canvas)
+        for position, (frame, member) in enumerate(pass_items):
+            members[frame].append(values[position:position + 1])
+            if member == ensemble_size - 1:
+                combined, uncertainty = ensemble.combine(task, torch.cat(members.pop(frame)))
+                outputs[frame], uncertainties[frame] = combined[None], uncertainty[None]
+                del encoded[frame]
+        if on_progress is not None:
+            on_progress(len(pass_items))
+    return TaskPrediction(torch.cat(outputs), torch.cat(hint_outputs) if task == "matting" else None,
+                          torch.cat(uncertainties))

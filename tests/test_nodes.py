@@ -89,17 +89,17 @@ def test_depth_node(installed, vae):
     e2p, model, info = load(installed, "depth")
     assert "diffsynth layout" in info and "conditioning: cache" in info
     image = image_batch()
-    (depth,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
+    depth, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
     assert depth.shape == image.shape and depth.min() >= 0 and depth.max() <= 1
     assert torch.equal(depth[..., 0], depth[..., 2])
-    (again,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
+    again, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
     assert torch.equal(depth, again)
 
 
 def test_identical_frames_get_identical_predictions(installed, vae):
     e2p, _, _ = load(installed, "depth")
     frame = image_batch(1)
-    (depth,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, frame.repeat(2, 1, 1, 1)))
+    depth, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, frame.repeat(2, 1, 1, 1)))
     assert torch.equal(depth[0], depth[1])
 
 
@@ -107,7 +107,7 @@ def test_reference_mode_and_native_resolution(installed, vae):
     e2p, _, _ = load(installed, "depth")
     image = image_batch(1, 48, 80)
     for overrides in ({"resize_mode": "reference"}, {"processing_resolution": 0}):
-        (depth,) = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image, **overrides))
+        depth, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image, **overrides))
         assert depth.shape == image.shape
 
 
@@ -115,8 +115,8 @@ def test_normal_node_conventions(installed, vae):
     e2p, _, _ = load(installed, "normal")
     image = image_batch(1)
     flips = dict(flip_x=False, flip_y=False, flip_z=False)
-    (bae,) = installed.run_node("E2PNormal", **task_inputs(e2p, vae, image), convention="controlnet_bae", **flips)
-    (gl,) = installed.run_node("E2PNormal", **task_inputs(e2p, vae, image), convention="opengl_camera", **flips)
+    bae, _ = installed.run_node("E2PNormal", **task_inputs(e2p, vae, image), convention="controlnet_bae", **flips)
+    gl, _ = installed.run_node("E2PNormal", **task_inputs(e2p, vae, image), convention="opengl_camera", **flips)
     normals = representations.rgb_to_normals(bae)
     assert torch.allclose(torch.linalg.vector_norm(bae * 2 - 1, dim=-1), torch.ones(bae.shape[:-1]), atol=1e-4)
     assert torch.allclose(gl[..., 0], 1 - bae[..., 0], atol=1e-6) and torch.equal(gl[..., 1:], bae[..., 1:])
@@ -127,7 +127,7 @@ def test_matting_node_outputs_and_hints(installed, vae):
     e2p, _, _ = load(installed, "matting")
     image = image_batch(2, 48, 64)
     common = task_inputs(e2p, vae, image, num_points=10, box="", coordinates="pixels")
-    alpha, rgba, foreground, hint_map = installed.run_node("E2PMatting", **common, points="[[20, 24]]")
+    alpha, rgba, foreground, hint_map, _ = installed.run_node("E2PMatting", **common, points="[[20, 24]]")
     assert alpha.shape == (2, 48, 64) and rgba.shape == (2, 48, 64, 4) and foreground.shape == image.shape
     assert torch.equal(rgba[..., 3], alpha) and torch.allclose(foreground, image * alpha[..., None])
     assert hint_map.max() > 0.5

@@ -126,7 +126,7 @@ def test_nan_weights_are_a_node_error_naming_the_weights(installed, vae):
 
 def test_fp16_overflow_is_a_node_error_suggesting_another_dtype(installed, vae):
     fine = load(installed, "robust_large_depth.safetensors")[0]
-    (depth,) = installed.run_node("E2PDepth", **depth_inputs(fine, vae))
+    depth, _ = installed.run_node("E2PDepth", **depth_inputs(fine, vae))
     assert torch.isfinite(depth).all()
     overflowing = installed.run_node("LoadE2PModel", checkpoint="robust_large_depth.safetensors", weight_dtype="fp16",
                                      task="auto", lora="none", lora_strength=1.0, time_embedding="auto")[0]
@@ -146,7 +146,7 @@ def test_working_sizes_below_the_minimum_are_refused(installed, vae):
     small = torch.rand(1, 40, 56, 3)
     with pytest.raises(ValueError, match="the image is 56x40, smaller than the 64 px"):
         installed.run_node("E2PNormal", **depth_inputs(e2p, vae, small, processing_resolution=0), **normal)
-    (result,) = installed.run_node("E2PNormal", **depth_inputs(e2p, vae, small, processing_resolution=64), **normal)
+    result, _ = installed.run_node("E2PNormal", **depth_inputs(e2p, vae, small, processing_resolution=64), **normal)
     assert result.shape == small.shape
 
 
