@@ -339,9 +339,7 @@ def bench_files(work_dir: Path, shape: DitShape) -> BenchFiles:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     save_file(random_bfl_state_dict(shape, device=device), str(checkpoint), metadata={"e2p.task": TASK})
     save_file(tiny_models.flux_vae_state_dict(seed=WEIGHT_SEED), str(vae))
-    generator = torch.Generator().manual_seed(WEIGHT_SEED + 1)
-    cond = torch.randn(1, shape.text_tokens, shape.context_dim, generator=generator)
-    pooled = torch.randn(1, shape.pooled_dim, generator=generator)
+    cond, pooled = random_conditioning(shape)
     save_conditioning(str(cond_path), cond, pooled, {META_TASK: TASK, META_PROMPT: TASK_PROMPTS[TASK]})
     stamp_path.write_text(stamp)
     return BenchFiles(checkpoint, vae, cond_path, base)
@@ -363,6 +361,13 @@ def write_test_image(files: BenchFiles, resolution: int) -> Path:
     pixels = (test_image(resolution)[0].numpy() * 255).round().astype(np.uint8)
     Image.fromarray(pixels).save(path)
     return path
+
+
+def random_conditioning(shape: DitShape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stand-ins for the cached T5 and pooled CLIP embeddings of the task prompt: (cond, pooled)."""
+    generator = torch.Generator().manual_seed(WEIGHT_SEED + 1)
+    cond = torch.randn(1, shape.text_tokens, shape.context_dim, generator=generator)
+    return cond, torch.randn(1, shape.pooled_dim, generator=generator)
 
 
 # ---------------------------------------------------------------------------------------------------------------

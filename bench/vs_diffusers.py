@@ -31,13 +31,13 @@ FLUX_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncod
             "force_upcast": True}
 
 
-def diffusers_pipeline(files: common.BenchFiles, shape: common.DitShape, device: torch.device,
-                       dit_dtype: torch.dtype, vae_dtype: torch.dtype):
-    """FluxKontextPipeline holding our benchmark weights; text encoders left out (embeddings are passed in)."""
+def diffusers_pipeline(bfl_state_dict: dict[str, torch.Tensor], vae_state_dict: dict[str, torch.Tensor],
+                       shape: common.DitShape, device: torch.device, dit_dtype: torch.dtype, vae_dtype: torch.dtype):
+    """FluxKontextPipeline holding our benchmark weights (BFL-named DiT and ComfyUI-named VAE tensors); text
+    encoders left out (embeddings are passed in)."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    from safetensors.torch import load_file
 
     from e2p_core import formats
 
@@ -47,11 +47,11 @@ def diffusers_pipeline(files: common.BenchFiles, shape: common.DitShape, device:
             num_single_layers=shape.single_depth, attention_head_dim=common.HEAD_DIM, num_attention_heads=shape.heads,
             joint_attention_dim=shape.context_dim, pooled_projection_dim=shape.pooled_dim, guidance_embeds=True,
             axes_dims_rope=(16, 56, 56))
-    weights = formats.from_bfl(load_file(str(files.checkpoint)), formats.DIFFUSERS)
+    weights = formats.from_bfl(bfl_state_dict, formats.DIFFUSERS)
     transformer.load_state_dict({k: v.to(dit_dtype) for k, v in weights.items()}, strict=True, assign=True)
     del weights
     vae = AutoencoderKL(**FLUX_VAE)
-    vae.load_state_dict(convert_ldm_vae_checkpoint(load_file(str(files.vae)), dict(vae.config)), strict=True)
+    vae.load_state_dict(convert_ldm_vae_checkpoint(dict(vae_state_dict), dict(vae.config)), strict=True)
     pipeline = FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**KONTEXT_SCHEDULER), vae=vae.to(device, vae_dtype),
         text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
@@ -60,34 +60,43 @@ def diffusers_pipeline(files: common.BenchFiles, shape: common.DitShape, device:
     return pipeline
 
 
+def run_diffusers(pipeline, image: torch.Tensor, prompt_embeds: torch.Tensor, pooled_embeds: torch.Tensor,
+                  resolution: int, steps: int, seed: int):
+    """One image -> prediction through FluxKontextPipeline at our resolution: embedded guidance 1, no resize."""
+    from PIL import Image
+
+    picture = Image.fromarray((image[0].numpy() * 255).round().astype("uint8"))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.inference_mode():
+        return pipeline(image=picture, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_embeds,
+                        height=resolution, width=resolution, max_area=resolution * resolution, _auto_resize=False,
+                        num_inference_steps=steps, guidance_scale=1.0, generator=generator, output_type="pt")
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = common.base_parser(__doc__.split("\n\n")[0], "vs_diffusers")
     parser.add_argument("--diffusers-steps", type=int, nargs="+", default=[1, 8],
                         help="step counts for FluxKontextPipeline (the official default is 8, its Gradio app 4)")
     args = parser.parse_args(argv)
     run = common.start(args)
-    from PIL import Image
+    from safetensors.torch import load_file
 
     predictor = common.bare_predictor(run.files)
     dit_dtype = predictor.model.patcher.model.get_dtype()
     vae_dtype = predictor.vae.vae_dtype
-    pipeline = diffusers_pipeline(run.files, run.shape, run.device, dit_dtype, vae_dtype)
+    pipeline = diffusers_pipeline(load_file(str(run.files.checkpoint)), load_file(str(run.files.vae)), run.shape,
+                                  run.device, dit_dtype, vae_dtype)
     prompt_embeds = predictor.cond.to(run.device, dit_dtype)
     pooled_embeds = predictor.pooled.to(run.device, dit_dtype)
     rows, raw, plot = [], {}, {}
     for resolution in run.resolutions:
         image = common.test_image(resolution)
-        picture = Image.fromarray((image[0].numpy() * 255).round().astype("uint8"))
 
         def ours(index, image=image, resolution=resolution):
             predictor.predict(image, processing_resolution=resolution, seed=common.run_seed(index))
 
-        def diffusers_run(index, steps, picture=picture, resolution=resolution):
-            generator = torch.Generator(device="cpu").manual_seed(common.run_seed(index))
-            with torch.inference_mode():
-                pipeline(image=picture, prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_embeds,
-                         height=resolution, width=resolution, max_area=resolution * resolution, _auto_resize=False,
-                         num_inference_steps=steps, guidance_scale=1.0, generator=generator, output_type="pt")
+        def diffusers_run(index, steps, image=image, resolution=resolution):
+            run_diffusers(pipeline, image, prompt_embeds, pooled_embeds, resolution, steps, common.run_seed(index))
 
         candidates = {"ours, 1 step": ours}
         for steps in args.diffusers_steps:

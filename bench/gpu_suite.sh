@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# GPU numbers in one command (see bench/gpu_suite.py). On a lent GPU machine, from the repository root, with the
+# folder from bench/gpu_prepare.sh carried:  bash bench/gpu_suite.sh          (tables go to $OUT)
+# Here on the CPU:                           bash bench/gpu_suite.sh --dry-run
+# PYTHON picks the interpreter (default: python3, which holds torch on the GPU machine).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PYTHONUNBUFFERED=1
+exec "${PYTHON:-python3}" bench/gpu_suite.py "$@"
