@@ -350,6 +350,7 @@ def run_labelling(args, predictor=None) -> dict | None:
                                 args.read_threads)
         finally:
             shard.close()
+    stats["device"] = str(state.device)
     everyone = gather_object([stats])
     summary = None
     if state.is_main_process:
