@@ -318,8 +318,12 @@ def run_record(args, settings) -> dict:
 def run_labelling(args, predictor=None) -> dict | None:
     """The whole run on this process; returns the summary on the main process. ``predictor`` replaces loading
     the model (tests)."""
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, gather_object
+    try:
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list, gather_object
+    except ImportError:
+        raise ValueError("labelling shards its work with Hugging Face accelerate, which is not installed here: "
+                         "pip install accelerate (train/requirements.txt pins the tested version)") from None
 
     matting_hints = "empty" if args.task == "matting" else "none"    # the node with nothing clicked
     settings = prediction_settings(argparse.Namespace(**{**vars(args), "matting_hints": matting_hints}))
