@@ -25,7 +25,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # ComfyUI 0.4+: a combo whose chosen option brings its own inputs
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
 DISPLAY_ONLY = {"Note", "MarkdownNote"}
 MODE_MUTED = 2
 MODE_BYPASSED = 4
@@ -46,14 +47,27 @@ def _options(spec) -> dict:
     return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
 
 
+def _is_widget(spec) -> bool:
+    return _spec_type(spec) in WIDGET_TYPES and not _options(spec).get("forceInput")
+
+
+def _declared_inputs(inputs: dict, prefix: str = "") -> list[tuple[str, list, bool]]:
+    """(name, spec, required) of every input in declaration order, required ones first, as the frontend adds them."""
+    return [(prefix + name, spec, section == "required") for section in ("required", "optional")
+            for name, spec in inputs.get(section, {}).items()]
+
+
 def widget_inputs(node_info: dict) -> list[tuple[str, list]]:
-    """(name, spec) of a node's widget inputs in the order the frontend stores their values."""
-    found = []
-    for section in ("required", "optional"):
-        for name, spec in node_info.get("input", {}).get(section, {}).items():
-            if _spec_type(spec) in WIDGET_TYPES and not _options(spec).get("forceInput"):
-                found.append((name, spec))
-    return found
+    """(name, spec) of a node's top-level widget inputs in the order the frontend stores their values."""
+    return [(name, spec) for name, spec, _ in _declared_inputs(node_info.get("input", {})) if _is_widget(spec)]
+
+
+def dynamic_option_inputs(name: str, spec, chosen) -> list[tuple[str, list, bool]]:
+    """The inputs a dynamic combo adds for its chosen option, named '<combo>.<input>' as frontend and server do."""
+    for option in _options(spec).get("options", []):
+        if isinstance(option, dict) and option.get("key") == chosen:
+            return _declared_inputs(option.get("inputs", {}), f"{name}.")
+    return []
 
 
 def _has_control_value(name: str, spec) -> bool:
@@ -69,48 +83,59 @@ def server_default(spec) -> tuple[bool, Any]:
     options = _options(spec)
     if "default" in options:
         return True, options["default"]
-    if _spec_type(spec) == "COMBO":
+    kind = _spec_type(spec)
+    if kind == "COMBO":
         choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
         if choices:
             return True, choices[0]
+    if kind == DYNAMIC_COMBO and options.get("options"):
+        return True, options["options"][0]["key"]
     return False, None
 
 
-def fill_missing_widgets(node: dict, node_info: dict, mapped: dict[str, Any]) -> None:
-    """Widget inputs the file has no value for get the server's default; a required one without a default stops."""
+def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
+    """Input name -> value for every widget of a node, in the frontend's widget order.
+
+    Values come from widgets_values (a list in saved order, or a name->value dict). A widget the file has no value
+    for (the node gained it after the file was saved) gets the server's default and a logged note, as the frontend
+    gives it its default; a required one without a default stops the conversion. A dynamic combo's chosen option
+    adds its own widgets right after it."""
+    values = node.get("widgets_values") or []
     node_name = f"node {node['id']} ({node['type']})"
-    required = node_info.get("input", {}).get("required", {})
     linked = {entry["name"] for entry in node.get("inputs") or [] if entry.get("link") is not None}
-    for name, spec in widget_inputs(node_info):
-        if name in mapped or name in linked:
+    pending = _declared_inputs(node_info.get("input", {}))
+    mapped, position = {}, 0
+    while pending:
+        name, spec, required = pending.pop(0)
+        if not _is_widget(spec):
             continue
-        found, value = server_default(spec)
-        if found:
-            mapped[name] = value
+        if isinstance(values, dict):
+            in_file, value = name in values, values.get(name)
+        else:
+            in_file = position < len(values)
+            value = values[position] if in_file else None
+            position += in_file
+            if in_file and _has_control_value(name, spec) and position < len(values) \
+                    and values[position] in CONTROL_VALUES:
+                position += 1
+            if in_file and _has_upload_value(spec) and position < len(values) and isinstance(values[position], str) \
+                    and values[position] in ("image", "video", "audio", ""):
+                position += 1
+        if not in_file:
+            if name in linked:
+                continue
+            found, value = server_default(spec)
+            if not found:
+                if required:
+                    raise WorkflowConversionError(
+                        f"{node_name}: the workflow has no value for the required input '{name}' and this ComfyUI "
+                        "gives it no default; set it in the frontend and save")
+                continue
             logger.warning("%s: the workflow has no value for input '%s'; using this ComfyUI's default %r "
                            "(open and save the workflow in the frontend to keep it)", node_name, name, value)
-        elif name in required:
-            raise WorkflowConversionError(f"{node_name}: the workflow has no value for the required input '{name}' "
-                                          "and this ComfyUI gives it no default; set it in the frontend and save")
-
-
-def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
-    """Input name -> value for a node's widgets_values (a list in saved order, or already a name->value dict)."""
-    values = node.get("widgets_values") or []
-    inputs = widget_inputs(node_info)
-    if isinstance(values, dict):
-        return {name: values[name] for name, _ in inputs if name in values}
-    mapped, position = {}, 0
-    for name, spec in inputs:
-        if position >= len(values):
-            break
-        mapped[name] = values[position]
-        position += 1
-        if _has_control_value(name, spec) and position < len(values) and values[position] in CONTROL_VALUES:
-            position += 1
-        if _has_upload_value(spec) and position < len(values) and isinstance(values[position], str) \
-                and values[position] in ("image", "video", "audio", ""):
-            position += 1
+        mapped[name] = value
+        if _spec_type(spec) == DYNAMIC_COMBO:
+            pending[0:0] = dynamic_option_inputs(name, spec, value)
     return mapped
 
 
@@ -174,13 +199,12 @@ def convert(workflow: dict, object_info: dict) -> dict:
                                           "install the node pack that provides it")
         node_info = object_info[node_type]
         inputs = map_widget_values(node, node_info)
-        fill_missing_widgets(node, node_info, inputs)
         declared = set()
         for section in ("required", "optional"):
             declared.update(node_info.get("input", {}).get(section, {}))
         for entry in node.get("inputs") or []:
             name = entry["name"]
-            if entry.get("link") is None or name not in declared:
+            if entry.get("link") is None or name.split(".")[0] not in declared:  # 'combo.input': a dynamic option's
                 continue
             source = resolve(entry["link"])
             if source is not None:  # nothing upstream: a widget keeps its own value, a socket stays unset

@@ -57,6 +57,9 @@ def main() -> None:
             print(result["name"], {k: v for k, v in result.items() if k not in ("name", "screenshot", "saved")})
             if "failure" in result:
                 raise SystemExit(f"{result['name']} failed in the frontend")
+            problems = result["missing_types"] + result["missing_node_errors"] + result["invalid_choices"]
+            if problems:
+                raise SystemExit(f"{result['name']} does not load cleanly in the frontend: {problems}")
             saved, thumbnail_path = Path(result["saved"]), workflow_env.WORKFLOWS_DIR / f"{result['name']}.jpg"
             if before.get(saved) == saved.read_bytes() and thumbnail_path.exists():
                 continue  # same file, same picture: keep the thumbnail byte-stable (screenshots vary slightly)

@@ -5,8 +5,8 @@
 //   "name", "workflow" (UI-format object), "layout" (optional: arrange nodes and groups, then save the frontend's
 //   serialisation to "save_to"), "overrides" ({node type: {widget: value}}, applied before queueing),
 //   "queue" (bool), "timeout_ms", "screenshot" (png path)}]}
-// Result per job: {"name", "missing_types", "missing_node_errors", "console_errors", "prompt_status",
-//   "prompt_sent" (the API prompt the page posted), "prompt_reply", "execution", "saved", "screenshot"}
+// Result per job: {"name", "missing_types", "missing_node_errors", "invalid_choices", "console_errors",
+//   "prompt_status", "prompt_sent" (the API prompt the page posted), "prompt_reply", "execution", "saved", "screenshot"}
 "use strict";
 
 const fs = require("fs");
@@ -93,7 +93,7 @@ async function fitInPage() {
 }
 
 async function runJob(page, job, consoleErrors) {
-  const result = {name: job.name, console_errors: [], missing_types: [], missing_node_errors: []};
+  const result = {name: job.name, console_errors: [], missing_types: [], missing_node_errors: [], invalid_choices: []};
   const firstError = consoleErrors.length;
   result.missing_types = await page.evaluate((workflow) =>
     workflow.nodes.map((n) => n.type).filter((t) => !(t in LiteGraph.registered_node_types)), job.workflow);
@@ -105,6 +105,13 @@ async function runJob(page, job, consoleErrors) {
   result.missing_node_errors = await page.evaluate(() => window.app.graph._nodes
     .filter((n) => n.has_errors || !(n.type in LiteGraph.registered_node_types))
     .map((n) => `${n.id}:${n.type}`));
+  // A choice the list does not offer (a renamed option, a model file that is not there) is what the server
+  // refuses; the frontend keeps showing it, so it is checked here before queueing (bypassed and muted nodes are
+  // not queued: mode 0 only).
+  result.invalid_choices = await page.evaluate(() => window.app.graph._nodes.filter((n) => !n.mode)
+    .flatMap((n) => (n.widgets || [])
+    .filter((w) => w.type === "combo" && Array.isArray(w.options?.values) && !w.options.values.includes(w.value))
+    .map((w) => `${n.id}:${n.type}.${w.name}=${JSON.stringify(w.value)}`)));
   if (job.layout) {
     await page.evaluate(arrangeInPage, job.layout);
     const serialised = await page.evaluate(() => window.app.graph.serialize());

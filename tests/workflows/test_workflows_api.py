@@ -1,5 +1,5 @@
 """Every shipped UI workflow, converted with scripts/workflow_to_api.py, runs to success through /prompt on a real
-ComfyUI 0.3.75 server with tiny weights; the server's template endpoint lists them."""
+ComfyUI server (each supported version) with tiny weights; the server's template endpoint lists and serves them."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ def test_converter_cli_writes_a_prompt(tmp_path, workflow_server):
 
 
 def test_template_endpoint_lists_every_workflow(workflow_server):
+    """What the template browser asks for: the pack's list, each workflow, and its thumbnail, which the frontend
+    requests as <name>.jpg next to the workflow for every custom-node template."""
     listing = workflow_server.get("/workflow_templates").json()
     pack = workflow_server.pack_dir_name
     assert sorted(listing.get(pack, [])) == sorted(path.stem for path in workflow_paths())
@@ -55,6 +57,10 @@ def test_template_endpoint_lists_every_workflow(workflow_server):
         served = workflow_server.get(f"/api/workflow_templates/{pack}/{path.name}")
         assert served.status_code == 200
         assert served.json() == load_workflow(path)
+        thumbnail = workflow_server.get(f"/api/workflow_templates/{pack}/{path.stem}.jpg")
+        assert thumbnail.status_code == 200, path.stem
+        assert thumbnail.content == path.with_suffix(".jpg").read_bytes()
+        assert Image.open(io.BytesIO(thumbnail.content)).format == "JPEG"
 
 
 def test_every_workflow_runs_through_prompt(workflow_server, tmp_path):

@@ -159,3 +159,27 @@ def test_converter_cli_reports_each_filled_input(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["7"]["inputs"] == {"width": 64, "height": 48, "batch_size": 1}
     assert "node 7 (EmptyLatentImage)" in captured.err and "'batch_size'" in captured.err, captured.err
+
+
+def test_converter_expands_a_dynamic_combo_as_the_frontend_does(caplog):
+    """ComfyUI 0.4+ SaveVideo: 'format' is a dynamic combo whose chosen option adds 'format.codec' right after it;
+    a file saved on 0.3.75 holds [prefix, format, codec], which the frontend reads as prefix, format, format.codec
+    and gives the new hidden top-level 'codec' its default (the page's prompt on 0.33.0)."""
+    codec = ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "auto", "inputs": {"required": {}}},
+                                                    {"key": "h264", "inputs": {"required": {}}}]}]
+    object_info = {"SaveVideo": {"input": {
+        "required": {"video": ["VIDEO"], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                     "format": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+                         {"key": "auto", "inputs": {"required": {"codec": codec}}},
+                         {"key": "webm", "inputs": {"required": {"quality": ["INT", {"default": 30}]}}}]}]},
+        "optional": {"codec": [codec[0], dict(codec[1], hidden=True)]},
+        "hidden": {"prompt": "PROMPT"}}}}
+    workflow = {"nodes": [{"id": 11, "type": "SaveVideo", "mode": 0, "widgets_values": ["out/v", "auto", "h264"],
+                           "inputs": [{"name": "video", "type": "VIDEO", "link": None}]}], "links": []}
+    with caplog.at_level("WARNING", logger="workflow_to_api"):
+        inputs = converter.convert(workflow, object_info)["11"]["inputs"]
+    assert inputs == {"filename_prefix": "out/v", "format": "auto", "format.codec": "h264", "codec": "auto"}
+    assert [("'codec'" in r.getMessage()) for r in caplog.records] == [True]
+    workflow["nodes"][0]["widgets_values"] = ["out/v", "webm"]
+    inputs = converter.convert(workflow, object_info)["11"]["inputs"]
+    assert inputs == {"filename_prefix": "out/v", "format": "webm", "format.quality": 30, "codec": "auto"}

@@ -1,7 +1,7 @@
-"""Every shipped workflow in the real ComfyUI frontend (comfyui-frontend-package served by ComfyUI 0.3.75, headless
-Chromium): it loads with no missing or red nodes and no console errors, is queued from the page and succeeds, and
-the prompt the page sends equals what scripts/workflow_to_api.py makes of the file. Screenshots are kept in the
-test's tmp_path (and $E2P_ARTIFACTS_DIR when set).
+"""Every shipped workflow in the real ComfyUI frontend (the comfyui-frontend-package the ComfyUI under test ships,
+headless Chromium): it loads with no missing or red nodes and no console errors, is queued from the page and
+succeeds, and the prompt the page sends equals what scripts/workflow_to_api.py makes of the file. Screenshots are
+kept in the test's tmp_path (and $E2P_ARTIFACTS_DIR when set).
 
 The server is shared with test_workflows_api.py; when that ran first, nodes whose inputs are unchanged come from
 ComfyUI's cache, which is also proof that the page and the converter build the same prompt."""
@@ -36,9 +36,11 @@ OFFLINE_CSP_BLOCK = re.compile(
     r"^THREE\.GLTFLoader: Couldn't load texture blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+")
 
 
-def declared(object_info: dict, node: dict) -> set[str]:
+def declared_inputs(object_info: dict, node: dict) -> dict:
+    """The node's inputs the server reads: its declared ones and a dynamic combo's '<combo>.<input>' options."""
     spec = object_info[node["class_type"]]["input"]
-    return set(spec.get("required", {})) | set(spec.get("optional", {}))
+    names = set(spec.get("required", {})) | set(spec.get("optional", {}))
+    return {k: v for k, v in node["inputs"].items() if k.split(".")[0] in names}
 
 
 def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path):
@@ -57,9 +59,12 @@ def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path
         assert "failure" not in result, f"{name}: {result.get('failure')}"
         assert result["missing_types"] == [], f"{name}: node types the frontend does not know"
         assert result["missing_node_errors"] == [], f"{name}: nodes shown as missing/with errors"
+        assert result["invalid_choices"] == [], f"{name}: choices the loaded nodes do not offer"
         errors = [e for e in result["console_errors"] if not OFFLINE_CSP_BLOCK.match(e)]
         assert errors == [], f"{name}: console errors {errors}"
         assert result["prompt_status"] == 200, f"{name}: /prompt answered {result['prompt_reply']}"
+        # ComfyUI queues a prompt when some outputs are valid and drops the others: every node must be valid.
+        assert result["prompt_reply"]["node_errors"] == {}, f"{name}: {result['prompt_reply']['node_errors']}"
         execution = result["execution"]
         assert execution["type"] == "execution_success", f"{name}: {execution}"
         assert Path(result["screenshot"]).stat().st_size > 10_000
@@ -67,10 +72,9 @@ def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path
                                             object_info))
         # The page also sends values of its own display widgets (LoadVideo's 'video-preview'); the server ignores
         # inputs a node does not declare, so the comparison does too.
-        sent = {node_id: {"class_type": node["class_type"],
-                          "inputs": {k: v for k, v in node["inputs"].items() if k in declared(object_info, node)}}
+        sent = {node_id: {"class_type": node["class_type"], "inputs": declared_inputs(object_info, node)}
                 for node_id, node in result["prompt_sent"].items()}
-        assert sent == {node_id: {"class_type": node["class_type"], "inputs": node["inputs"]}
+        assert sent == {node_id: {"class_type": node["class_type"], "inputs": declared_inputs(object_info, node)}
                         for node_id, node in expected.items()}, f"{name}: the converter differs from the page"
     startup_errors = " ".join(startup["console_errors"])
     for node_type in ("E2P", "SqrtDecode", "edit2perceive"):
