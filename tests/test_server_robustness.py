@@ -123,3 +123,76 @@ def test_bad_files_and_hints_are_node_errors_and_the_queue_goes_on(comfy_server,
         assert message in errors[0]["exception_message"], errors[0]["exception_message"]
         assert server.system_stats()["system"]
     assert server.run_prompt(task_prompt("depth"), timeout=300)["status"]["status_str"] == "success"
+
+
+def issue15_files(tiny_files, work_dir):
+    """The tiny set plus what issue 15 found: released-style names without metadata, NaN weights, an SD VAE."""
+    import torch
+
+    import tiny_models as tm
+
+    files, image_path = tiny_files
+    files = dict(files)
+    bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=51)
+    files["edit2perceive/normal.safetensors"] = tm.write(str(work_dir / "normal.safetensors"), bfl)
+    broken = dict(bfl)
+    broken["img_in.weight"] = bfl["img_in.weight"].clone()
+    broken["img_in.weight"][:2] = float("nan")
+    files["edit2perceive/nan_weights.safetensors"] = tm.write(str(work_dir / "nan_weights.safetensors"), broken)
+    files["vae/sd_vae.safetensors"] = tm.write(str(work_dir / "sd_vae.safetensors"), {
+        "decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
+        "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3)})
+    return files, image_path
+
+
+def float_save(prompt, prefix):
+    prompt["8"] = {"class_type": "E2PSaveFloatImage", "inputs": {"filename_prefix": prefix, "file_format": "png16",
+                                                                 "content": "sqrt_depth", "images": ["4", 0]}}
+    return prompt
+
+
+def test_issue15_cases_are_node_errors_that_say_what_to_do(comfy_server, tiny_files, tmp_path):
+    """Wrong task, NaN weights, tiny working sizes, hostile hints, an SD VAE and unusable save prefixes: each is a
+    node error naming the cause and the fix, nothing is written for a refused save, and the queue goes on."""
+    server = comfy_server(prepare=install(*issue15_files(tiny_files, tmp_path)))
+    auto_unnamed = task_prompt("depth")
+    auto_unnamed["1"]["inputs"]["task"] = "auto"
+    tiny_resolution = task_prompt("depth")
+    tiny_resolution["4"]["inputs"]["processing_resolution"] = 1
+    nan_box = task_prompt("matting")
+    nan_box["4"]["inputs"]["box"] = "nan, 0, 10, inf"
+    deep_points = task_prompt("matting", points="[" * 100000 + "]" * 100000)
+    sd_vae = task_prompt("depth")
+    sd_vae["2"]["inputs"]["vae_name"] = "sd_vae.safetensors"
+    cases = [
+        (task_prompt("depth", checkpoint="normal.safetensors"), "LoadE2PModel",
+         "task is set to 'depth' but the file normal.safetensors is named for 'normal'"),
+        (auto_unnamed, "LoadE2PModel", "does not say which task it was trained for"),
+        (task_prompt("depth", checkpoint="nan_weights.safetensors"), "E2PDepth",
+         "the transformer predicted NaN or infinite values; 1 weight tensors are not finite"),
+        (tiny_resolution, "E2PDepth", "processing_resolution 1 is below the 64 px"),
+        (nan_box, "E2PMatting", "box values must be finite numbers"),
+        (deep_points, "E2PMatting", "nested too deeply"),
+        (sd_vae, "E2PDepth", "this VAE makes 4-channel latents"),
+        (float_save(task_prompt("depth"), "issue15/nul\u0000byte"), "E2PSaveFloatImage", "control characters"),
+        (float_save(task_prompt("depth"), "issue15/" + "y" * 300), "E2PSaveFloatImage", "name part of 300 bytes"),
+    ]
+    for prompt, node_type, message in cases:
+        status, reply = server.post_prompt(prompt)
+        assert status == 200, reply
+        entry = server.wait_for(reply["prompt_id"], timeout=300)
+        errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+        assert errors and errors[0]["node_type"] == node_type, entry["status"]
+        assert message in errors[0]["exception_message"], errors[0]["exception_message"]
+        assert "Traceback" not in errors[0]["exception_message"]
+    output = server.base_dir / "output" / "issue15"
+    assert not output.exists() or not os.listdir(output), "a refused save left files behind"
+
+    normal_auto = task_prompt("normal", checkpoint="normal.safetensors")
+    normal_auto["1"]["inputs"]["task"] = "auto"
+    corner_pixel = task_prompt("matting", points="[[1, 1]]")          # was read as fractions: "x=56 lies outside"
+    corner_fraction = task_prompt("matting", points="[[1, 1]]")
+    corner_fraction["4"]["inputs"]["coordinates"] = "fractions"
+    for prompt in (normal_auto, corner_pixel, corner_fraction, float_save(task_prompt("depth"), "issue15/depth")):
+        assert server.run_prompt(prompt, timeout=300)["status"]["status_str"] == "success"
+    assert sorted(os.listdir(output)) == ["depth_00001_.png"]
