@@ -218,6 +218,65 @@ setup_tests() {
 }
 
 # --- Tests on a current ComfyUI: its source tarball and the lock file of a venv it ran in ---------------------
+# seed_from_main_venv <venv> <lock>: hard-links into <venv> every package of the 0.3.75 venv that the lock pins at
+# the same version (torch and its CUDA libraries alone are 5.5 GB: minutes of disk writes on a small machine). pip
+# then finds them installed and adds the rest; files are never changed in place, so the two venvs stay independent.
+# Across file systems, or with another Python, nothing is linked and pip installs everything.
+seed_from_main_venv() {
+    "$1/bin/python" - "$PY" "$2" <<'PY'
+import importlib.metadata as metadata, os, re, subprocess, sys, sysconfig
+main_python, lock = sys.argv[1:]
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+main_info = subprocess.run([main_python, "-c", "import sys, sysconfig; print(sys.version_info[:2]); "
+                            "print(sysconfig.get_paths()['purelib']); print(sysconfig.get_paths()['scripts'])"],
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+if main_info[0] != str(sys.version_info[:2]):
+    sys.exit(0)
+main_site, main_bin = main_info[1], main_info[2]
+site, scripts = sysconfig.get_paths()["purelib"], sysconfig.get_paths()["scripts"]
+pins = {}
+for line in open(lock):
+    name, _, version = line.split("#")[0].strip().partition("==")
+    if version:
+        pins[canonical(name)] = version
+linked = []
+for dist in metadata.distributions(path=[main_site]):
+    name = canonical(dist.metadata["Name"])
+    if pins.get(name) != dist.version or any(metadata.distributions(path=[site], name=dist.metadata["Name"])):
+        continue
+    sources = [os.path.normpath(os.path.join(main_site, entry)) for entry in dist.files or ()]
+    # Package files first and the .dist-info last, so a package pip sees as installed is complete.
+    sources.sort(key=lambda path: ".dist-info" in path)
+    try:
+        for source in filter(os.path.isfile, sources):
+            if source.startswith(main_site + os.sep):
+                target = os.path.join(site, os.path.relpath(source, main_site))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if not os.path.lexists(target):
+                    os.link(source, target)
+            elif os.path.dirname(source) == main_bin:       # console scripts: same file, this venv's python
+                with open(source, "rb") as handle:
+                    text = handle.read().replace(os.path.join(main_bin, "python").encode(),
+                                                 os.path.join(scripts, "python").encode(), 1)
+                target = os.path.join(scripts, os.path.basename(source))
+                with open(target, "wb") as handle:
+                    handle.write(text)
+                os.chmod(target, 0o755)
+    except OSError as error:        # e.g. another file system: leave this package (and the rest) to pip
+        for source in sources:
+            target = os.path.join(site, os.path.relpath(source, main_site))
+            if ".dist-info" in source and os.path.lexists(target):
+                os.unlink(target)
+        print(f"[setup_env] not linking from {main_site} ({error}); pip installs everything")
+        break
+    linked.append(f"{dist.metadata['Name']}=={dist.version}")
+if linked:
+    print(f"[setup_env] hard-linked {len(linked)} packages the lock pins at the 0.3.75 venv's versions "
+          f"(torch, CUDA libraries, ...) from {main_site}")
+PY
+}
+
 setup_current() {
     local source_dir="$1"
     [ -d "$source_dir" ] || die "--current-comfyui $source_dir: no such folder (it should hold ComfyUI-<version>.tar.gz" \
@@ -258,6 +317,7 @@ setup_current() {
         rmdir "$staging"
 
         make_venv "$venv"
+        seed_from_main_venv "$venv" "$lock"
         log "installing $(basename "$lock") exactly (torch $(sed -n 's/^torch==//p' "$lock"), torchaudio, frontend included)"
         pip_install "$venv/bin/python" -r "$lock"
         log "installing scripts/requirements-dev-current.txt with the lock as constraint (no pin of the lock moves)"
