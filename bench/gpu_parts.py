@@ -151,9 +151,9 @@ class Budget:
         return time.monotonic() + next_run_s < self.deadline
 
 
-def timed_runs(function, device: torch.device, budget: Budget, warmup: int, repeats: int) -> tuple[list[float], int]:
+def timed_runs(function, device: torch.device, budget: Budget, warmup: int, repeats: int) -> list[float]:
     """``warmup`` untimed then up to ``repeats`` timed calls (each gets the run index), stopping when the next one
-    would not fit the budget; returns (seconds, repeats asked for)."""
+    would not fit the budget; returns their seconds (at least one run)."""
     for index in range(warmup):
         function(-1 - index)
     runs: list[float] = []
@@ -161,7 +161,7 @@ def timed_runs(function, device: torch.device, budget: Budget, warmup: int, repe
         if runs and not budget.allows(max(runs)):
             break
         runs.append(common.time_call(lambda: function(index), device))
-    return runs, repeats
+    return runs
 
 
 def free_models() -> None:
@@ -277,8 +277,8 @@ def part_video(session: Session, budget: Budget) -> dict:
     """A clip of ``--video-frames`` frames through one predict() call: the pipeline's one-item-at-a-time loop."""
     args = session.args
     frames = torch.cat([common.test_image(args.video_resolution, seed=i) for i in range(args.video_frames)])
-    runs, asked = timed_runs(lambda index: session.predict(frames, args.video_resolution, index), session.device,
-                             budget, warmup=0, repeats=2)
+    runs = timed_runs(lambda index: session.predict(frames, args.video_resolution, index), session.device, budget,
+                      warmup=0, repeats=2)
     return {"frames": args.video_frames, "resolution": args.video_resolution, "runs": runs,
             "frames_per_s": args.video_frames / statistics.median(runs)}
 
@@ -291,7 +291,16 @@ def part_memory_bf16(session: Session, budget: Budget) -> dict:
 
 
 def part_diffusers(session: Session, budget: Budget) -> dict:
-    """Ours (1 step) against FluxKontextPipeline at each step count, on the same tensors, image and resolution."""
+    """Ours (1 step) against FluxKontextPipeline at each step count, on the same tensors, image and resolution;
+    the pipeline's GPU copy of the weights is freed before the next part."""
+    result = compare_with_diffusers(session, budget)
+    gc.collect()
+    if session.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def compare_with_diffusers(session: Session, budget: Budget) -> dict:
     try:
         import diffusers
     except ImportError as error:
@@ -319,15 +328,9 @@ def part_diffusers(session: Session, budget: Budget) -> dict:
             candidates[f"diffusers, {steps} step{'s' * (steps > 1)}"] = (
                 lambda index, steps=steps: vs_diffusers.run_diffusers(pipeline, image, embeds, pooled, resolution,
                                                                       steps, common.run_seed(index)))
-        rows = {}
-        for name, function in candidates.items():
-            runs, asked = timed_runs(function, device, budget, warmup=args.warmup, repeats=args.repeats)
-            rows[name] = runs
-        result["resolutions"][str(resolution)] = rows
-    del pipeline
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        result["resolutions"][str(resolution)] = {
+            name: timed_runs(function, device, budget, warmup=args.warmup, repeats=args.repeats)
+            for name, function in candidates.items()}
     return result
 
 

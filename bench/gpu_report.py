@@ -94,15 +94,16 @@ def diffusers_table(result: dict) -> str:
 
 def memory_rows(name: str, result: dict, status: str) -> list[list[str]]:
     if "skipped" in result:
-        return [[name, "-", "-", "-", "-", "-", "-", f"skipped: {result['skipped']}"]]
+        return [[name, "-", "-", "-", "-", "-", "-", "-", f"skipped: {result['skipped']}"]]
     if not result.get("resolutions"):
-        return [[name, "-", "-", "-", "-", "-", "-", status]]
+        return [[name, "-", "-", "-", "-", "-", "-", "-", status]]
     rows = []
     dtype = result.get("weight_dtype", "torch.bfloat16").replace("torch.", "")
     for resolution, entry in result["resolutions"].items():
         rows.append([name, f"{gib(result.get('weight_bytes'))} ({dtype})", result.get("flags", "(defaults)"),
                      f"{resolution}²", gib(entry["device_peak_bytes"]), gib(entry["torch_peak_bytes"]),
-                     f"{secs(entry['seconds'])} (cold {secs(entry['cold_s'])})", status])
+                     gib(entry["rss_peak_bytes"]), f"{secs(entry['seconds'])} (cold {secs(entry['cold_s'])})",
+                     status])
     return rows
 
 
@@ -121,13 +122,18 @@ def memory_table(suite) -> str:
         rows += memory_rows(label, result, "completed" if outcome.status.startswith("done") else outcome.status)
     caps = [o.result.get("hard_cap_bytes") for p, o in suite.outcomes.items() if p.startswith("capped")]
     cap = next((c for c in caps if c), None)
-    note = (f"Device peak: the card's memory in use at its highest (total - free, sampled every 5 ms: weights, "
-            f"activations, CUDA context, dynamic-VRAM allocations); torch peak: torch's allocator only. Capped rows: "
-            f"ComfyUI left {suite.args.cap_gib:g} GiB by --reserve-vram"
-            + (f", torch's allocator hard-capped at {gib(cap)} GiB" if cap else "") + ".")
+    note = ("Peaks of one warm prediction. Device peak: the card's memory in use at its highest (total - free, "
+            "sampled every 5 ms: weights, activations, CUDA context, dynamic-VRAM allocations); torch peak: torch's "
+            "allocator only; RSS: this process's resident memory on the host. ")
+    if suite.args.device == "cuda":
+        note += (f"Capped rows: ComfyUI left {suite.args.cap_gib:g} GiB of the card by --reserve-vram"
+                 + (f", torch's allocator hard-capped at {gib(cap)} GiB" if cap else "") + ".")
+    else:
+        note += ("On the CPU there is no VRAM to cap: the capped row only proves its process runs (--lowvram needs "
+                 "CUDA).")
     return "### Peak memory per prediction (depth, 1 step)\n\n" + common.markdown_table(
         ["weights", "DiT GiB (dtype)", "ComfyUI flags", "resolution", "device peak GiB", "torch peak GiB",
-         "time, s", "outcome"], rows) + "\n\n" + note
+         "RSS peak GiB", "time, s", "outcome"], rows) + "\n\n" + note
 
 
 def parts_table(suite) -> str:

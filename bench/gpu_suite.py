@@ -328,15 +328,16 @@ def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dry-run", action="store_true",
-                        help="prove the command on the CPU: --device cpu --shape mid, small sizes, CPU budgets")
+                        help="prove the command on the CPU: --device cpu --shape mid, small sizes, one timed run, "
+                             "CPU budgets")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda, or cpu with --dry-run")
     parser.add_argument("--shape", choices=["smoke", "mid", "full"], help="default: full, or mid with --dry-run")
     parser.add_argument("--resolutions", type=int, nargs="+", help="default: 768 1024, or 128 256 with --dry-run")
     parser.add_argument("--video-frames", type=int, default=16)
     parser.add_argument("--video-resolution", type=int, help="default: 768, or 128 with --dry-run")
     parser.add_argument("--diffusers-steps", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, help="untimed runs first; default 1, or 0 with --dry-run")
+    parser.add_argument("--repeats", type=int, help="timed runs (median reported); default 3, or 1 with --dry-run")
     parser.add_argument("--parts", nargs="+", choices=ALL_PARTS, default=list(ALL_PARTS))
     parser.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS",
                         help="override one part's time budget (repeatable)")
@@ -355,6 +356,8 @@ def parse_args(argv: list[str] | None):
     args.shape = args.shape or ("mid" if dry else "full")
     args.resolutions = args.resolutions or ([128, 256] if dry else [768, 1024])
     args.video_resolution = args.video_resolution or (128 if dry else 768)
+    args.warmup = (0 if dry else 1) if args.warmup is None else args.warmup
+    args.repeats = (1 if dry else 3) if args.repeats is None else args.repeats
     if dry and args.video_frames == 16:
         args.video_frames = 4
     from e2p_core.imaging import MIN_WORKING_SIZE
