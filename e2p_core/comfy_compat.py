@@ -43,6 +43,7 @@ import functools
 import importlib
 import inspect
 import logging
+from typing import Iterable
 
 import torch
 
@@ -79,17 +80,31 @@ def detect_flux_config(bfl_state_dict: dict[str, torch.Tensor]) -> dict | None:
     return config
 
 
-def flux_key_renames(model_config, bfl_state_dict: dict[str, torch.Tensor]) -> set[str]:
-    """The key set ComfyUI loads into the model after its own renames (``process_unet_state_dict``)."""
-    return set(model_config.process_unet_state_dict(dict(bfl_state_dict)).keys())
+def flux_key_renames(model_config, bfl_names) -> dict[str, str]:
+    """BFL name -> the name ComfyUI loads it under, after its own renames (``process_unet_state_dict``)."""
+    renamed = model_config.process_unet_state_dict({name: name for name in bfl_names})
+    if sorted(renamed.values()) != sorted(bfl_names):
+        raise ComfyCompatError(f"ComfyUI {comfyui_version()} transforms FLUX weights on load in a way this pack "
+                               "does not know; update the pack")
+    return {name: key for key, name in renamed.items()}
+
+
+def _placeholders(bfl_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each weight's shape and dtype backed by a single element: what ComfyUI's loader reads to choose the
+    config, dtype and patcher class. The real weights follow through :func:`fill_flux_weights`, one at a time,
+    so no whole second copy of the model ever exists."""
+    return {name: torch.zeros((), dtype=tensor.dtype).expand(tensor.shape) for name, tensor in bfl_state_dict.items()}
 
 
 def load_flux_stock(bfl_state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None):
-    """UNETLoader's path: ComfyUI's ``load_diffusion_model_state_dict`` with only the dtype chosen by us."""
+    """UNETLoader's path: ComfyUI's ``load_diffusion_model_state_dict`` with only the dtype chosen by us.
+
+    ``bfl_state_dict`` gives names, shapes and dtypes (``meta`` tensors do); the weights are zero until
+    :func:`fill_flux_weights`."""
     import comfy.sd
 
     model_options = {} if dtype is None else {"dtype": dtype}
-    patcher = comfy.sd.load_diffusion_model_state_dict(dict(bfl_state_dict), model_options=model_options)
+    patcher = comfy.sd.load_diffusion_model_state_dict(_placeholders(bfl_state_dict), model_options=model_options)
     if patcher is None:
         raise ComfyCompatError(f"ComfyUI {comfyui_version()} did not recognise the FLUX.1 transformer; update "
                                "ComfyUI")
@@ -97,13 +112,15 @@ def load_flux_stock(bfl_state_dict: dict[str, torch.Tensor], dtype: torch.dtype 
 
 
 def load_flux_from_config(bfl_state_dict: dict[str, torch.Tensor], unet_config: dict, dtype: torch.dtype | None):
-    """The same steps as ComfyUI's loader, from a corrected detection config (see the module docstring)."""
+    """The same steps as ComfyUI's loader, from a corrected detection config (see the module docstring);
+    weights as in :func:`load_flux_stock`."""
     import comfy.model_detection
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.utils
 
-    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, bfl_state_dict)
+    placeholders = _placeholders(bfl_state_dict)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, placeholders)
     if model_config is None:
         raise ComfyCompatError(f"ComfyUI {comfyui_version()} does not know the FLUX model configuration; update "
                                "ComfyUI")
@@ -111,19 +128,46 @@ def load_flux_from_config(bfl_state_dict: dict[str, torch.Tensor], unet_config: 
     offload_device = mm.unet_offload_device()
     supported = list(model_config.supported_inference_dtypes)
     if dtype is None:
-        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(bfl_state_dict),
-                              supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(bfl_state_dict))
+        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(placeholders),
+                              supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(placeholders))
     model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
-    model = model_config.get_model(bfl_state_dict, "")
+    model = model_config.get_model(placeholders, "")
     patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
     patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
     if not mm.is_device_cpu(offload_device):
         model.to(offload_device)
     if hasattr(patcher, "is_dynamic"):
-        model.load_model_weights(dict(bfl_state_dict), "", assign=patcher.is_dynamic())
+        model.load_model_weights(placeholders, "", assign=patcher.is_dynamic())
     else:
-        model.load_model_weights(dict(bfl_state_dict), "")
+        model.load_model_weights(placeholders, "")
     return patcher
+
+
+def fill_flux_weights(patcher, bfl_weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Write (BFL name, tensor) pairs into the model built by :func:`load_flux_stock` or
+    :func:`load_flux_from_config`, one tensor at a time, as ComfyUI's ``load_state_dict`` would: copied (and cast)
+    into the parameter ComfyUI allocated, or, where ComfyUI assigned the placeholder itself (dynamic patchers load
+    with ``assign``), into a new parameter of the placeholder's dtype. Nothing is kept of ``tensor``."""
+    diffusion_model = patcher.model.diffusion_model
+    model_config = patcher.model.model_config
+    with torch.no_grad():
+        for name, tensor in bfl_weights:
+            owner_name, _, attribute = flux_key_renames(model_config, [name])[name].rpartition(".")
+            owner = diffusion_model.get_submodule(owner_name)
+            current = getattr(owner, attribute)
+            if current.untyped_storage().nbytes() >= current.numel() * current.element_size():
+                current.copy_(tensor)
+            else:
+                setattr(owner, attribute, torch.nn.Parameter(tensor.to(current.dtype, copy=True),
+                                                             requires_grad=current.requires_grad))
+            del tensor, current          # before the next tensor is read, so its source can be released
+
+
+def load_device():
+    """The device ComfyUI runs diffusion models on (part of what makes two loads of one file interchangeable)."""
+    import comfy.model_management
+
+    return comfy.model_management.get_torch_device()
 
 
 def model_weight_keys(patcher) -> set[str]:

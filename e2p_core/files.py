@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,8 +21,8 @@ class WeightFileError(ValueError):
     """A weight file that cannot be read; the message names the file and the fix."""
 
 
-def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file. Pickle files are refused without being opened as pickle."""
+def _check_weight_file(path: str) -> str:
+    """The file's name, after refusing a missing file and pickles (without opening them as pickle)."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise WeightFileError(f"{path} does not exist; put the file in the models folder named in the README")
@@ -33,17 +33,56 @@ def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]
         head = handle.read(8)
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise WeightFileError(f"{name} is a pickle/zip file despite its name; only safetensors files are loaded")
+    return name
+
+
+@contextlib.contextmanager
+def _readable(path: str, name: str) -> Iterator[None]:
+    """Turn safetensors' own errors into one that says the file is damaged and what to do."""
     try:
-        with safe_open(path, framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        yield
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        size = os.path.getsize(path)
+        size = os.path.getsize(path) if os.path.exists(path) else 0
         raise WeightFileError(f"{name} ({size} bytes) is not a readable safetensors file ({error}); it is probably "
                               "truncated or corrupt: download it again")
+
+
+def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file. Pickle files are refused without being opened as pickle.
+
+    The tensors are views of safetensors' memory mapping of the file: nothing is copied, pages are read when first
+    touched, and the mapping lasts as long as any of the tensors."""
+    name = _check_weight_file(path)
+    with _readable(path, name), safe_open(path, framework="pt", device="cpu") as handle:
+        metadata = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     if not tensors:
         raise WeightFileError(f"{name} contains no tensors")
     return tensors, metadata
+
+
+def read_safetensors_layout(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Names, shapes and dtypes of a safetensors file's tensors, as ``meta`` tensors (no data), and its metadata.
+
+    Enough to detect a checkpoint's layout and architecture before a single weight is read."""
+    tensors, metadata = read_safetensors(path)
+    return {key: torch.empty(value.shape, dtype=value.dtype, device="meta") for key, value in tensors.items()}, \
+        metadata
+
+
+def stream_safetensors(path: str, groups: Iterable[tuple[str, ...]]) -> Iterator[list[torch.Tensor]]:
+    """The tensors of each group of names in turn, each group from a memory mapping of its own.
+
+    A file opened once keeps every page that was ever read resident until the last of its tensors is gone, so
+    copying a whole checkpoint out of it holds the file twice at the end. Here the mapping of a group is closed
+    before the next group is read: as long as the caller keeps no reference to the tensors it was given, resident
+    memory grows by one group at most."""
+    name = _check_weight_file(path)
+    for group in groups:
+        with _readable(path, name), safe_open(path, framework="pt", device="cpu") as handle:
+            tensors = [handle.get_tensor(key) for key in group]
+        yield tensors
+        del tensors
 
 
 def fsync_folder(folder: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 
@@ -194,16 +195,53 @@ class Conversion:
     ignored_keys: list[str]
 
 
-def to_bfl(state_dict: dict[str, torch.Tensor]) -> Conversion:
+@dataclass(frozen=True)
+class BflPlan:
+    """How every BFL tensor is made from a checkpoint's tensors, decided from the names alone.
+
+    ``rules`` name the checkpoint's own keys (prefix included), so the tensors can be read, converted and handed
+    on one BFL tensor at a time (:meth:`convert_stream`) instead of holding a converted copy of the whole file."""
+
+    rules: tuple[Rule, ...]
+    layout: str
+    prefix: str
+    ignored_keys: list[str]
+
+    def source_groups(self) -> list[tuple[str, ...]]:
+        """The checkpoint keys each BFL tensor is built from, in rule order."""
+        return [rule.parts for rule in self.rules]
+
+    @staticmethod
+    def build(rule: Rule, parts: list[torch.Tensor]) -> torch.Tensor:
+        """One BFL tensor from its parts: the part itself, or a new tensor for concatenations and half swaps."""
+        tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+        return _swap_halves(tensor) if rule.swap_halves else tensor
+
+    def convert(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {rule.bfl: self.build(rule, [state_dict[p] for p in rule.parts]) for rule in self.rules}
+
+    def convert_stream(self, groups: Iterable[list[torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(BFL name, tensor) for each rule, from the parts of :meth:`source_groups` given in the same order.
+        Nothing of one group is referenced here when the next is read, so a reader can release each in turn."""
+        groups = iter(groups)
+        for rule in self.rules:
+            parts = next(groups)
+            tensor = self.build(rule, parts)
+            del parts
+            yield rule.bfl, tensor
+            del tensor
+
+
+def plan_to_bfl(names: Iterable[str]) -> BflPlan:
     """Any supported layout -> BFL names. Unknown keys are an error; known-unused modules are dropped and listed."""
-    stripped, prefix = strip_prefix(state_dict)
-    ignored = sorted(k for k in stripped if k.startswith(UNUSED_MODULE_PREFIXES))
-    stripped = {k: v for k, v in stripped.items() if not k.startswith(UNUSED_MODULE_PREFIXES)}
+    original, prefix = strip_prefix({name: name for name in names})     # stripped name -> the file's own name
+    ignored = sorted(k for k in original if k.startswith(UNUSED_MODULE_PREFIXES))
+    stripped = {k: v for k, v in original.items() if not k.startswith(UNUSED_MODULE_PREFIXES)}
     layout = detect_layout(stripped)
     depth, single_depth = count_blocks(stripped, layout)
     if layout == BFL:
-        return Conversion(stripped, layout, prefix, ignored)
-    converted: dict[str, torch.Tensor] = {}
+        return BflPlan(tuple(Rule(k, (original[k],)) for k in stripped), layout, prefix, ignored)
+    rules: list[Rule] = []
     used: set[str] = set()
     for rule in _RULE_BUILDERS[layout](depth, single_depth):
         present = [p for p in rule.parts if p in stripped]
@@ -212,14 +250,19 @@ def to_bfl(state_dict: dict[str, torch.Tensor]) -> Conversion:
         if len(present) != len(rule.parts):
             missing = sorted(set(rule.parts) - set(present))
             raise UnsupportedCheckpoint(f"the {layout} checkpoint is incomplete: {', '.join(missing)} missing")
-        tensor = torch.cat([stripped[p] for p in rule.parts], dim=0) if len(rule.parts) > 1 else stripped[rule.parts[0]]
-        converted[rule.bfl] = _swap_halves(tensor) if rule.swap_halves else tensor
+        rules.append(Rule(rule.bfl, tuple(original[p] for p in rule.parts), rule.swap_halves))
         used.update(rule.parts)
     leftover = sorted(set(stripped) - used)
     if leftover:
         raise UnsupportedCheckpoint(f"the {layout} checkpoint has {len(leftover)} tensors that are not part of a "
                                     f"FLUX.1 transformer, e.g. {', '.join(leftover[:4])}")
-    return Conversion(converted, layout, prefix, ignored)
+    return BflPlan(tuple(rules), layout, prefix, ignored)
+
+
+def to_bfl(state_dict: dict[str, torch.Tensor]) -> Conversion:
+    """Any supported layout -> BFL names, all tensors at once (see :class:`BflPlan` for one at a time)."""
+    plan = plan_to_bfl(state_dict)
+    return Conversion(plan.convert(state_dict), plan.layout, plan.prefix, plan.ignored_keys)
 
 
 def _split_sizes(rule: Rule, tensor: torch.Tensor, hidden: int) -> list[int]:

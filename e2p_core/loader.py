@@ -8,12 +8,15 @@ dynamic VRAM. LoRAs go through ComfyUI's patch mechanism, never by rewriting the
 from __future__ import annotations
 
 import logging
+import os
+import weakref
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 
 from . import comfy_compat, formats
-from .files import read_safetensors
+from .files import read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
 from .tasks import (META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL,
                     TIME_EMBEDDING_STOCK, check_task, task_from_file_name)
@@ -108,9 +111,13 @@ def _task_from_metadata(metadata: dict[str, str]) -> str | None:
     return task if task in TASK_PROMPTS else None
 
 
-def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: str = "default"):
+def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: str = "default",
+                       weights: Iterable[tuple[str, torch.Tensor]] | None = None):
     """ComfyUI FLUX model from BFL tensors through ComfyUI's own loader, with the key set checked strictly
-    (ComfyUI itself only logs missing or unexpected weights)."""
+    (ComfyUI itself only logs missing or unexpected weights).
+
+    ``bfl_state_dict`` gives the names, shapes and dtypes (``meta`` tensors are enough); the weights come from
+    ``weights``, (BFL name, tensor) pairs written into the model one at a time, or else from ``bfl_state_dict``."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise E2PLoadError(f"unknown weight dtype '{weight_dtype}'; use one of {', '.join(WEIGHT_DTYPES)}")
     shape = formats.infer_shape(bfl_state_dict)
@@ -127,7 +134,7 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
         patcher = comfy_compat.load_flux_from_config(bfl_state_dict, {**detected, "num_heads": shape.num_heads},
                                                      dtype)
     expected = comfy_compat.model_weight_keys(patcher)
-    given = comfy_compat.flux_key_renames(patcher.model.model_config, bfl_state_dict)
+    given = set(comfy_compat.flux_key_renames(patcher.model.model_config, list(bfl_state_dict)).values())
     missing, unexpected = sorted(expected - given), sorted(given - expected)
     if missing or unexpected:
         raise E2PLoadError(
@@ -135,6 +142,7 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
             + (f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])}) " if missing else "")
             + (f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
             + "; the file is incomplete or of another architecture")
+    comfy_compat.fill_flux_weights(patcher, bfl_state_dict.items() if weights is None else weights)
     return patcher, shape
 
 
@@ -183,18 +191,52 @@ def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: floa
     return patched, report
 
 
+# (real path, size, mtime, weight dtype, ComfyUI's device) -> (base patcher, held weakly; metadata; notes)
+_SHARED_BASES: dict[tuple, tuple[weakref.ref, dict[str, str], list[str]]] = {}
+
+
+def load_base_model(path: str, weight_dtype: str = "default") -> tuple[object, dict[str, str], list[str]]:
+    """(patcher, file metadata, notes) for a checkpoint, streamed: the file is memory-mapped and converted one
+    BFL tensor at a time straight into the model ComfyUI allocated, so no second copy of the weights exists."""
+    layout, metadata = read_safetensors_layout(path)
+    plan = formats.plan_to_bfl(layout)
+    weights = plan.convert_stream(stream_safetensors(path, plan.source_groups()))
+    patcher, shape = build_flux_patcher(plan.convert(layout), weight_dtype, weights)
+    notes = [f"{os.path.basename(path)}: {plan.layout} layout, hidden {shape.hidden_size}, "
+             f"{shape.depth}+{shape.depth_single_blocks} blocks, {shape.num_heads} heads"]
+    if plan.ignored_keys:
+        notes.append(f"ignored {len(plan.ignored_keys)} unused tensors ({plan.ignored_keys[0]}, ...): "
+                     "the released inference never uses them")
+    return patcher, metadata, notes
+
+
+def shared_base_model(path: str, weight_dtype: str = "default") -> tuple[object, dict[str, str], list[str]]:
+    """:func:`load_base_model`, shared by every loader of the same file, dtype and device while one is alive.
+
+    Loaders of one Kontext base with different task LoRAs thus hold one set of FLUX weights: each gets a clone
+    (ComfyUI clones share the model; LoRAs and the E2P patches live on the clone), and the base is never changed.
+    The cache holds the base weakly (clones keep their parent alive), so ComfyUI still frees the weights when
+    no node output holds them; a changed file (size or modification time) is loaded anew."""
+    stat = os.stat(path) if os.path.isfile(path) else None
+    if stat is None:
+        return load_base_model(path, weight_dtype)          # its error names the missing file
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, weight_dtype, str(comfy_compat.load_device()))
+    for stale in [k for k, (base, _, _) in _SHARED_BASES.items() if base() is None]:
+        del _SHARED_BASES[stale]
+    if key in _SHARED_BASES:
+        base, metadata, notes = _SHARED_BASES[key]
+        patcher = base()
+        if patcher is not None:
+            return patcher, metadata, notes + ["FLUX weights shared with the other loaders of this file"]
+    patcher, metadata, notes = load_base_model(path, weight_dtype)
+    _SHARED_BASES[key] = (weakref.ref(patcher), metadata, notes)
+    return patcher, metadata, list(notes)
+
+
 def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str | None = None,
                         lora_strength: float = 1.0, time_embedding: str = "auto") -> E2PModel:
     """An E2P full checkpoint (any layout), or a FLUX.1 Kontext base plus an E2P LoRA."""
-    tensors, metadata = read_safetensors(path)
-    conversion = formats.to_bfl(tensors)
-    del tensors
-    patcher, shape = build_flux_patcher(conversion.state_dict, weight_dtype)
-    notes = [f"{path.rsplit('/', 1)[-1]}: {conversion.layout} layout, hidden {shape.hidden_size}, "
-             f"{shape.depth}+{shape.depth_single_blocks} blocks, {shape.num_heads} heads"]
-    if conversion.ignored_keys:
-        notes.append(f"ignored {len(conversion.ignored_keys)} unused tensors ({conversion.ignored_keys[0]}, ...): "
-                     "the released inference never uses them")
+    patcher, metadata, notes = shared_base_model(path, weight_dtype)
     task = _task_from_metadata(metadata)
     if lora_path:
         lora_tensors, lora_metadata = read_safetensors(lora_path)
