@@ -75,6 +75,11 @@ FILE_INPUT_FOLDERS = {
 # Files that belong somewhere other than the first folder of their input (the FLUX base is a stock model).
 PREFERRED_FOLDER = {"flux1-kontext-dev.safetensors": "diffusion_models"}
 NO_FILE = "none"
+# The quickstart's loaders name the three full checkpoints. The same tasks run from one FLUX.1 Kontext base plus the
+# three task LoRAs, whose loaders then share the base's weights in memory (e2p_core.loader.shared_base_model).
+KONTEXT_BASE = "flux1-kontext-dev.safetensors"
+LORA_OF_CHECKPOINT = {"depth.safetensors": "depth_lora.safetensors", "normal.safetensors": "normal_lora.safetensors",
+                      "matting.safetensors": "matting_lora.safetensors"}
 BYPASSED = 4                          # litegraph node mode: left out of the prompt
 TEXT_ENCODER_LOADERS = ("DualCLIPLoader", "CLIPLoader")
 E2P_LOADERS = ("LoadE2PModel", "E2PModelFromMODEL")
@@ -259,6 +264,32 @@ def missing_files(prompt: dict, object_info: dict) -> list[tuple[str, tuple[str,
     return [(value, folders, ", ".join(users)) for (value, folders), users in missing.items()]
 
 
+def full_checkpoint_loaders(prompt: dict) -> dict[str, dict]:
+    """The prompt's Load E2P Model nodes that load an official full checkpoint (no LoRA)."""
+    return {node_id: node for node_id, node in prompt.items() if node["class_type"] == "LoadE2PModel"
+            and node["inputs"].get("lora") == NO_FILE and node["inputs"].get("checkpoint") in LORA_OF_CHECKPOINT}
+
+
+def use_base_and_loras(prompt: dict, object_info: dict) -> list[str]:
+    """Point every loader of an official full checkpoint at the Kontext base plus that task's LoRA, when ComfyUI
+    lists the base and every LoRA needed: one 12B model in memory for all tasks instead of one per task. Returns a
+    line per loader switched; none when a file of that route is missing (the full checkpoints are used then)."""
+    loaders = full_checkpoint_loaders(prompt)
+    checkpoints = _combo_options(object_info, "LoadE2PModel", "checkpoint") or []
+    loras = _combo_options(object_info, "LoadE2PModel", "lora") or []
+    needed = {LORA_OF_CHECKPOINT[node["inputs"]["checkpoint"]] for node in loaders.values()}
+    if not loaders or KONTEXT_BASE not in checkpoints or not needed <= set(loras):
+        return []
+    lines = []
+    for node_id, node in loaders.items():
+        full_checkpoint = node["inputs"]["checkpoint"]
+        node["inputs"]["checkpoint"] = KONTEXT_BASE
+        node["inputs"]["lora"] = LORA_OF_CHECKPOINT[full_checkpoint]
+        lines.append(f"  node {node_id} ({node['inputs'].get('task')}): {KONTEXT_BASE} + {node['inputs']['lora']} "
+                     f"instead of {full_checkpoint}")
+    return lines
+
+
 def missing_files_message(missing, models_dirs: list[Path], workflow: Path) -> str:
     lines = [f"Model files are missing for {workflow.name}. Put each file into the folder shown "
              f"(any of the listed folders works), then run this again:", ""]
@@ -276,6 +307,13 @@ def missing_files_message(missing, models_dirs: list[Path], workflow: Path) -> s
     if any(folders == ("text_encoders",) for _, folders, _ in missing):
         lines.append("clip_l and t5xxl encode each task's fixed prompt the first time the task runs; the result is "
                      "cached in models/embeddings/edit2perceive and later runs need no text encoder.")
+    full_checkpoints = [value for value, _, _ in missing if value in LORA_OF_CHECKPOINT]
+    if full_checkpoints:
+        loras = ", ".join(LORA_OF_CHECKPOINT[value] for value in full_checkpoints)
+        lines.append(f"Instead of {', '.join(full_checkpoints)} (one 12B model each in memory), the FLUX.1 Kontext "
+                     f"base works with the task LoRAs: {KONTEXT_BASE} ({KONTEXT_SOURCE}) into "
+                     f"{models_dirs[0] / 'diffusion_models'} and {loras} ({E2P_SOURCE}) into "
+                     f"{models_dirs[0] / 'edit2perceive'}; all tasks then share one base in memory.")
     lines.append("To see the plumbing work without any download: bash scripts/run_example.sh --demo")
     return "\n".join(lines)
 
@@ -588,6 +626,14 @@ def run(args: argparse.Namespace, base_dir: Path) -> list[Path]:
             print(f"First run of {', '.join(first_runs)}: the text encoders (clip_l + t5xxl) are switched on to encode "
                   "the task prompt once; it is cached in models/embeddings/edit2perceive for later runs.")
             prompt = to_api_prompt(workflow, object_info)
+        if not args.demo:
+            switched = use_base_and_loras(prompt, object_info)
+            if switched:
+                print("The FLUX.1 Kontext base and the task LoRAs are present: the loaders share one base in memory",
+                      *switched, sep="\n")
+            elif full_checkpoint_loaders(prompt):
+                print(f"Using the full checkpoints (one model per task in memory; with {KONTEXT_BASE} and the task "
+                      "LoRAs in the models folders the tasks share one base instead).")
         if args.demo:
             adapt_for_demo(prompt)
             written = write_demo_weights(prompt, base_dir / "models", comfyui_dir)

@@ -108,6 +108,37 @@ def test_missing_weights_are_named_with_folder_and_source(tmp_path):
     assert not any((home / "output").iterdir()), "nothing may run while weights are missing"
 
 
+def test_quickstart_shares_one_base_when_the_task_loras_are_there(run_example_module, tmp_path):
+    """Full checkpoints missing, Kontext base and LoRAs present: each loader switches to base + its task's LoRA
+    (and the missing-file guide names that route); one LoRA missing: nothing switches."""
+    module = run_example_module
+    full = {"3": "depth", "4": "normal", "5": "matting"}
+
+    def quickstart_loaders():
+        return {node_id: {"class_type": "LoadE2PModel", "inputs": {
+            "checkpoint": f"{task}.safetensors", "lora": "none", "task": task}} for node_id, task in full.items()}
+
+    def listing(loras):
+        return {"LoadE2PModel": {"input": {"required": {
+            "checkpoint": [["flux1-kontext-dev.safetensors"]], "lora": [["none", *loras]]}}}}
+
+    prompt = quickstart_loaders()
+    lines = module.use_base_and_loras(prompt, listing([f"{task}_lora.safetensors" for task in full.values()]))
+    assert len(lines) == 3
+    for node_id, task in full.items():
+        assert prompt[node_id]["inputs"] == {"checkpoint": "flux1-kontext-dev.safetensors",
+                                             "lora": f"{task}_lora.safetensors", "task": task}
+    prompt = quickstart_loaders()
+    assert module.use_base_and_loras(prompt, listing(["depth_lora.safetensors", "normal_lora.safetensors"])) == []
+    assert prompt == quickstart_loaders()
+    missing = [(f"{task}.safetensors", ("edit2perceive", "diffusion_models"), f"node {node_id}")
+               for node_id, task in full.items()]
+    message = module.missing_files_message(missing, [tmp_path / "models"], QUICKSTART)
+    assert f"flux1-kontext-dev.safetensors (https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev) into " \
+           f"{tmp_path / 'models' / 'diffusion_models'}" in message
+    assert "depth_lora.safetensors, normal_lora.safetensors, matting_lora.safetensors" in message
+
+
 @pytest.mark.server
 def test_demo_runs_the_quickstart_and_labels_every_output(tmp_path):
     home = tmp_path / "demo"
