@@ -256,22 +256,18 @@ def use_attention_backend(patcher, vae, backend: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def random_bfl_state_dict(shape: DitShape, seed: int = WEIGHT_SEED, dtype: torch.dtype = torch.bfloat16,
-                          device: str = "cpu") -> dict[str, torch.Tensor]:
-    """BFL-named random weights. Scaled N(0, 1/fan_in) so activations stay finite through all blocks (inf/NaN or
-    denormals would change the speed being measured)."""
-    generator = torch.Generator(device=device).manual_seed(seed)
+def bfl_tensor_shapes(shape: DitShape) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a BFL-named FLUX.1 Kontext transformer of ``shape`` (what a checkpoint of it holds)."""
     h, m = shape.hidden, shape.hidden * shape.mlp_ratio
-    sd: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
 
-    def linear(name, out_features, in_features, gain=1.0):
-        weight = torch.randn(out_features, in_features, generator=generator, device=device, dtype=torch.float32)
-        sd[f"{name}.weight"] = (weight * (gain / in_features ** 0.5)).to(dtype).cpu()
-        sd[f"{name}.bias"] = torch.zeros(out_features, dtype=dtype)
+    def linear(name, out_features, in_features):
+        shapes[f"{name}.weight"] = (out_features, in_features)
+        shapes[f"{name}.bias"] = (out_features,)
 
     def qk_norms(prefix):
-        sd[f"{prefix}.query_norm.scale"] = torch.ones(HEAD_DIM, dtype=dtype)
-        sd[f"{prefix}.key_norm.scale"] = torch.ones(HEAD_DIM, dtype=dtype)
+        shapes[f"{prefix}.query_norm.scale"] = (HEAD_DIM,)
+        shapes[f"{prefix}.key_norm.scale"] = (HEAD_DIM,)
 
     linear("img_in", h, PATCH_CHANNELS)
     linear("txt_in", h, shape.context_dim)
@@ -282,7 +278,7 @@ def random_bfl_state_dict(shape: DitShape, seed: int = WEIGHT_SEED, dtype: torch
     for i in range(shape.depth):
         for stream in ("img", "txt"):
             p = f"double_blocks.{i}.{stream}"
-            linear(f"{p}_mod.lin", 6 * h, h, gain=0.1)
+            linear(f"{p}_mod.lin", 6 * h, h)
             linear(f"{p}_attn.qkv", 3 * h, h)
             linear(f"{p}_attn.proj", h, h)
             linear(f"{p}_mlp.0", m, h)
@@ -292,10 +288,32 @@ def random_bfl_state_dict(shape: DitShape, seed: int = WEIGHT_SEED, dtype: torch
         p = f"single_blocks.{i}"
         linear(f"{p}.linear1", 3 * h + m, h)
         linear(f"{p}.linear2", h, h + m)
-        linear(f"{p}.modulation.lin", 3 * h, h, gain=0.1)
+        linear(f"{p}.modulation.lin", 3 * h, h)
         qk_norms(f"{p}.norm")
     linear("final_layer.linear", PATCH_CHANNELS, h)
-    linear("final_layer.adaLN_modulation.1", 2 * h, h, gain=0.1)
+    linear("final_layer.adaLN_modulation.1", 2 * h, h)
+    return shapes
+
+
+# Modulation layers start small so the random model's activations stay finite through all blocks.
+SMALL_GAIN_LAYERS = ("_mod.lin.weight", "modulation.lin.weight", "adaLN_modulation.1.weight")
+
+
+def random_bfl_state_dict(shape: DitShape, seed: int = WEIGHT_SEED, dtype: torch.dtype = torch.bfloat16,
+                          device: str = "cpu") -> dict[str, torch.Tensor]:
+    """BFL-named random weights. Scaled N(0, 1/fan_in) so activations stay finite through all blocks (inf/NaN or
+    denormals would change the speed being measured); biases zero, norm scales one."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for name, dims in bfl_tensor_shapes(shape).items():
+        if name.endswith(".bias"):
+            sd[name] = torch.zeros(dims, dtype=dtype)
+        elif name.endswith(".scale"):
+            sd[name] = torch.ones(dims, dtype=dtype)
+        else:
+            gain = 0.1 if name.endswith(SMALL_GAIN_LAYERS) else 1.0
+            weight = torch.randn(dims, generator=generator, device=device, dtype=torch.float32)
+            sd[name] = (weight * (gain / dims[1] ** 0.5)).to(dtype).cpu()
     return sd
 
 
