@@ -1,11 +1,12 @@
 """Files the ComfyUI nodes load, and official checkpoints turned into what the trainer starts from.
 
 * Full fine-tune -> one safetensors in BFL names (what ``LoadE2PModel`` and ComfyUI's UNETLoader read).
-* LoRA -> diffusers/peft module names with a ``transformer.`` prefix and an ``.alpha`` per module (ComfyUI's
-  patcher maps them onto the fused BFL layers; stock ``LoraLoaderModelOnly`` reads them too).
+* LoRA -> a kohya file (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``, ``.lora_up.weight``,
+  ``.alpha``), the naming of the released LoRAs: the official loader and ComfyUI's stock ``LoraLoaderModelOnly``
+  both apply it (``W += alpha / rank * up @ down`` on the fused BFL layers).
 * Both carry the metadata the nodes honour: task, representation, prompt, time embedding, format.
 * Official checkpoints (DiffSynth names, optional ``pipe.dit.`` prefix) convert to a diffusers transformer folder;
-  official LoRAs (kohya or DiffSynth/peft names, fused layers) load exactly onto the trainer's split layers.
+  official LoRAs (kohya or DiffSynth/peft names, fused layers) load exactly into the trainer's fused adapters.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from e2p_core.files import read_safetensors
 from e2p_core.tasks import (META_FORMAT, META_PROMPT, META_REPRESENTATION, META_TASK, META_TIME_EMBEDDING,
                             REPRESENTATIONS, TASK_PROMPTS)
 
+from . import lora
+
 FORMAT_FULL = "full-bfl"
-FORMAT_LORA = "lora-diffusers"
-LORA_FILE_PREFIX = "transformer."
+FORMAT_LORA = "lora-kohya"
 META_EMA = "e2p.ema_decay"
 
 
@@ -47,22 +49,16 @@ def export_full(state_dict: dict[str, torch.Tensor], path: str, task: str, time_
     return path
 
 
-def export_lora(lora_tensors: dict[str, torch.Tensor], path: str, task: str, time_embedding: str, rank: int,
+def export_lora(adapter_tensors: dict[str, torch.Tensor], path: str, task: str, time_embedding: str, rank: int,
                 alpha: float, ema_decay: float | None = None) -> str:
-    """peft adapter tensors (``<module>.lora_A.weight``) -> a LoRA file ComfyUI's patcher applies as W += a/r B A."""
-    out: dict[str, torch.Tensor] = {}
-    modules = set()
-    for key, value in lora_tensors.items():
-        module, _, tail = key.rpartition(".lora_")
-        if tail not in ("A.weight", "B.weight"):
-            raise ExportError(f"unexpected adapter tensor {key}; only LoRA A/B weights can be exported")
-        out[f"{LORA_FILE_PREFIX}{key}"] = value.contiguous()
-        modules.add(module)
-    for module in modules:
-        out[f"{LORA_FILE_PREFIX}{module}.alpha"] = torch.tensor(float(alpha))
+    """The trainer's fused adapters (``train.lora``) -> a kohya LoRA file with the metadata the nodes read."""
+    try:
+        tensors = lora.adapter_state_to_kohya(adapter_tensors, alpha)
+    except ValueError as error:
+        raise ExportError(f"{error}; only the official-layout LoRA adapters can be exported")
     metadata = file_metadata(task, time_embedding, FORMAT_LORA, ema_decay)
     metadata["e2p.lora_rank"] = str(rank)
-    atomic_save_safetensors(path, out, metadata)
+    atomic_save_safetensors(path, tensors, metadata)
     return path
 
 
@@ -108,42 +104,17 @@ def _fused_lora_pairs(tensors: dict[str, torch.Tensor], depth: int, single: int)
     return pairs
 
 
-def lora_for_trainer(path: str, depth: int, single: int, hidden: int, rank: int, alpha: float) -> dict[str, torch.Tensor]:
-    """A LoRA file in any supported naming -> peft tensors for the trainer's (diffusers, split q/k/v) adapters.
-
-    A fused official adapter (down A, up B over q|k|v) equals split adapters that share A and take B's rows, so
-    the conversion is exact. Scales are folded into B when the file's alpha/rank differs from the run's.
-    """
+def lora_for_trainer(path: str, depth: int, single: int, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """A LoRA file with fused-layer adapters (kohya, e.g. the released ones or ours, or DiffSynth/peft names) ->
+    the trainer's adapter tensors, exactly; the file's alpha/rank is folded into ``up`` when it differs from the
+    run's."""
     tensors, _ = read_safetensors(path)
     normalized = formats.normalize_lora_keys(tensors)
-    if any(k.startswith(LORA_FILE_PREFIX) for k in normalized):
-        normalized = {k[len(LORA_FILE_PREFIX):] if k.startswith(LORA_FILE_PREFIX) else k: v for k, v in normalized.items()}
-    run_scale = alpha / rank
-    if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.")) for k in normalized):
-        out = {}
-        for module in formats.lora_module_names(normalized):
-            down, up = normalized[f"{module}.lora_A.weight"], normalized[f"{module}.lora_B.weight"]
-            file_alpha = normalized.get(f"{module}.alpha")
-            scale = (float(file_alpha) / down.shape[0] if file_alpha is not None else run_scale) / run_scale
-            out[f"{module}.lora_A.weight"], out[f"{module}.lora_B.weight"] = down, up * scale
-        return _check_rank(out, rank, path)
-    rules = {r.bfl: r for r in formats._diffusers_rules(depth, single)}
-    out = {}
-    for bfl, (down, up, file_alpha) in _fused_lora_pairs(normalized, depth, single).items():
-        if bfl not in rules:
-            raise ExportError(f"{os.path.basename(path)} adapts {bfl}, which the trainer's LoRA does not cover")
-        rule = rules[bfl]
-        scale = (file_alpha / down.shape[0] if file_alpha is not None else 1.0) / run_scale
-        for part, up_rows in zip(rule.parts, torch.split(up, formats._split_sizes(rule, up, hidden), dim=0)):
-            module = part[:-len(".weight")]
-            out[f"{module}.lora_A.weight"] = down.clone()
-            out[f"{module}.lora_B.weight"] = up_rows.contiguous() * scale
-    return _check_rank(out, rank, path)
-
-
-def _check_rank(tensors: dict[str, torch.Tensor], rank: int, path: str) -> dict[str, torch.Tensor]:
-    ranks = {v.shape[0] for k, v in tensors.items() if k.endswith("lora_A.weight")}
-    if ranks != {rank}:
-        raise ExportError(f"{os.path.basename(path)} has LoRA rank {sorted(ranks)}, the run uses {rank}; set "
-                          f"lora_rank: {sorted(ranks)[0]} to continue it")
-    return tensors
+    if any(k.startswith(("transformer.", "transformer_blocks.", "single_transformer_blocks.")) for k in normalized):
+        raise ExportError(f"{os.path.basename(path)} has one adapter per split diffusers layer (q, k, v apart), which "
+                          "the official layout (one adapter per fused layer) cannot continue exactly; start a new LoRA "
+                          "or continue from a kohya / DiffSynth LoRA")
+    try:
+        return lora.kohya_to_adapter_state(_fused_lora_pairs(normalized, depth, single), rank, alpha)
+    except ValueError as error:
+        raise ExportError(f"{os.path.basename(path)}: {error}")

@@ -26,10 +26,10 @@ from e2p_core.files import atomic_write, atomic_write_text
 from e2p_core.sampling import seeded_noise
 from e2p_core.tasks import DEFAULT_SEED
 
-from . import checkpoint, export, objective
+from . import checkpoint, export, lora, objective
 from .conditioning import prepare_conditioning
 from .config import TrainConfig
-from .model import FluxVAE, KontextDenoiser, add_lora, load_lora_weights, load_transformer, load_vae, one_step_prediction
+from .model import FluxVAE, KontextDenoiser, load_transformer, load_vae, one_step_prediction
 
 log = logging.getLogger("e2p.train")
 
@@ -151,15 +151,15 @@ def build_models(config: TrainConfig, device: torch.device) -> Models:
         transformer.requires_grad_(False)
         if weight_dtype(config.mixed_precision) != torch.float32:
             transformer.to(weight_dtype(config.mixed_precision))
-        add_lora(transformer, config.lora_rank, config.lora_alpha)
-        for name, parameter in transformer.named_parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()
+        for adapter in lora.add_lora(transformer, config.lora_rank, config.lora_alpha):
+            adapter.float().requires_grad_(True)
         if config.init_lora:
             shape = transformer.config
-            load_lora_weights(transformer, export.lora_for_trainer(
-                config.init_lora, shape.num_layers, shape.num_single_layers,
-                shape.num_attention_heads * shape.attention_head_dim, config.lora_rank, config.lora_alpha))
+            try:
+                lora.load_adapter_state(transformer, export.lora_for_trainer(
+                    config.init_lora, shape.num_layers, shape.num_single_layers, config.lora_rank, config.lora_alpha))
+            except ValueError as error:
+                raise TrainingError(f"init_lora {config.init_lora}: {error}")
     else:
         transformer.requires_grad_(True)
     if config.gradient_checkpointing:
@@ -332,8 +332,7 @@ def export_weights(accelerator, denoiser, config: TrainConfig, folder: str, ema=
     path = os.path.join(folder, export_file_name(config))
     ema_decay = ema.decay if ema is not None else None
     if config.mode == "lora":
-        adapters = {k.replace(".default.", "."): v.float() for k, v in transformer_state.items()
-                    if ".lora_A." in k or ".lora_B." in k}
+        adapters = {k: v.float() for k, v in transformer_state.items() if lora.is_adapter_parameter(k)}
         return export.export_lora(adapters, path, config.task, config.time_embedding, config.lora_rank,
                                   config.lora_alpha, ema_decay)
     return export.export_full({k: v.float() for k, v in transformer_state.items()}, path, config.task,

@@ -120,40 +120,6 @@ def test_official_checkpoint_converts_exactly(tmp_path):
     assert all(torch.equal(converted[k], bfl[k]) for k in bfl)
 
 
-def merged_state_dict(state_dict, lora_scale):
-    """diffusers tensors of a peft-adapted model with the LoRA merged (W + scale * B @ A), adapters dropped."""
-    merged = {}
-    for key, value in state_dict.items():
-        if ".lora_A." in key or ".lora_B." in key:
-            continue
-        if ".base_layer." in key:
-            module = key.split(".base_layer.")[0]
-            if key.endswith(".weight"):
-                up, down = state_dict[f"{module}.lora_B.default.weight"], state_dict[f"{module}.lora_A.default.weight"]
-                value = value + lora_scale * (up @ down)
-            key = key.replace(".base_layer.", ".")
-        merged[key] = value
-    return merged
-
-
-@pytest.mark.parametrize("naming", ["kohya", "diffsynth_peft"])
-def test_official_lora_loads_exactly_onto_split_adapters(tmp_path, naming):
-    from e2p_core import formats
-    from train.export import lora_for_trainer
-    from train.model import add_lora, load_lora_weights, transformer_from_state_dict
-
-    bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=6)
-    pairs = tm.lora_pairs(bfl, rank=4, seed=7)
-    lora = tm.kohya_lora(pairs) if naming == "kohya" else tm.diffsynth_peft_lora(pairs, 1, 1, prefix="pipe.dit.")
-    path = tm.write(str(tmp_path / "official_lora.safetensors"), lora)
-    transformer, _ = transformer_from_state_dict(bfl)
-    add_lora(transformer, rank=4, alpha=8.0)
-    load_lora_weights(transformer, lora_for_trainer(path, 1, 1, 256, rank=4, alpha=8.0))
-    merged = formats.to_bfl(merged_state_dict(transformer.state_dict(), lora_scale=8.0 / 4)).state_dict
-    expected = tm.merged(bfl, pairs)
-    assert max((merged[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
-
-
 def test_command_line_trains_on_synthetic_generic_data(tmp_path):
     import yaml
 
