@@ -11,7 +11,11 @@ Touch points and the differences found:
   (right for the 12B model, wrong for smaller test models), so when detection disagrees with the tensors'
   own shape the model is built from the corrected config with the same steps. 0.33.0 requires ``txt_ids_dims``
   (filled in by its detection), renames attention norms ``.scale`` -> ``.weight`` on load, and its loader picks
-  ``CoreModelPatcher`` (the dynamic-VRAM patcher on GPUs).
+  ``CoreModelPatcher`` (the dynamic-VRAM patcher on GPUs). Both loaders copy a whole state dict into the model,
+  which would hold a checkpoint twice, so they get one-element placeholders of each weight's shape and dtype, and
+  the weights follow one tensor at a time into the parameters ComfyUI allocated (replacing the placeholders where
+  a dynamic patcher loaded with ``assign``). On CPU both versions allocate those parameters with ``torch.empty``
+  (``comfy.ops`` skips initialisation), so they take memory only as they are written.
 - LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``; same on both.
 - Patches: ``comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL`` wrappers and ModelPatcher object patches of
   ``diffusion_model.time_in`` and ``diffusion_model.process_img``. The FLUX forward calls ``time_in`` on the
