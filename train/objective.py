@@ -9,8 +9,9 @@ Released variants (options): the pixel loss alone (``consistency_only``, what ``
 in the release), the flow loss alone (``flow_only``), and the released pixel losses (``consistency="released"``:
 SILog + Sobel for depth, angle/100 weighted by w(t) for normals, unknown-region SAD + MSE + Grad for matting).
 
-Randomness is drawn per sample from (seed, epoch, sample index), so a batch split over several processes sees
-exactly what one process with the whole batch sees, and a resumed run sees what the uninterrupted run saw.
+Timesteps (and ``random`` noise) are drawn per sample from (seed, epoch, sample index), so a batch split over several
+processes sees what one process with the whole batch sees, and a resumed run sees what the uninterrupted run saw.
+The official ``fixed_seed`` noise is drawn batch-shaped from one seeded generator per process and step.
 """
 
 from __future__ import annotations
@@ -109,38 +110,48 @@ def draw_timesteps(config: ObjectiveConfig, epoch: int, indices: list[int]) -> T
                         TABLE_WEIGHTS[entries])
 
 
-def multi_resolution_noise(shape: tuple[int, ...], strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Pyramid noise (Marigold's): randn + sum_i upsample(randn at size_i) * strength^i, unit std.
+def multi_resolution_noise(shape: tuple[int, ...], strengths: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Pyramid noise [B, C, h, w] (Marigold's, as the official ``multi_res_noise_like``): randn + sum_i
+    upsample(randn at size_i) * strength^i, divided by the std of the whole batch tensor.
 
-    Sizes shrink by a random factor r_i ~ U[2, 4) raised to the level, compounding, down to 1 pixel.
+    ``strengths`` [B] is per sample. Each level draws one factor r_i ~ U[2, 4) for the whole batch (float32) and
+    shrinks the size by r_i ** i, compounding, down to 1 pixel.
     """
-    c, h, w = shape
-    noise = torch.randn(1, c, h, w, generator=generator)
+    b, c, h, w = shape
+    strength = strengths.reshape(-1, 1, 1, 1).float()
+    noise = torch.randn(b, c, h, w, generator=generator)
     height, width = h, w
     for level in range(MULTI_RES_LEVELS):
-        factor = float(torch.rand(1, generator=generator)) * 2 + 2
+        factor = torch.rand(1, generator=generator) * 2 + 2
         height, width = max(1, int(height / factor ** level)), max(1, int(width / factor ** level))
-        coarse = torch.randn(1, c, height, width, generator=generator)
+        coarse = torch.randn(b, c, height, width, generator=generator)
         noise = noise + F.interpolate(coarse, size=(h, w), mode="bilinear") * strength ** level
         if height == 1 or width == 1:
             break
-    return (noise / noise.std())[0]
+    return noise / noise.std()
 
 
 def draw_noise(config: ObjectiveConfig, shape: tuple[int, ...], epoch: int, indices: list[int],
                draw: TimestepDraw) -> torch.Tensor:
-    """Noise [B, C, h, w] per sample. ``fixed_seed`` (official): every sample and step reuses the generator seeded
-    with ``noise_seed``; ``random``: fresh per sample and epoch. Deterministic flow uses zero noise."""
+    """Noise [B, C, h, w]. ``fixed_seed`` (official): one generator seeded with ``noise_seed`` at every step draws
+    the whole batch-shaped tensor, so each sample of a batch has its own field and every step repeats them
+    (multi-resolution noise is normalised over the batch); like the official per-GPU batches, it depends on the
+    process's micro-batch size. ``random``: fresh per sample and epoch. Deterministic flow uses zero noise."""
     c, h, w = shape
+    n = len(indices)
     if config.timesteps == "deterministic":
-        return torch.zeros(len(indices), c, h, w)
+        return torch.zeros(n, c, h, w)
+    strengths = MULTI_RES_STRENGTH * draw.model_sigmas.float()
+    if config.noise == "fixed_seed":
+        generator = torch.Generator().manual_seed(config.noise_seed)
+        if config.multi_res_noise:
+            return multi_resolution_noise((n, c, h, w), strengths, generator)
+        return torch.randn(n, c, h, w, generator=generator)
     samples = []
     for position, index in enumerate(indices):
-        generator = (torch.Generator().manual_seed(config.noise_seed) if config.noise == "fixed_seed"
-                     else sample_generator(config.noise_seed, epoch, index, 2))
+        generator = sample_generator(config.noise_seed, epoch, index, 2)
         if config.multi_res_noise:
-            strength = MULTI_RES_STRENGTH * float(draw.model_sigmas[position])
-            samples.append(multi_resolution_noise((c, h, w), strength, generator))
+            samples.append(multi_resolution_noise((1, c, h, w), strengths[position:position + 1], generator)[0])
         else:
             samples.append(torch.randn(c, h, w, generator=generator))
     return torch.stack(samples)
@@ -149,6 +160,14 @@ def draw_noise(config: ObjectiveConfig, shape: tuple[int, ...], epoch: int, indi
 # ---------------------------------------------------------------------------------------------------------------
 # Flow matching
 # ---------------------------------------------------------------------------------------------------------------
+
+def flow_loss_mask(task: str, targets: dict) -> torch.Tensor:
+    """Pixels the flow loss counts [B, H, W]: the trimap's unknown region for matting (the official dataset
+    replaces the matting mask by ``trimap == 128``), the valid ground truth otherwise."""
+    if task == "matting":
+        return targets["trimap"] == 128
+    return targets["valid"]
+
 
 def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Pixel mask [B, H, W] -> [B, 1, h, w] float, nearest (as the official flow loss downsamples it)."""

@@ -230,8 +230,8 @@ def compute_loss(models: Models, denoiser, batch: dict, cond: torch.Tensor, pool
     velocity = denoiser(noisy, references, cond.expand(count, -1, -1), pooled.expand(count, -1), draw.model_sigmas)
     flow = consistency = None
     if config.uses_flow:
-        mask = None if config.task == "matting" else targets["valid"]
-        flow = objective.flow_loss_per_sample(velocity, noise - clean, mask, draw.weights.to(device)).mean()
+        flow = objective.flow_loss_per_sample(velocity, noise - clean, objective.flow_loss_mask(config.task, targets),
+                                              draw.weights.to(device)).mean()
     if config.uses_consistency:
         landing = draw.landing_sigmas.to(device)[:, None, None, None]
         estimate = noisy + (landing - 1.0) * velocity

@@ -17,7 +17,7 @@ from train.data import DataSpecError, SampleError, build_dataset, build_source, 
 from train.data import io as data_io
 from train.data.readers import VirtualKitti2Depth
 from train.data.synthetic import write_dataset
-from train.data.targets import Framing, official_trimap, sample_rng
+from train.data.targets import Framing, hint_image, official_trimap, sample_rng
 
 SIZE = (64, 48)          # width, height of the small synthetic sets: multiples of 16, so no resampling
 
@@ -124,9 +124,8 @@ def test_matting_target_hint_and_trimap(sets):
     sample = source.load(0, sample_rng(11, 0, 0))
     alpha = np.asarray(Image.open(root / alpha_path), dtype=np.float32) / 255.0
     assert torch.allclose(sample["target"], rep.encode_alpha(torch.from_numpy(alpha)).permute(2, 0, 1), atol=1e-6)
-    point_map = rep.hint_map_from_region(alpha, rep.HintScale(max(SIZE)).sigma)
-    assert point_map.max() == 1.0                                   # the official sampler found its 10 points
-    assert torch.allclose(sample["hint"], torch.from_numpy(point_map).expand(3, -1, -1) * 2 - 1, atol=1e-6)
+    assert torch.equal(sample["hint"], hint_image(alpha))            # the official hint rule: test_train_hints.py
+    assert sample["hint"].max() == 1.0                                  # the official sampler found its 10 points
     assert torch.equal(sample["trimap"][0], torch.from_numpy(official_trimap(alpha, sample_rng(11, 0, 0))))
     assert sample["valid"].all() and sample["trimap"].dtype == torch.uint8
 

@@ -1,5 +1,8 @@
 """Issue 5, criterion 4: ``accelerate launch --num_processes 2`` (CPU, gloo) trains like one process with the
-doubled batch: the same samples, timesteps and noise per global batch, gradients averaged by DDP."""
+doubled batch: the same samples, timesteps and noise per global batch, gradients averaged by DDP.
+
+The noise is ``random`` (drawn per sample): the official ``fixed_seed`` noise is drawn per process's micro-batch
+by definition, so it depends on how a global batch is split."""
 
 import os
 import subprocess
@@ -17,10 +20,12 @@ STEPS = 4
 def test_two_processes_match_one_process_with_doubled_batch(tmp_path):
     from train.train import run
 
-    single = tf.config(tmp_path, "depth", "full", batch_size=2, max_steps=STEPS, output_dir=str(tmp_path / "single"))
+    single = tf.config(tmp_path, "depth", "full", batch_size=2, max_steps=STEPS, noise="random",
+                       output_dir=str(tmp_path / "single"))
     run(single, train_dataset=tf.SyntheticScenes("depth"), collate_fn=tf.collate)
 
-    pair = tf.config(tmp_path, "depth", "full", batch_size=1, max_steps=STEPS, output_dir=str(tmp_path / "pair"))
+    pair = tf.config(tmp_path, "depth", "full", batch_size=1, max_steps=STEPS, noise="random",
+                     output_dir=str(tmp_path / "pair"))
     os.makedirs(pair.output_dir)
     config_file = os.path.join(pair.output_dir, "run.yaml")
     pair.save(config_file)

@@ -24,6 +24,7 @@ MIN_SQRT_DEPTH_SPAN = 1e-3       # the official loader flags a 2..98 percentile 
 NORMAL_VALID_LENGTH = 1e-3       # official: a normal is valid when its length (+1e-8) exceeds this
 TRIMAP_KERNEL_SIZES = (5, 15)    # official gen_trimap: ellipse kernel size in [5, 14] ...
 TRIMAP_ITERATIONS = (5, 15)      # ... and erode/dilate iterations in [5, 14]
+TRAINING_HINT_SIGMA = 20.0       # px: gen_points' default sigma, used officially at every training resolution
 
 
 @dataclass(frozen=True)
@@ -188,14 +189,17 @@ def official_trimap(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return trimap
 
 
-def hint_image(alpha: np.ndarray, long_side: int) -> torch.Tensor:
+def hint_image(alpha: np.ndarray) -> torch.Tensor:
     """Ground-truth alpha at training resolution -> the official click-hint reference image [3, H, W] in [-1, 1].
 
-    Ten points are drawn (seed 42, as in training) where alpha > 0.8 and spread as Gaussians whose sigma is the
-    official 20 px at 512 (30 px at 768), scaled to ``long_side``.
+    As the official dataset builds it: ten points (seed 42) where alpha > 0.8, the alpha read back from the
+    bfloat16 target (``alpha * 2 - 1`` stored in bf16), which moves pixels across the threshold; Gaussian blobs of
+    a fixed ``TRAINING_HINT_SIGMA`` px whatever the training resolution; the map stored in bf16 before ``* 2 - 1``.
     """
-    point_map = rep.hint_map_from_region(alpha, rep.HintScale(long_side).sigma)
-    return rep.hint_map_to_image(torch.from_numpy(point_map)).permute(2, 0, 1) * 2.0 - 1.0
+    stored = rep.encode_alpha(torch.from_numpy(np.asarray(alpha, dtype=np.float32)))[..., 0].to(torch.bfloat16)
+    point_map = rep.hint_map_from_region(((stored.float() + 1.0) / 2.0).numpy(), TRAINING_HINT_SIGMA)
+    as_stored = torch.from_numpy(point_map).to(torch.bfloat16)
+    return (as_stored * 2 - 1).float().expand(3, *point_map.shape)
 
 
 def matting_sample(name: str, rgb: np.ndarray, alpha: np.ndarray, framing: Framing,
@@ -214,7 +218,7 @@ def matting_sample(name: str, rgb: np.ndarray, alpha: np.ndarray, framing: Frami
         "target": rep.encode_alpha(alpha_t[0]).permute(2, 0, 1).contiguous(),
         "valid": torch.ones((1, framing.height, framing.width), dtype=torch.bool),
         "trimap": torch.from_numpy(trimap)[None],
-        "hint": hint_image(alpha_np, max(framing.height, framing.width)).contiguous(),
+        "hint": hint_image(alpha_np).contiguous(),
         "task": "matting",
         "name": name,
     }
