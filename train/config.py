@@ -58,6 +58,8 @@ class TrainConfig:
     weight_decay: float = 1e-2
     adam_betas: tuple = (0.9, 0.999)
     warmup_steps: int = 0
+    lr_start_factor: float = 1.0                     # the official ConstantLR: 1/3 of the rate ...
+    lr_start_steps: int = 0                          # ... for the first 5 optimiser steps
     max_grad_norm: float | None = None
     batch_size: int = 4                              # per process
     gradient_accumulation_steps: int = 1
@@ -94,6 +96,8 @@ class TrainConfig:
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "at least 1"),
             (self.lora_rank >= 1, "lora_rank", "at least 1"),
             (self.learning_rate > 0, "learning_rate", "a positive number"),
+            (0.0 < self.lr_start_factor <= 1.0, "lr_start_factor", "a factor in (0, 1] (official: 0.3333333)"),
+            (self.lr_start_steps >= 0, "lr_start_steps", "0 or more optimiser steps (official: 5)"),
             (self.epochs >= 1, "epochs", "at least 1"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "at least 1 (or leave it out)"),
             (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", "between 0 and 1 (e.g. 0.999)"),

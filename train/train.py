@@ -186,9 +186,15 @@ def build_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -
 
 
 def build_scheduler(config: TrainConfig, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Constant learning rate (official) after an optional linear warm-up."""
-    warmup = config.warmup_steps
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    """Constant learning rate (official) after an optional linear warm-up; ``lr_start_factor`` for the first
+    ``lr_start_steps`` steps reproduces the official ``ConstantLR`` (1/3 for 5 steps)."""
+    warmup, start_steps, start_factor = config.warmup_steps, config.lr_start_steps, config.lr_start_factor
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return ramp * (start_factor if step < start_steps else 1.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ---------------------------------------------------------------------------------------------------------------
