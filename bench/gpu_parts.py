@@ -97,12 +97,17 @@ def start_dynamic_vram() -> str:
     import comfy.model_patcher
     import comfy_aimdo.control
 
+    if not comfy.model_management.is_nvidia():
+        return "off (not an NVIDIA GPU)"
     headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024 ** 3)
-    if not comfy_aimdo.control.init(simple_vram_headroom=headroom, nvml_pressure=not args.disable_nvml_pressure):
-        return "off (comfy-aimdo did not load)"
-    devices = comfy.model_management.get_all_torch_devices()
-    if not comfy_aimdo.control.init_devices((d.index, int(args.vram_headroom * 1024 ** 3)) for d in devices):
-        return "off (comfy-aimdo found no usable device)"
+    try:
+        if not comfy_aimdo.control.init(simple_vram_headroom=headroom, nvml_pressure=not args.disable_nvml_pressure):
+            return "off (comfy-aimdo did not load)"
+        devices = comfy.model_management.get_all_torch_devices()
+        if not comfy_aimdo.control.init_devices((d.index, int(args.vram_headroom * 1024 ** 3)) for d in devices):
+            return "off (comfy-aimdo found no usable device)"
+    except (OSError, RuntimeError, TypeError, ValueError) as error:   # reported in the tables, the run goes on
+        return f"off (comfy-aimdo failed: {error})"
     comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
     comfy.memory_management.aimdo_enabled = True
     return "on"
