@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import importlib.metadata
 import json
 import os
@@ -87,6 +88,9 @@ def install_missing(carry: Path, site_dir: Path) -> dict:
     Without a carry folder (the tests' own environment) nothing is installed."""
     if not carry.is_dir():
         return {"installed": [], "already_present": [], "note": f"no carry folder at {carry}: packages as they are"}
+    site_dir.mkdir(parents=True, exist_ok=True)   # on the path first: a rerun finds what an earlier run installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site_dir), os.environ.get("PYTHONPATH")]))
+    sys.path.insert(0, str(site_dir))
     present, missing = [], []
     for name, version in carried_requirements():
         try:
@@ -110,9 +114,7 @@ def install_missing(carry: Path, site_dir: Path) -> dict:
         if completed.returncode != 0:
             raise SystemExit(f"pip could not install the carried wheels:\n{completed.stderr[-3000:]}")
         installed = [Path(f).name for f in files]
-    if site_dir.is_dir():
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site_dir), os.environ.get("PYTHONPATH")]))
-        sys.path.insert(0, str(site_dir))
+        importlib.invalidate_caches()
     return {"installed": installed, "already_present": present}
 
 
@@ -198,8 +200,13 @@ class Suite:
                     self.outcomes[part].status = "not run: the run's total time budget was spent"
                 return
             pending = self.run_worker(pending)
-            if pending and pending[0] != "load" and "load" in parts:
-                pending = ["load", *pending]   # a fresh process needs the model again
+            if pending and "load" in parts:
+                if not self.outcomes["load"].status.startswith("done"):
+                    for part in pending:
+                        self.outcomes[part].status = "not run: the model load did not finish"
+                    return
+                if pending[0] != "load":
+                    pending = ["load", *pending]   # a fresh process needs the model again
 
     def run_worker(self, parts: list[str]) -> list[str]:
         """One worker process over ``parts``; returns the parts it did not get to."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,8 @@ def test_missing_wheel_is_named(tmp_path, monkeypatch):
     from bench import gpu_suite
 
     (tmp_path / "wheels").mkdir()
+    monkeypatch.setattr(sys, "path", list(sys.path))          # install_missing puts its site folder on both
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     monkeypatch.setattr(gpu_suite, "carried_requirements", lambda: [("e2p-no-such-package", "1.0")])
     with pytest.raises(SystemExit, match=r"not carried in .*e2p-no-such-package==1\.0.*bench/gpu_prepare\.sh"):
         gpu_suite.install_missing(tmp_path, tmp_path / "site")
