@@ -42,12 +42,15 @@ class FusedLoRA(nn.Module):
         self.scale = alpha / rank
         self.bfl_module = bfl_module
 
+    def forward(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The update of output rows ``start:stop`` (one diffusers part of the fused layer) for input ``x``."""
+        down, up = self.down.to(x.dtype), self.up[start:stop].to(x.dtype)
+        return self.scale * nn.functional.linear(nn.functional.linear(x, down), up)
+
     def hook(self, start: int, stop: int):
+        """A forward hook for one part. It calls the adapter as a module, so ZeRO-3 gathers its parameters."""
         def add_slice(module, inputs, output):
-            x = inputs[0]
-            down = self.down.to(x.dtype)
-            up = self.up[start:stop].to(x.dtype)
-            return output + self.scale * nn.functional.linear(nn.functional.linear(x, down), up)
+            return output + self(inputs[0], start, stop)
 
         return add_slice
 
