@@ -9,6 +9,8 @@ settles (Marigold optimises all members' pairwise distances with BFGS instead). 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import representations
@@ -17,8 +19,11 @@ SEED_RANGE = 2 ** 64
 # Member k's seed = seed + k * this odd constant (mod 2^64): distinct for every k below 2^64, and member 0 is the
 # node's own seed, so ensemble_size 1 is exactly the single prediction.
 MEMBER_SEED_STRIDE = 0x9E3779B97F4A7C15
-ALIGNMENT_ITERATIONS = 50
+ALIGNMENT_ITERATIONS = 30
 ALIGNMENT_TOLERANCE = 1e-6
+# Scales and shifts are fitted on an evenly strided subset of at most about this many pixels (a 4K frame has 8M):
+# two numbers per member need far fewer, and the per-pixel median of every iteration is the costly part.
+ALIGNMENT_PIXELS = 128 * 128
 # The normals' uncertainty (mean angle to the combined direction, degrees) is shown as a MASK divided by this:
 # 1.0 = members pointing in opposite directions on average.
 ANGLE_MASK_FULL_SCALE_DEGREES = 180.0
@@ -52,13 +57,15 @@ def align_depth(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     """Align sqrt-depth members [N, H, W] to each other.
 
     Each member gets a scale and shift onto the per-pixel median of the aligned members, refitted until no scale or
-    shift moves by more than ALIGNMENT_TOLERANCE. The common frame is then fixed so that the members' mean scale is 1
-    and mean shift 0: the result lives in the range of a typical member (with identical members, exactly theirs).
+    shift moves by more than ALIGNMENT_TOLERANCE (fitted on at most about ALIGNMENT_PIXELS evenly strided pixels).
+    The common frame is then fixed so that the members' mean scale is 1 and mean shift 0: the result lives in the
+    range of a typical member (with identical members, exactly theirs).
     Returns (aligned [N, H, W], scales [N], shifts [N]) with aligned[k] = scales[k] * members[k] + shifts[k].
     """
     _check_members(members, 0)
-    count = members.shape[0]
-    values = members.double()
+    count, height, width = members.shape
+    stride = max(1, math.ceil(math.sqrt(height * width / ALIGNMENT_PIXELS)))
+    values = members[:, ::stride, ::stride].double()
     scales = torch.ones(count, dtype=torch.float64)
     shifts = torch.zeros(count, dtype=torch.float64)
     for _ in range(ALIGNMENT_ITERATIONS):
@@ -73,7 +80,7 @@ def align_depth(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
             break
     mean_scale, mean_shift = scales.mean(), shifts.mean()
     scales, shifts = scales / mean_scale, (shifts - mean_shift) / mean_scale
-    aligned = scales[:, None, None] * values + shifts[:, None, None]
+    aligned = scales[:, None, None] * members.double() + shifts[:, None, None]
     return aligned.to(members.dtype), scales, shifts
 
 

@@ -114,3 +114,12 @@ def test_bad_member_shapes_are_refused():
         ensemble.combine_normals(torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="unknown task"):
         ensemble.combine("segmentation", torch.zeros(2, 4, 4))
+
+
+def test_large_depth_members_are_aligned_on_a_pixel_subset(monkeypatch):
+    monkeypatch.setattr(ensemble, "ALIGNMENT_PIXELS", 64)
+    depth = smooth_depth(40, 50)
+    members = torch.stack([depth, 0.5 * depth + 0.2, 1.4 * depth - 0.1])
+    aligned, scales, shifts = ensemble.align_depth(members)
+    assert tm.scaled_error(aligned, aligned[0].expand_as(aligned)) < 1e-5
+    assert aligned.shape == members.shape
