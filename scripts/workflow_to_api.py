@@ -39,7 +39,7 @@ class WorkflowConversionError(ValueError):
     """The workflow cannot be turned into a prompt (unknown node, bad link, too few widget values)."""
 
 
-def _spec_type(spec) -> str:
+def spec_type(spec) -> str:
     return "COMBO" if isinstance(spec[0], list) else spec[0]
 
 
@@ -47,8 +47,8 @@ def _options(spec) -> dict:
     return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
 
 
-def _is_widget(spec) -> bool:
-    return _spec_type(spec) in WIDGET_TYPES and not _options(spec).get("forceInput")
+def is_widget(spec) -> bool:
+    return spec_type(spec) in WIDGET_TYPES and not _options(spec).get("forceInput")
 
 
 def _declared_inputs(inputs: dict, prefix: str = "") -> list[tuple[str, list, bool]]:
@@ -59,7 +59,7 @@ def _declared_inputs(inputs: dict, prefix: str = "") -> list[tuple[str, list, bo
 
 def widget_inputs(node_info: dict) -> list[tuple[str, list]]:
     """(name, spec) of a node's top-level widget inputs in the order the frontend stores their values."""
-    return [(name, spec) for name, spec, _ in _declared_inputs(node_info.get("input", {})) if _is_widget(spec)]
+    return [(name, spec) for name, spec, _ in _declared_inputs(node_info.get("input", {})) if is_widget(spec)]
 
 
 def dynamic_option_inputs(name: str, spec, chosen) -> list[tuple[str, list, bool]]:
@@ -70,11 +70,11 @@ def dynamic_option_inputs(name: str, spec, chosen) -> list[tuple[str, list, bool
     return []
 
 
-def _has_control_value(name: str, spec) -> bool:
-    return _spec_type(spec) == "INT" and (name in ("seed", "noise_seed") or bool(_options(spec).get("control_after_generate")))
+def has_control_value(name: str, spec) -> bool:
+    return spec_type(spec) == "INT" and (name in ("seed", "noise_seed") or bool(_options(spec).get("control_after_generate")))
 
 
-def _has_upload_value(spec) -> bool:
+def has_upload_value(spec) -> bool:
     return any(_options(spec).get(flag) for flag in ("image_upload", "video_upload", "audio_upload"))
 
 
@@ -83,7 +83,7 @@ def server_default(spec) -> tuple[bool, Any]:
     options = _options(spec)
     if "default" in options:
         return True, options["default"]
-    kind = _spec_type(spec)
+    kind = spec_type(spec)
     if kind == "COMBO":
         choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
         if choices:
@@ -107,7 +107,7 @@ def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
     mapped, position = {}, 0
     while pending:
         name, spec, required = pending.pop(0)
-        if not _is_widget(spec):
+        if not is_widget(spec):
             continue
         if isinstance(values, dict):
             in_file, value = name in values, values.get(name)
@@ -115,10 +115,10 @@ def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
             in_file = position < len(values)
             value = values[position] if in_file else None
             position += in_file
-            if in_file and _has_control_value(name, spec) and position < len(values) \
+            if in_file and has_control_value(name, spec) and position < len(values) \
                     and values[position] in CONTROL_VALUES:
                 position += 1
-            if in_file and _has_upload_value(spec) and position < len(values) and isinstance(values[position], str) \
+            if in_file and has_upload_value(spec) and position < len(values) and isinstance(values[position], str) \
                     and values[position] in ("image", "video", "audio", ""):
                 position += 1
         if not in_file:
@@ -134,7 +134,7 @@ def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
             logger.warning("%s: the workflow has no value for input '%s'; using this ComfyUI's default %r "
                            "(open and save the workflow in the frontend to keep it)", node_name, name, value)
         mapped[name] = value
-        if _spec_type(spec) == DYNAMIC_COMBO:
+        if spec_type(spec) == DYNAMIC_COMBO:
             pending[0:0] = dynamic_option_inputs(name, spec, value)
     return mapped
 

@@ -9,6 +9,7 @@ one-function custom node that does that derivation, so the tiny 256-wide model g
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import os
@@ -176,8 +177,9 @@ def keep_artifacts(paths: list[Path], test_name: str) -> None:
         shutil.copy2(path, folder / Path(path).name)
 
 
+@functools.cache
 def load_converter():
-    """scripts/workflow_to_api.py as a module (scripts/ is not a package)."""
+    """scripts/workflow_to_api.py as a module (scripts/ is not a package), loaded once."""
     spec = importlib.util.spec_from_file_location("workflow_to_api", REPO_ROOT / "scripts" / "workflow_to_api.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

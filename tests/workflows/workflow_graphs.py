@@ -11,7 +11,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 BYPASSED = 4  # litegraph node mode "bypass": the node is skipped and left out of the prompt
 
 HF = "https://huggingface.co"
@@ -104,41 +103,24 @@ class Graph:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _input_spec_type(spec) -> str:
-    kind = spec[0]
-    return "COMBO" if isinstance(kind, list) else kind
+def _converter():
+    """scripts/workflow_to_api.py, the one owner of how the frontend orders and defaults widgets (loaded lazily:
+    workflow_env imports this module)."""
+    import workflow_env
+
+    return workflow_env.load_converter()
 
 
 def _widget_inputs(info: dict) -> list[tuple[str, Any]]:
-    """(name, spec) of every widget input in the order the frontend creates widgets."""
-    widgets = []
-    for section in ("required", "optional"):
-        for name, spec in info["input"].get(section, {}).items():
-            if _input_spec_type(spec) in WIDGET_TYPES:
-                widgets.append((name, spec))
-    return widgets
+    return _converter().widget_inputs(info)
 
 
 def _default(spec) -> Any:
-    kind = _input_spec_type(spec)
-    options = spec[1] if len(spec) > 1 else {}
-    if "default" in options:
-        return options["default"]
-    if kind == "COMBO":
-        choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
-        return choices[0] if choices else ""
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[kind]
-
-
-def has_control_widget(name: str, spec) -> bool:
-    """The frontend adds a 'control after generate' widget after seeds and inputs that ask for one."""
-    options = spec[1] if len(spec) > 1 else {}
-    return _input_spec_type(spec) == "INT" and (name in ("seed", "noise_seed") or bool(options.get("control_after_generate")))
-
-
-def has_upload_widget(spec) -> bool:
-    options = spec[1] if len(spec) > 1 else {}
-    return any(options.get(flag) for flag in ("image_upload", "video_upload", "audio_upload"))
+    """The frontend's value for a widget the graph does not set; the type's empty value where the server gives none."""
+    found, value = _converter().server_default(spec)
+    if found:
+        return value
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False, "COMBO": ""}[_converter().spec_type(spec)]
 
 
 PACK_ID = "edit2perceive"  # the Comfy Registry id (pyproject.toml [project] name)
@@ -171,9 +153,9 @@ def widgets_values(node: Node, info: dict) -> list[Any]:
     values = []
     for name, spec in _widget_inputs(info):
         values.append(node.widgets.get(name, _default(spec)))
-        if has_control_widget(name, spec):
+        if _converter().has_control_value(name, spec):
             values.append("fixed")
-        if has_upload_widget(spec):
+        if _converter().has_upload_value(spec):
             values.append("image")
     return values
 
@@ -204,8 +186,8 @@ def to_ui(graph: Graph, object_info: dict) -> dict:
             properties["models"] = models
         for section in ("required", "optional"):
             for name, spec in info["input"].get(section, {}).items():
-                if _input_spec_type(spec) not in WIDGET_TYPES:
-                    entry["inputs"].append({"name": name, "type": _input_spec_type(spec), "link": None})
+                if not _converter().is_widget(spec):
+                    entry["inputs"].append({"name": name, "type": _converter().spec_type(spec), "link": None})
         for index, (kind, name) in enumerate(zip(info["output"], info["output_name"])):
             entry["outputs"].append({"name": name, "type": "COMBO" if isinstance(kind, list) else kind,
                                      "links": [], "slot_index": index})
