@@ -158,7 +158,10 @@ class Budget:
 
 def timed_runs(function, device: torch.device, budget: Budget, warmup: int, repeats: int) -> list[float]:
     """``warmup`` untimed then up to ``repeats`` timed calls (each gets the run index), stopping when the next one
-    would not fit the budget; returns their seconds (at least one run)."""
+    would not fit the budget; returns their seconds (none when the budget was spent before it started, so a part
+    ends with what it has instead of being ended from outside)."""
+    if not budget.allows(0):
+        return []
     for index in range(warmup):
         function(-1 - index)
     runs: list[float] = []
@@ -260,6 +263,9 @@ def part_stages(session: Session, budget: Budget) -> dict:
     peak, source = common.bf16_peak_tflops(device, args.peak_tflops)
     result["peak_tflops"], result["peak_source"] = peak, source
     for resolution in args.resolutions:
+        if not budget.allows(0):
+            result["resolutions"][str(resolution)] = {"skipped": "the part's budget was spent"}
+            continue
         image = common.test_image(resolution)
         per_run = []
         for index in range(-args.warmup, args.repeats):
@@ -285,7 +291,7 @@ def part_video(session: Session, budget: Budget) -> dict:
     runs = timed_runs(lambda index: session.predict(frames, args.video_resolution, index), session.device, budget,
                       warmup=0, repeats=2)
     return {"frames": args.video_frames, "resolution": args.video_resolution, "runs": runs,
-            "frames_per_s": args.video_frames / statistics.median(runs)}
+            "frames_per_s": args.video_frames / statistics.median(runs) if runs else None}
 
 
 def part_memory_bf16(session: Session, budget: Budget) -> dict:

@@ -47,6 +47,10 @@ def stages_tables(result: dict, weight_dtype: str) -> str:
     peak, source = result.get("peak_tflops"), result.get("peak_source")
     matmul = result["matmul"]
     for resolution, entry in result["resolutions"].items():
+        if "skipped" in entry:
+            stage_rows.append([f"{resolution}²", *(["-"] * len(STAGES)), "-", entry["skipped"]])
+            dit_rows.append([f"{resolution}²", "-", "-", "-", "-"])
+            continue
         stage_rows.append([f"{resolution}²", *(secs(entry["stages"][s]) for s in STAGES), secs(entry["total"]),
                            f"{entry['runs']} of {entry['asked']}"])
         achieved = entry["dit_tflops"]
@@ -69,7 +73,7 @@ def stages_tables(result: dict, weight_dtype: str) -> str:
 
 def video_table(result: dict) -> str:
     rows = [[result["frames"], f"{result['resolution']}²", runs_cell(result["runs"]),
-             f"{result['frames_per_s']:.2f}"]]
+             "-" if result["frames_per_s"] is None else f"{result['frames_per_s']:.2f}"]]
     return "### Video batch (one predict call, frames one at a time)\n\n" + common.markdown_table(
         ["frames", "resolution", "clip, s", "frames/s"], rows)
 
