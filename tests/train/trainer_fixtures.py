@@ -41,6 +41,9 @@ def make_conditioning(path: str, task: str, seed: int = 3) -> str:
     return path
 
 
+TRIMAP_BAND = 0.3   # half-width of the unknown band, in the scene's [-1, 1] coordinates
+
+
 def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
     return torch.meshgrid(coords, coords, indexing="ij")
@@ -85,9 +88,9 @@ class SyntheticScenes(Dataset):
         else:
             distance = torch.sqrt((y - cy) ** 2 + (x - cx) ** 2)
             alpha = torch.clamp((radius - distance) / 0.15 + 0.5, 0.0, 1.0)
-            trimap = torch.full_like(alpha, 128, dtype=torch.uint8)
-            trimap[alpha >= 0.999] = 255
-            trimap[alpha <= 0.001] = 0
+            trimap = torch.full_like(alpha, 128, dtype=torch.uint8)    # a band around the edge, as the official
+            trimap[distance < radius - TRIMAP_BAND] = 255                # erode/dilate makes it: the matting flow
+            trimap[distance > radius + TRIMAP_BAND] = 0                  # loss counts only this unknown region
             point_map = representations.hint_map_from_region(alpha.numpy(), sigma=3.0, num_points=3, seed=index)
             hint = torch.from_numpy(point_map)[None].expand(3, -1, -1) * 2 - 1
             color = torch.rand(3, 1, 1, generator=g) * 2 - 1
