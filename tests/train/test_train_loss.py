@@ -95,4 +95,4 @@ def test_bf16_mixed_precision_lora(tmp_path):
     assert len(records) == 2 and all(math.isfinite(r["loss"]) for r in records)
     adapters = load_file(result.export_path)
     assert adapters and all(v.dtype == torch.float32 for v in adapters.values())
-    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapters.items())
+    assert any(k.endswith("lora_up.weight") and v.abs().max() > 0 for k, v in adapters.items())   # kohya names
