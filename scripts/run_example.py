@@ -537,8 +537,12 @@ def use_cpu(demo: bool) -> bool:
 
     if torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         return False
-    print("No GPU found: ComfyUI runs on the CPU, where each 12B-parameter model is held in float32 (about 48 GB of "
-          "RAM per E2P loader in the workflow; the quickstart has three) and takes many minutes per image.")
+    print("No GPU found: ComfyUI runs on the CPU and holds the 12B transformer in float32 there, about 44 GiB of RAM "
+          "per distinct model (loading streams the file, so it needs only about one tensor more; "
+          "bench/results/load_memory_2026-11-28.md). The quickstart's three full checkpoints are three models "
+          "(about 133 GiB); with the Kontext base and the three task LoRAs the loaders share one model, plus about "
+          "as much again for the LoRA-patched weights of the task running (about 90 GiB). weight_dtype bf16 halves "
+          "this, fp8_e4m3fn quarters it. Each image takes many minutes.")
     return True
 
 
