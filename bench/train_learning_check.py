@@ -1,16 +1,18 @@
 """Learning check for the trainer (issue 5, criterion 3): does a short run actually learn depth?
 
 A tiny FLUX.1-Kontext-shaped model is trained with the trainer's default recipe (flow matching + curriculum
-consistency loss, LoRA off, fp32 on CPU) on the synthetic depth scenes of ``train.data.synthetic`` (generic format),
-then held-out scenes are predicted with the official single step and scored with the paper's depth metrics
-(sqrt-space prediction, least-squares scale/shift, AbsRel and delta1 from ``e2p_eval``). Printed: the trained model
-against the same model untrained and against a constant-depth prediction.
+consistency loss, fp32 on CPU; the whole transformer, or with ``--mode lora`` an official-layout LoRA) on the
+synthetic depth scenes of ``train.data.synthetic`` (generic format), then held-out scenes are predicted with the
+official single step and scored with the paper's depth metrics (sqrt-space prediction, least-squares scale/shift,
+AbsRel and delta1 from ``e2p_eval``). Printed: the trained model against the same model untrained and against a
+constant-depth prediction.
 
 The 12B FLUX ae cannot be used on a CPU, and a random tiny autoencoder cannot represent images, so a tiny
 autoencoder is first fitted (plain reconstruction, a few hundred steps) to the training images and depth targets;
 it stays frozen during the actual training, as the real VAE does.
 
     python bench/train_learning_check.py [--train-steps 300] [--work-dir /tmp/e2p_learning_check]
+    python bench/train_learning_check.py --mode lora --learning-rate 1e-3     # rank 64 / alpha 64 on the fused layers
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ def main() -> int:
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=("full", "lora"), default="full")
+    parser.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (alpha = rank, as officially)")
     args = parser.parse_args()
 
     from train import data
@@ -132,7 +136,8 @@ def main() -> int:
 
     output = work / f"run-{int(time.time())}"
     config = TrainConfig(task="depth", output_dir=str(output), base_model=str(base), conditioning=str(conditioning),
-                         mode="full", mixed_precision="no", gradient_checkpointing=False, batch_size=4,
+                         mode=args.mode, lora_rank=args.lora_rank, lora_alpha=args.lora_rank, mixed_precision="no",
+                         gradient_checkpointing=False, batch_size=4,
                          learning_rate=args.learning_rate, epochs=10_000, max_steps=args.train_steps, num_workers=0,
                          checkpoint_every=args.train_steps, validate_every=args.train_steps, log_every=50,
                          resolution=RESOLUTION, seed=args.seed, progress_bar=False)
@@ -150,6 +155,9 @@ def main() -> int:
     losses = read_jsonl(str(output / "logs" / LOSS_LOG))
 
     print()
+    print(f"mode {args.mode}" + (f" (official-layout LoRA, rank {args.lora_rank}, alpha {args.lora_rank}, "
+                                 f"{sum(p.numel() for _, p in trained.trainable)} adapter parameters)"
+                                 if args.mode == "lora" else "") + f", learning rate {args.learning_rate:g}")
     print(f"held-out synthetic depth, {before['images']} images at {RESOLUTION}x{RESOLUTION}, one-step prediction, "
           "scale/shift aligned in sqrt space")
     print(f"{'prediction':<28}{'AbsRel':>10}{'delta1':>10}")
