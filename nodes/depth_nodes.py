@@ -16,6 +16,19 @@ SPECTRAL = [(158, 1, 66), (213, 62, 79), (244, 109, 67), (253, 174, 97), (254, 2
 COLORMAPS = ["spectral", "gray"]
 
 
+def scene_distance_inputs() -> dict:
+    """The scene's nearest and farthest distances, which fix how sqrt depth decodes to metres (one definition for
+    every node that decodes it)."""
+    return {
+        "near": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10000.0, "step": 0.01,
+                           "tooltip": "Distance of the nearest visible surface in metres (sets the scale and the "
+                                      "curvature of the decoding; ~0.5 indoors)."}),
+        "far": ("FLOAT", {"default": 10.0, "min": 0.01, "max": 100000.0, "step": 0.1,
+                          "tooltip": "Distance of the farthest visible surface in metres (~10 indoors, ~80 street "
+                                     "scenes)."}),
+    }
+
+
 class SqrtDecode:
     DESCRIPTION = ("Decodes E2PDepth's sqrt-space output. disparity: inverse depth in [0, 1], near = bright (what depth "
                    "ControlNets expect). relative_depth: linear depth in [0, 1], near = dark. metric_depth: metres, "
@@ -33,12 +46,7 @@ class SqrtDecode:
         return {"required": {
             "sqrt_depth": ("IMAGE", {"tooltip": "sqrt_depth output of E2PDepth."}),
             "output": (OUTPUTS, {"default": "disparity", "tooltip": "What to turn sqrt depth into."}),
-            "near": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10000.0, "step": 0.01,
-                               "tooltip": "Distance of the nearest visible surface in metres (sets the curvature of "
-                                          "the decoding; ~0.5 indoors)."}),
-            "far": ("FLOAT", {"default": 10.0, "min": 0.01, "max": 100000.0, "step": 0.1,
-                              "tooltip": "Distance of the farthest visible surface in metres (~10 indoors, ~80 "
-                                         "street scenes)."}),
+            **scene_distance_inputs(),
             "normalization": (NORMALIZATION, {
                 "default": "per_image", "tooltip": "Range for disparity/relative_depth: each image's own, or one "
                                                    "range for the whole batch (video: avoids brightness flicker)."}),

@@ -14,6 +14,7 @@ import folder_paths
 import torch
 
 from ..e2p_core import comfy_compat, files, mesh, representations
+from .depth_nodes import scene_distance_inputs
 from .loader_nodes import CATEGORY
 
 DEPTH_KIND_TOOLTIP = ("What the depth input is. sqrt_depth: E2P Depth's output, turned into metres with near and "
@@ -63,12 +64,7 @@ class E2PDepthTo3D:
                 "image": ("IMAGE", {"tooltip": "The photo the depth was predicted from: the mesh's texture and the "
                                                "points' colours. Same size as depth."}),
                 "depth_kind": (list(mesh.DEPTH_KINDS), {"default": "sqrt_depth", "tooltip": DEPTH_KIND_TOOLTIP}),
-                "near": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10000.0, "step": 0.01,
-                                   "tooltip": "Distance of the nearest visible surface in metres (as in SqrtDecode; "
-                                              "~0.5 indoors). Sets the scale and the depth curvature."}),
-                "far": ("FLOAT", {"default": 10.0, "min": 0.01, "max": 100000.0, "step": 0.1,
-                                  "tooltip": "Distance of the farthest visible surface in metres (~10 indoors, ~80 "
-                                             "street scenes)."}),
+                **scene_distance_inputs(),
                 "fov_degrees": ("FLOAT", {"default": 60.0, "min": mesh.MIN_FOV_DEGREES, "max": mesh.MAX_FOV_DEGREES,
                                           "step": 0.5,
                                           "tooltip": "Horizontal field of view of the photo in degrees (phone main "

@@ -2,14 +2,12 @@
 
 import os
 
-import numpy as np
 import pytest
 import torch
 
 import tiny_models as tm
 from e2p_core import conditioning, representations
-from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+from e2p_core.tasks import META_TASK, TASK_PROMPTS
 
 
 class FakeFluxClip:
@@ -40,10 +38,7 @@ def installed(comfy_inprocess):
     tm.write(str(models / "edit2perceive" / "tiny_e2p.safetensors"), tm.in_layout(bfl, "diffsynth"))
     tm.write(str(models / "edit2perceive" / "tiny_normal_tagged.safetensors"), bfl, {META_TASK: "normal"})
     tm.write(str(models / "vae" / "tiny_ae.safetensors"), tm.flux_vae_state_dict())
-    for task in TASK_PROMPTS:
-        cond, pooled = tm.conditioning(seed=40 + len(task))
-        path = conditioning.cache_file(str(models / "embeddings"), task, "testencoder")
-        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    tm.cache_task_conditioning(str(models / "embeddings"), "testencoder", seed_base=40)
     return comfy_inprocess
 
 

@@ -44,10 +44,7 @@ def installed(comfy_inprocess):
     beyond_fp16["final_layer.linear.weight"][0, 0] = 1.0e5
     tm.write(str(folder / "robust_large_depth.safetensors"), beyond_fp16)
     tm.write(str(models / "vae" / "robust_ae.safetensors"), tm.flux_vae_state_dict())
-    for task in TASK_PROMPTS:
-        cond, pooled = tm.conditioning(seed=90 + len(task))
-        path = conditioning.cache_file(str(models / "embeddings"), task, "robustness")
-        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    tm.cache_task_conditioning(str(models / "embeddings"), "robustness", seed_base=90)
     return comfy_inprocess
 
 

@@ -10,9 +10,6 @@ import torch
 from PIL import Image
 
 import tiny_models as tm
-from e2p_core import conditioning
-from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 
 pytestmark = pytest.mark.server
 
@@ -29,10 +26,7 @@ def tiny_files(tmp_path_factory, comfy_inprocess):
         "edit2perceive/e2p_tiny.safetensors": tm.write(str(root / "e2p_tiny.safetensors"), tm.in_layout(bfl, "diffsynth")),
         "vae/ae_tiny.safetensors": tm.write(str(root / "ae_tiny.safetensors"), tm.flux_vae_state_dict()),
     }
-    for task in TASK_PROMPTS:
-        cond, pooled = tm.conditioning(seed=60 + len(task))
-        path = conditioning.cache_file(str(root / "embeddings"), task, "testencoder")
-        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    for path in tm.cache_task_conditioning(str(root / "embeddings"), "testencoder", seed_base=60).values():
         files[f"embeddings/edit2perceive/{path.rsplit('/', 1)[-1]}"] = path
     pixels = (np.random.default_rng(3).random((40, 56, 3)) * 255).astype(np.uint8)
     image_path = root / IMAGE_NAME

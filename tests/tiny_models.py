@@ -145,6 +145,20 @@ def conditioning(seed: int = 3, tokens: int = TEXT_TOKENS) -> tuple[torch.Tensor
     return torch.randn(1, tokens, CONTEXT_DIM, generator=g), torch.randn(1, POOLED_DIM, generator=g)
 
 
+def cache_task_conditioning(embeddings_dir: str, fingerprint: str, seed_base: int) -> dict[str, str]:
+    """Random conditioning for every task, cached where the loaders look for it (``<embeddings>/edit2perceive/``)."""
+    from e2p_core import conditioning as conditioning_cache
+    from e2p_core.conditioning_file import save_conditioning
+    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+
+    paths = {}
+    for task in TASK_PROMPTS:
+        cond, pooled = conditioning(seed=seed_base + len(task))
+        paths[task] = conditioning_cache.cache_file(str(embeddings_dir), task, fingerprint)
+        save_conditioning(paths[task], cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    return paths
+
+
 def flux_vae_state_dict(seed: int = 7) -> dict[str, torch.Tensor]:
     """Random weights for ComfyUI's FLUX VAE (4 levels, 128-256-512-512 channels, /8, 16 latent channels); needs
     ComfyUI importable. Also used by bench/ for its random models.
