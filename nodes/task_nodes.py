@@ -47,9 +47,9 @@ def _throughput_inputs(uncertainty_unit: str):
                        f"with the number. Uncertainty: {uncertainty_unit}"}),
         "frames_per_pass": ("INT", {
             "default": 1, "min": 1, "max": 64,
-            "tooltip": "Predictions (frames, and ensemble members) that share one transformer pass and one VAE decode. "
-                       "Same result as 1; more is faster on a GPU with memory to spare, and needs that many times "
-                       "the activation memory."}),
+            "tooltip": "Predictions (frames, and ensemble members) that share one transformer pass and one VAE "
+                       "encode/decode. Same result as 1; more is usually faster (fewer, fuller passes) and needs "
+                       "that many times the working memory of one image."}),
     }
 
 
