@@ -60,7 +60,10 @@ def test_memory_settings_complete(comfy_server, tiny_files, mode):
 
 
 def test_alternating_tasks_do_not_leak_memory(comfy_server, tiny_files):
-    server = comfy_server(prepare=install(*tiny_files))
+    """--cache-classic: ComfyUI 0.33.0's default RAM-pressure cache keeps every earlier prompt's outputs (here each
+    run has its own seed) until RAM runs short, which is growth by design; classic caching, 0.3.75's default, keeps
+    one result per node, so what grows is what the pack leaks."""
+    server = comfy_server(prepare=install(*tiny_files), extra_args=["--cache-classic"])
     process = psutil.Process(server._process.pid)
     tasks = ["depth", "normal"]
     for run in range(4):
