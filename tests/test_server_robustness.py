@@ -60,10 +60,14 @@ def test_memory_settings_complete(comfy_server, tiny_files, mode):
 
 
 def test_alternating_tasks_do_not_leak_memory(comfy_server, tiny_files):
-    """--cache-classic: ComfyUI 0.33.0's default RAM-pressure cache keeps every earlier prompt's outputs (here each
-    run has its own seed) until RAM runs short, which is growth by design; classic caching, 0.3.75's default, keeps
-    one result per node, so what grows is what the pack leaks."""
+    """Every run switches task, so the loader runs again each time: a model leaked per load would add 20 models.
+
+    --cache-classic: ComfyUI 0.33.0's default RAM-pressure cache keeps every earlier prompt's outputs (here each run
+    has its own seed) until RAM runs short, which is growth by design; classic caching, 0.3.75's default, keeps one
+    result per node. The bound is relative to the model: less than one leaked model every other run. Allocator noise
+    measured 3 to 76 MiB over the 20 runs (a 15.5 MiB model), so a fixed bound near it fails on another machine."""
     server = comfy_server(prepare=install(*tiny_files), extra_args=["--cache-classic"])
+    model_bytes = os.path.getsize(tiny_files[0]["edit2perceive/e2p_tiny.safetensors"])
     process = psutil.Process(server._process.pid)
     tasks = ["depth", "normal"]
     for run in range(4):
@@ -74,7 +78,8 @@ def test_alternating_tasks_do_not_leak_memory(comfy_server, tiny_files):
     grown = process.memory_info().rss - warm
     print(f"server RSS after warm-up {warm / 2**20:.0f} MiB, after 20 more alternating runs "
           f"{(warm + grown) / 2**20:.0f} MiB (growth {grown / 2**20:+.1f} MiB)")
-    assert grown < 64 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB over 20 alternating runs"
+    assert grown < 10 * model_bytes, (f"RSS grew by {grown / 2**20:.0f} MiB over 20 alternating runs, more than "
+                                      f"10 models of {model_bytes / 2**20:.1f} MiB")
 
 
 def hostile_files(tiny_files, work_dir):
