@@ -7,7 +7,6 @@ has one, so they flow into SaveGLB, Preview3D and the mesh nodes.
 
 from __future__ import annotations
 
-import json
 import os
 
 import folder_paths
@@ -16,6 +15,7 @@ import torch
 from ..e2p_core import comfy_compat, files, mesh, representations
 from .depth_nodes import scene_distance_inputs
 from .loader_nodes import CATEGORY
+from .save_nodes import workflow_metadata
 
 DEPTH_KIND_TOOLTIP = ("What the depth input is. sqrt_depth: E2P Depth's output, turned into metres with near and "
                       "far exactly as SqrtDecode's metric_depth does. metric_depth: SqrtDecode's metres (near and far "
@@ -151,14 +151,7 @@ class E2PDepthTo3D:
                     "frame": "glTF camera frame: +X right, +Y up, +Z towards the viewer; camera at the origin"}
         if depth_kind != "metric_depth":
             settings.update(near=near, far=far)
-        extras = {"edit2perceive": settings}
-        if comfy_compat.metadata_disabled():
-            return extras
-        if prompt is not None:
-            extras["prompt"] = json.dumps(prompt)
-        for key, value in (extra_pnginfo or {}).items():
-            extras[key] = json.dumps(value)
-        return extras
+        return {"edit2perceive": settings, **workflow_metadata(prompt, extra_pnginfo)}
 
     @staticmethod
     def _native(meshes: list[mesh.DepthMesh]):

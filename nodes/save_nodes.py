@@ -42,6 +42,19 @@ def _preview(data: np.ndarray) -> Image.Image:
     return Image.fromarray(np.rint(scaled * 255.0).astype(np.uint8))
 
 
+def workflow_metadata(prompt, extra_pnginfo) -> dict[str, str]:
+    """The graph, as SaveImage embeds it, so dropping the file on ComfyUI brings the workflow back (nothing under
+    --disable-metadata)."""
+    if comfy_compat.metadata_disabled():
+        return {}
+    metadata = {}
+    if prompt is not None:
+        metadata["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        metadata[key] = json.dumps(value)
+    return metadata
+
+
 class E2PSaveFloatImage:
     DESCRIPTION = ("Saves float results without 8-bit rounding: 16-bit PNG (65536 levels) or 32-bit float EXR "
                    "(exact), into ComfyUI's output folder. The value range and what the channels mean are written "
@@ -104,11 +117,11 @@ class E2PSaveFloatImage:
         output_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width,
                                                                               height)
-        workflow_metadata = self._workflow_metadata(prompt, extra_pnginfo)
+        graph_metadata = workflow_metadata(prompt, extra_pnginfo)
         saved, previews = [], []
         for index, suffix, data, channels in items:
             metadata = float_files.float_file_metadata(data, content, channels, file_format)
-            metadata.update(workflow_metadata)
+            metadata.update(graph_metadata)
             stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_{suffix}"
             path = os.path.join(folder, f"{stem}.{float_files.FILE_FORMATS[file_format]}")
             files.atomic_write_bytes(path, float_files.encode_float_file(data, file_format, metadata))
@@ -116,18 +129,6 @@ class E2PSaveFloatImage:
             saved.append(entry)
             previews.append(entry if file_format == "png16" else self._write_preview(data, stem))
         return {"ui": {"images": previews, "files": saved}}
-
-    @staticmethod
-    def _workflow_metadata(prompt, extra_pnginfo) -> dict[str, str]:
-        """The graph, as SaveImage embeds it, so dropping the file on ComfyUI brings the workflow back."""
-        if comfy_compat.metadata_disabled():
-            return {}
-        metadata = {}
-        if prompt is not None:
-            metadata["prompt"] = json.dumps(prompt)
-        for key, value in (extra_pnginfo or {}).items():
-            metadata[key] = json.dumps(value)
-        return metadata
 
     @staticmethod
     def _write_preview(data: np.ndarray, stem: str) -> dict[str, str]:
