@@ -12,8 +12,8 @@ Touch points and the differences found:
   own shape the model is built from the corrected config with the same steps. 0.33.0 requires ``txt_ids_dims``
   (filled in by its detection), renames attention norms ``.scale`` -> ``.weight`` on load, and its loader picks
   ``CoreModelPatcher`` (the dynamic-VRAM patcher on GPUs). Both loaders copy a whole state dict into the model,
-  which would hold a checkpoint twice, so they get one-element placeholders of each weight's shape and dtype, and
-  the weights follow one tensor at a time into the parameters ComfyUI allocated (replacing the placeholders where
+  which would hold a checkpoint twice, so they get one-element stand_ins of each weight's shape and dtype, and
+  the weights follow one tensor at a time into the parameters ComfyUI allocated (replacing the stand_ins where
   a dynamic patcher loaded with ``assign``). On CPU both versions allocate those parameters with ``torch.empty``
   (``comfy.ops`` skips initialisation), so they take memory only as they are written.
 - LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``; same on both.
@@ -93,7 +93,7 @@ def flux_key_renames(model_config, bfl_names) -> dict[str, str]:
     return {name: key for key, name in renamed.items()}
 
 
-def _placeholders(bfl_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _shape_stand_ins(bfl_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each weight's shape and dtype backed by a single element: what ComfyUI's loader reads to choose the
     config, dtype and patcher class. The real weights follow through :func:`fill_flux_weights`, one at a time,
     so no whole second copy of the model ever exists."""
@@ -108,7 +108,7 @@ def load_flux_stock(bfl_state_dict: dict[str, torch.Tensor], dtype: torch.dtype 
     import comfy.sd
 
     model_options = {} if dtype is None else {"dtype": dtype}
-    patcher = comfy.sd.load_diffusion_model_state_dict(_placeholders(bfl_state_dict), model_options=model_options)
+    patcher = comfy.sd.load_diffusion_model_state_dict(_shape_stand_ins(bfl_state_dict), model_options=model_options)
     if patcher is None:
         raise ComfyCompatError(f"ComfyUI {comfyui_version()} did not recognise the FLUX.1 transformer; update "
                                "ComfyUI")
@@ -123,8 +123,8 @@ def load_flux_from_config(bfl_state_dict: dict[str, torch.Tensor], unet_config: 
     import comfy.model_patcher
     import comfy.utils
 
-    placeholders = _placeholders(bfl_state_dict)
-    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, placeholders)
+    stand_ins = _shape_stand_ins(bfl_state_dict)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, stand_ins)
     if model_config is None:
         raise ComfyCompatError(f"ComfyUI {comfyui_version()} does not know the FLUX model configuration; update "
                                "ComfyUI")
@@ -132,31 +132,31 @@ def load_flux_from_config(bfl_state_dict: dict[str, torch.Tensor], unet_config: 
     offload_device = mm.unet_offload_device()
     supported = list(model_config.supported_inference_dtypes)
     if dtype is None:
-        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(placeholders),
-                              supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(placeholders))
+        dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(stand_ins),
+                              supported_dtypes=supported, weight_dtype=comfy.utils.weight_dtype(stand_ins))
     model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
-    model = model_config.get_model(placeholders, "")
+    model = model_config.get_model(stand_ins, "")
     patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
     patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
     if not mm.is_device_cpu(offload_device):
         model.to(offload_device)
     if hasattr(patcher, "is_dynamic"):
-        model.load_model_weights(placeholders, "", assign=patcher.is_dynamic())
+        model.load_model_weights(stand_ins, "", assign=patcher.is_dynamic())
     else:
-        model.load_model_weights(placeholders, "")
+        model.load_model_weights(stand_ins, "")
     return patcher
 
 
-def fill_flux_weights(patcher, bfl_weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+def fill_flux_weights(patcher, bfl_weights: Iterable[tuple[str, torch.Tensor]], renames: dict[str, str]) -> None:
     """Write (BFL name, tensor) pairs into the model built by :func:`load_flux_stock` or
     :func:`load_flux_from_config`, one tensor at a time, as ComfyUI's ``load_state_dict`` would: copied (and cast)
-    into the parameter ComfyUI allocated, or, where ComfyUI assigned the placeholder itself (dynamic patchers load
-    with ``assign``), into a new parameter of the placeholder's dtype. Nothing is kept of ``tensor``."""
+    into the parameter ComfyUI allocated, or, where ComfyUI assigned the stand-in itself (dynamic patchers load
+    with ``assign``), into a new parameter of the stand-in's dtype. ``renames``: :func:`flux_key_renames` of the
+    whole model. Nothing is kept of ``tensor``."""
     diffusion_model = patcher.model.diffusion_model
-    model_config = patcher.model.model_config
     with torch.no_grad():
         for name, tensor in bfl_weights:
-            owner_name, _, attribute = flux_key_renames(model_config, [name])[name].rpartition(".")
+            owner_name, _, attribute = renames[name].rpartition(".")
             owner = diffusion_model.get_submodule(owner_name)
             current = getattr(owner, attribute)
             if current.untyped_storage().nbytes() >= current.numel() * current.element_size():

@@ -134,7 +134,8 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
         patcher = comfy_compat.load_flux_from_config(bfl_state_dict, {**detected, "num_heads": shape.num_heads},
                                                      dtype)
     expected = comfy_compat.model_weight_keys(patcher)
-    given = set(comfy_compat.flux_key_renames(patcher.model.model_config, list(bfl_state_dict)).values())
+    renames = comfy_compat.flux_key_renames(patcher.model.model_config, list(bfl_state_dict))
+    given = set(renames.values())
     missing, unexpected = sorted(expected - given), sorted(given - expected)
     if missing or unexpected:
         raise E2PLoadError(
@@ -142,7 +143,7 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
             + (f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])}) " if missing else "")
             + (f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
             + "; the file is incomplete or of another architecture")
-    comfy_compat.fill_flux_weights(patcher, bfl_state_dict.items() if weights is None else weights)
+    comfy_compat.fill_flux_weights(patcher, bfl_state_dict.items() if weights is None else weights, renames)
     return patcher, shape
 
 
