@@ -337,7 +337,7 @@ def bench_files(work_dir: Path, shape: DitShape) -> BenchFiles:
     from safetensors.torch import save_file
 
     import tiny_models  # tests/tiny_models.py (tests/ is on sys.path once boot_comfy ran): the FLUX VAE builder
-    from e2p_core import conditioning
+    from e2p_core.comfyui import conditioning
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 
@@ -684,7 +684,7 @@ def load_line() -> str:
 
 def bare_predictor(files: BenchFiles, weight_dtype: str = "default"):
     """The bare ``e2p_core`` entry point on the benchmark files (what a Python script would call)."""
-    from e2p_core.api import E2PPredictor
+    from e2p_core.comfyui.api import E2PPredictor
 
     return E2PPredictor.from_files(TASK, str(files.checkpoint), str(files.conditioning), str(files.vae),
                                    dtype=weight_dtype)

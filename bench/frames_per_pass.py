@@ -1,4 +1,4 @@
-"""Video throughput by frames per pass: a clip through ``e2p_core.pipeline.predict_task`` (depth, 1 step) with
+"""Video throughput by frames per pass: a clip through ``e2p_core.comfyui.pipeline.predict_task`` (depth, 1 step) with
 1, 4, 8, 16 frames sharing one DiT pass and one VAE call, in frames per second.
 
 Candidates take turns (1, 4, 8, 16, 1, 4, ...) so load from other processes hits all alike; every candidate's
@@ -33,7 +33,7 @@ def measure(predictor, resolution: int, clip_frames: int, frames_per_pass: list[
     """frames_per_pass -> (clip timings, largest difference of its clip from the first candidate's, relative to the
     output's scale). A one-frame prediction first loads the model, so no candidate's time includes that. Also what
     the GPU suite can call with its own predictor."""
-    from e2p_core import pipeline
+    from e2p_core.comfyui import pipeline
 
     clip = test_clip(resolution, clip_frames)
     last: dict[int, torch.Tensor] = {}

@@ -135,15 +135,15 @@ def random_weights(shape: common.DitShape, device: torch.device) -> RandomWeight
 def predictor_from_weights(weights: RandomWeights, weight_dtype: str = "default"):
     """The bare ``e2p_core`` predictor on in-memory tensors: the loader's FLUX build and patches, as
     ``load_e2p_checkpoint`` does for a file, without the file."""
-    from e2p_core import comfy_compat
-    from e2p_core.api import E2PPredictor
-    from e2p_core.loader import E2PModel, build_flux_patcher
-    from e2p_core.patches import apply_e2p_patches
+    from e2p_core.comfyui import compat
+    from e2p_core.comfyui.api import E2PPredictor
+    from e2p_core.comfyui.loader import E2PModel, build_flux_patcher
+    from e2p_core.comfyui.patches import apply_e2p_patches
     from e2p_core.tasks import TIME_EMBEDDING_OFFICIAL
 
     patcher, _ = build_flux_patcher(weights.dit, weight_dtype)
     model = E2PModel(apply_e2p_patches(patcher, TIME_EMBEDDING_OFFICIAL), common.TASK, TIME_EMBEDDING_OFFICIAL)
-    return E2PPredictor(common.TASK, model, comfy_compat.load_vae(weights.vae), weights.cond, weights.pooled)
+    return E2PPredictor(common.TASK, model, compat.load_vae(weights.vae), weights.cond, weights.pooled)
 
 
 class Budget:

@@ -135,7 +135,7 @@ def boot(code_root: Path):
     import comfy.lora  # noqa: F401
     import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401
-    from e2p_core import loader
+    from e2p_core.comfyui import loader
 
     if not Path(loader.__file__).resolve().is_relative_to(code_root.resolve()):
         raise RuntimeError(f"e2p_core came from {loader.__file__}, not from {code_root}")
@@ -173,7 +173,7 @@ def measure_loras(args) -> dict:
             result["rss_after"].append(settled_rss())
     result["rss_peak_load"] = sampler.peak
     result["distinct_models"] = len({id(e2p.patcher.model) for e2p in models})
-    from e2p_core import sampling
+    from e2p_core.comfyui import sampling
 
     generator = torch.Generator().manual_seed(0)
     reference = torch.randn(1, 16, 16, 16, generator=generator)

@@ -1,7 +1,7 @@
 """Per-stage time of one E2PDepth prediction: pre-processing, VAE encode, DiT, VAE decode, post-processing, for
 each ComfyUI attention backend asked for (``default`` = what ComfyUI selected at import for this device).
 
-The stages are the ones ``e2p_core.pipeline.predict_task`` runs for one image, called one by one on the same loaded
+The stages are the ones ``e2p_core.comfyui.pipeline.predict_task`` runs for one image, called one by one on the same loaded
 model and VAE. The DiT row also gives the pass's matmul FLOPs (from the shapes) and the throughput achieved; with a
 known peak (CUDA data sheet or --peak-tflops) the ratio to the dense bf16 peak. Run from the repository root:
 
@@ -26,10 +26,11 @@ STAGES = ["pre-processing", "VAE encode", "DiT (1 step)", "VAE decode", "post-pr
 
 def stage_functions(predictor, image: torch.Tensor, resolution: int, seed: int) -> list:
     """The pipeline for one image as a list of callables, each taking the previous stage's result."""
-    from e2p_core import comfy_compat, imaging, pipeline, representations
+    from e2p_core import imaging, representations
+    from e2p_core.comfyui import compat, pipeline
 
     canvas = imaging.plan_canvas(image.shape[1], image.shape[2], resolution, "aspect")
-    decoder = comfy_compat.raw_vae_decoder(predictor.vae)
+    decoder = compat.raw_vae_decoder(predictor.vae)
 
     def pre(_):
         return imaging.to_canvas(image[..., :3].float().clamp(0.0, 1.0), canvas)

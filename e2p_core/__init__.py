@@ -1,5 +1,8 @@
-"""Edit2Perceive core: task representations and file formats (torch only), and inference on top of ComfyUI.
+"""Edit2Perceive core in two layers.
 
-Modules that import ComfyUI (loader, patches, sampling, conditioning, pipeline, api) do so lazily, so the trainer
-and the evaluation can import the representation modules without a ComfyUI installation.
+- ``e2p_core`` itself (tasks, schedule, flow, representations, hints, imaging, ensemble, formats, files,
+  conditioning_file, float_files, mesh) is torch-only: the trainer, the evaluation and the nodes all build on it.
+- ``e2p_core.comfyui`` runs inference on top of ComfyUI (loader, patches, sampling, pipeline, conditioning, api);
+  its ``compat`` module is the one place that touches ComfyUI internals. Only the nodes, this layer and the
+  evaluation's predictor import it.
 """

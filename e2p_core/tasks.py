@@ -24,7 +24,7 @@ REPRESENTATIONS = {
     "matting": "alpha",            # alpha in [-1, 1], 3 equal channels
 }
 
-# Time-embedding variants a checkpoint can expect (see e2p_core/patches.py).
+# Time-embedding variants a checkpoint can expect (see e2p_core/comfyui/patches.py).
 TIME_EMBEDDING_OFFICIAL = "bf16_frequencies"   # what the released checkpoints were trained with
 TIME_EMBEDDING_STOCK = "fp32_frequencies"      # BFL / ComfyUI / diffusers
 

@@ -159,7 +159,7 @@ def predictor_resize_mode(settings: PredictionSettings) -> str:
 def ground_truth_clicks(dataset: EvalDataset, sample, input_height: int, input_width: int):
     """"gt-clicks": the 10 official sample points (alpha > 0.8, seed 42) given to the nodes' hint path as clicks,
     in the coordinates of the model input (the nodes then mark discs around them and sample within)."""
-    from e2p_core.pipeline import MattingHints
+    from e2p_core.comfyui.pipeline import MattingHints
 
     alpha = dataset.read_target(sample).alpha
     points_yx = representations.sample_hint_points(alpha)
@@ -188,7 +188,8 @@ def predict_official_matting(predictor, images: torch.Tensor, point_map: torch.T
     """Matting conditioned as the official evaluation conditions it: the RGB alone ("none": no second reference
     image at all, not even an empty point map) or the RGB plus a given point map. Uses the predictor's VAE and
     latent-level prediction, since the nodes' path always adds a point image."""
-    from e2p_core import comfy_compat, imaging, pipeline
+    from e2p_core import imaging
+    from e2p_core.comfyui import compat, pipeline
 
     canvas = imaging.plan_canvas(images.shape[1], images.shape[2], settings.processing_resolution, "reference")
     with torch.inference_mode():
@@ -197,7 +198,7 @@ def predict_official_matting(predictor, images: torch.Tensor, point_map: torch.T
             on_canvas = imaging.to_canvas(point_map[None, :, :, None].float(), canvas)[..., 0]
             references.append(predictor.vae.encode(representations.hint_map_to_image(on_canvas)))
         latent = predictor.predict_latent(references, steps=settings.steps, seed=settings.seed)
-        decoded = comfy_compat.raw_vae_decoder(predictor.vae).decode(latent).float()[..., :3]
+        decoded = compat.raw_vae_decoder(predictor.vae).decode(latent).float()[..., :3]
         alpha = representations.decode_alpha(decoded)[..., None]
         return imaging.from_canvas(alpha, canvas)[..., 0].clamp(0.0, 1.0)
 
@@ -291,7 +292,7 @@ def check_conditioning_task(path: str, task: str) -> None:
 
 def load_predictor(settings: PredictionSettings):
     """The real E2PPredictor for these settings (ComfyUI must be importable, see :func:`ensure_comfyui`)."""
-    from e2p_core.api import E2PPredictor
+    from e2p_core.comfyui.api import E2PPredictor
 
     missing = [flag for flag, value in (("--vae", settings.vae), ("--conditioning", settings.conditioning))
                if not value]

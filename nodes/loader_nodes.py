@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..e2p_core import conditioning, loader
+from ..e2p_core.comfyui import conditioning, loader
 from ..e2p_core.tasks import TASK_AUTO, TASK_PROMPTS
 from . import model_paths
 

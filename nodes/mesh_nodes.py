@@ -12,7 +12,8 @@ import os
 import folder_paths
 import torch
 
-from ..e2p_core import comfy_compat, files, mesh, representations
+from ..e2p_core import files, mesh, representations
+from ..e2p_core.comfyui import compat
 from .depth_nodes import scene_distance_inputs
 from .loader_nodes import CATEGORY
 from .save_nodes import workflow_metadata
@@ -47,13 +48,13 @@ class E2PDepthTo3D:
     CATEGORY = CATEGORY
     FUNCTION = "build"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "STRING") + (("MESH",) if comfy_compat.has_native_mesh() else ())
-    RETURN_NAMES = ("glb_path", "ply_path") + (("mesh",) if comfy_compat.has_native_mesh() else ())
+    RETURN_TYPES = ("STRING", "STRING") + (("MESH",) if compat.has_native_mesh() else ())
+    RETURN_NAMES = ("glb_path", "ply_path") + (("mesh",) if compat.has_native_mesh() else ())
     OUTPUT_TOOLTIPS = (
         "The first image's GLB, relative to the output folder: connect to Preview 3D's model_file.",
         "The first image's PLY point cloud, relative to the output folder.",
     ) + (("ComfyUI's MESH, one per image (texture, UVs and normals where this ComfyUI's MESH holds them), for "
-          "SaveGLB, Preview 3D and the mesh nodes.",) if comfy_compat.has_native_mesh() else ())
+          "SaveGLB, Preview 3D and the mesh nodes.",) if compat.has_native_mesh() else ())
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -140,7 +141,7 @@ class E2PDepthTo3D:
             ply_paths.append(ply_relative)
             entries.append(glb_entry)
         result = (glb_paths[0], ply_paths[0])
-        if comfy_compat.has_native_mesh():
+        if compat.has_native_mesh():
             result += (self._native(meshes),)
         return {"ui": {"3d": entries}, "result": result}
 
@@ -161,5 +162,5 @@ class E2PDepthTo3D:
             return [torch.from_numpy(getattr(item, name).astype(dtype)) for item in meshes]
 
         texture = torch.stack([torch.from_numpy(item.texture).float() / 255.0 for item in meshes])
-        return comfy_compat.native_mesh(tensors("vertices"), tensors("faces", "int64"), uvs=tensors("uvs"),
+        return compat.native_mesh(tensors("vertices"), tensors("faces", "int64"), uvs=tensors("uvs"),
                                         normals=tensors("normals"), texture=texture)

@@ -16,7 +16,8 @@ from PIL import Image
 
 import folder_paths
 
-from ..e2p_core import comfy_compat, files, float_files
+from ..e2p_core import files, float_files
+from ..e2p_core.comfyui import compat
 from .loader_nodes import CATEGORY
 
 FILE_FORMATS = list(float_files.FILE_FORMATS)
@@ -45,7 +46,7 @@ def _preview(data: np.ndarray) -> Image.Image:
 def workflow_metadata(prompt, extra_pnginfo) -> dict[str, str]:
     """The graph, as SaveImage embeds it, so dropping the file on ComfyUI brings the workflow back (nothing under
     --disable-metadata)."""
-    if comfy_compat.metadata_disabled():
+    if compat.metadata_disabled():
         return {}
     metadata = {}
     if prompt is not None:

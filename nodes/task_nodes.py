@@ -1,10 +1,11 @@
-"""The three prediction nodes. Thin: inputs are checked, e2p_core.pipeline does the work."""
+"""The three prediction nodes. Thin: inputs are checked, e2p_core.comfyui.pipeline does the work."""
 
 from __future__ import annotations
 
 import torch
 
-from ..e2p_core import comfy_compat, ensemble, imaging, pipeline, representations
+from ..e2p_core import ensemble, imaging, representations
+from ..e2p_core.comfyui import compat, pipeline
 from ..e2p_core.tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
 from .loader_nodes import CATEGORY, E2P_MODEL
 
@@ -62,7 +63,7 @@ def _check_task(e2p_model, task: str) -> None:
 def _run(e2p_model, vae, image, task, processing_resolution, resize_mode, steps, seed, ensemble_size,
          frames_per_pass, hints=None, num_points=10):
     _check_task(e2p_model, task)
-    progress = comfy_compat.progress_bar(image.shape[0] * ensemble_size)
+    progress = compat.progress_bar(image.shape[0] * ensemble_size)
     result = pipeline.predict_task(e2p_model.patcher, vae, e2p_model.cond, e2p_model.pooled, image, task,
                                    processing_resolution, resize_mode, steps, seed, hints, num_points,
                                    on_progress=progress.update, frames_per_pass=frames_per_pass,

@@ -76,7 +76,7 @@ FILE_INPUT_FOLDERS = {
 PREFERRED_FOLDER = {"flux1-kontext-dev.safetensors": "diffusion_models"}
 NO_FILE = "none"
 # The quickstart's loaders name the three full checkpoints. The same tasks run from one FLUX.1 Kontext base plus the
-# three task LoRAs, whose loaders then share the base's weights in memory (e2p_core.loader.shared_base_model).
+# three task LoRAs, whose loaders then share the base's weights in memory (e2p_core.comfyui.loader.shared_base_model).
 KONTEXT_BASE = "flux1-kontext-dev.safetensors"
 LORA_OF_CHECKPOINT = {"depth.safetensors": "depth_lora.safetensors", "normal.safetensors": "normal_lora.safetensors",
                       "matting.safetensors": "matting_lora.safetensors"}
@@ -323,7 +323,7 @@ def tasks_without_cached_conditioning(prompt: dict, models_dir: Path) -> list[st
 
     Only the base folder's models/embeddings counts: that is where the nodes read and write the cache."""
     _importable(REPO_ROOT)
-    from e2p_core.conditioning import cached_files
+    from e2p_core.comfyui.conditioning import cached_files
 
     tasks = sorted({node["inputs"]["task"] for node in prompt.values()
                     if node["class_type"] in E2P_LOADERS and isinstance(node["inputs"].get("task"), str)})
@@ -458,7 +458,7 @@ def write_demo_weights(prompt: dict, models_dir: Path, comfyui_dir: Path) -> lis
 
 def _write_demo_files(prompt: dict, models_dir: Path) -> list[Path]:
     import tiny_models
-    from e2p_core import conditioning
+    from e2p_core.comfyui import conditioning
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 

@@ -1,4 +1,4 @@
-"""The ComfyUI touch points of e2p_core.comfy_compat, on whichever supported ComfyUI version the suite runs on."""
+"""The ComfyUI touch points of e2p_core.comfyui.compat, on whichever supported ComfyUI version the suite runs on."""
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ def checkpoint(tmp_path_factory):
 
 def test_model_gets_the_patcher_class_comfyui_loaders_use(checkpoint):
     import comfy.model_patcher
-    from e2p_core import loader
+    from e2p_core.comfyui import loader
 
     stock_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
     assert type(loader.load_e2p_checkpoint(checkpoint, "fp32").patcher) is stock_class
@@ -25,11 +25,12 @@ def test_stock_loader_is_used_where_detection_describes_the_model(checkpoint, mo
     """Where ComfyUI's detector gets the head count right (current versions: heads from the hidden size), the model
     comes from comfy.sd.load_diffusion_model_state_dict itself; elsewhere from the corrected config."""
     import comfy.sd
-    from e2p_core import comfy_compat, formats, loader
+    from e2p_core import formats
+    from e2p_core.comfyui import compat, loader
     from e2p_core.files import read_safetensors
 
     tensors, _ = read_safetensors(checkpoint)
-    detected = comfy_compat.detect_flux_config(tensors)
+    detected = compat.detect_flux_config(tensors)
     stock_calls = []
     original = comfy.sd.load_diffusion_model_state_dict
     monkeypatch.setattr(comfy.sd, "load_diffusion_model_state_dict",
@@ -41,7 +42,7 @@ def test_stock_loader_is_used_where_detection_describes_the_model(checkpoint, mo
 def test_key_check_compares_after_comfyui_renames(tmp_path):
     """0.33.0 renames attention norms .scale -> .weight on load: a complete file passes, and a missing norm is
     reported under the name ComfyUI loads it as."""
-    from e2p_core import loader
+    from e2p_core.comfyui import loader
 
     weights = tm.bfl_state_dict(seed=32)
     del weights["double_blocks.0.txt_attn.norm.key_norm.scale"]
@@ -54,7 +55,7 @@ def test_key_check_compares_after_comfyui_renames(tmp_path):
 def test_reference_method_is_explicit_not_the_model_default(checkpoint):
     """Both matting references sit at RoPE index 1 with no offset because the pack asks for it, not because the
     model's default method happens to be 'offset'."""
-    from e2p_core import loader, sampling
+    from e2p_core.comfyui import loader, sampling
 
     generator = torch.Generator().manual_seed(3)
     references = [torch.randn(1, 16, 8, 8, generator=generator) for _ in range(2)]
@@ -75,12 +76,12 @@ def test_reference_method_is_explicit_not_the_model_default(checkpoint):
 def test_raw_vae_decode_keeps_values_outside_the_image_range():
     """The raw decoder returns the model's [-1, 1]-scaled output unclamped; ComfyUI's decode is its clamped
     (x + 1) / 2 (0.3.75 returns it, 0.33.0 applies it in place)."""
-    from e2p_core import comfy_compat
+    from e2p_core.comfyui import compat
 
-    vae = comfy_compat.load_vae(tm.flux_vae_state_dict())
+    vae = compat.load_vae(tm.flux_vae_state_dict())
     latent = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(4)) * 4
     with torch.inference_mode():
-        raw = comfy_compat.raw_vae_decoder(vae).decode(latent).float()
+        raw = compat.raw_vae_decoder(vae).decode(latent).float()
         stock = vae.decode(latent).float()
     assert raw.min() < -1.0 or raw.max() > 1.0, "pick a latent whose decode leaves [-1, 1]"
     assert tm.scaled_error(((raw + 1) / 2).clamp(0, 1), stock) <= tm.RELATIVE_TOLERANCE

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import tiny_models as tm
-from e2p_core import comfy_compat, ensemble, imaging, pipeline, representations, sampling
+from e2p_core import ensemble, imaging, representations
+from e2p_core.comfyui import compat, pipeline, sampling
 from test_nodes import image_batch, installed, load, task_inputs, vae  # noqa: F401  (fixtures)
 
 CLIP = 5
@@ -54,7 +55,7 @@ def hand_single_step(e2p, vae, image):
     with torch.inference_mode():
         latent = sampling.predict_latent(e2p.patcher, [vae.encode(imaging.to_canvas(image.clamp(0, 1), canvas))],
                                          e2p.cond, e2p.pooled, seed=42)
-        decoded = comfy_compat.raw_vae_decoder(vae).decode(latent).float()[..., :3]
+        decoded = compat.raw_vae_decoder(vae).decode(latent).float()[..., :3]
     return imaging.from_canvas(representations.decode_depth(decoded)[..., None], canvas)[..., 0].clamp(0, 1)
 
 
@@ -138,7 +139,7 @@ def test_interrupt_and_progress_act_between_passes(installed, vae, monkeypatch):
         if len(checks) == 3:
             raise Interrupted
 
-    monkeypatch.setattr(comfy_compat, "throw_if_interrupted", interrupt_on_third_pass)
+    monkeypatch.setattr(compat, "throw_if_interrupted", interrupt_on_third_pass)
     with pytest.raises(Interrupted):
         run(e2p, vae, image_batch(CLIP, 48, 64), "depth", frames_per_pass=2, on_progress=updates.append)
     assert checks == [0, 1, 2] and updates == [2, 2]
@@ -156,9 +157,9 @@ def test_node_progress_counts_every_prediction(installed, vae, monkeypatch):
         def update(self, count):
             self.updates.append(count)
 
-    # ComfyUI loads the pack under its own module name: patch the comfy_compat the node module uses
+    # ComfyUI loads the pack under its own module name: patch the compat the node module uses
     node_module = sys.modules[installed.node_class_mappings["E2PDepth"].__module__]
-    monkeypatch.setattr(node_module.comfy_compat, "progress_bar", Bar)
+    monkeypatch.setattr(node_module.compat, "progress_bar", Bar)
     installed.run_node("E2PDepth", **task_inputs(e2p, vae, image_batch(3)), ensemble_size=2, frames_per_pass=4)
     assert [(bar.total, bar.updates) for bar in bars] == [(6, [4, 2])]
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import tiny_models as tm
-from e2p_core import files, formats, imaging, loader
+from e2p_core import files, formats, imaging
+from e2p_core.comfyui import loader
 
 pytestmark = pytest.mark.usefixtures("comfy_inprocess")
 
@@ -93,7 +94,7 @@ def test_checkpoint_given_as_lora_is_explained(tmp_path, good_file):
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory, good_file):
-    from e2p_core import api
+    from e2p_core.comfyui import api
     from e2p_core.conditioning_file import save_conditioning
 
     folder = tmp_path_factory.mktemp("predictor")
@@ -136,7 +137,7 @@ def test_novram_partial_loading_matches_full_load(tmp_path, monkeypatch):
     same prediction. On a CPU-only machine ComfyUI refuses --novram together with --cpu, so the test switches its
     memory state in-process: the load device is treated as a GPU with NO_VRAM."""
     import comfy.model_management as mm
-    from e2p_core import sampling
+    from e2p_core.comfyui import sampling
 
     bfl = tm.bfl_state_dict(seed=73)
     pairs = tm.lora_pairs(bfl, seed=74)

@@ -30,7 +30,7 @@ def inputs():
 
 
 def predict(path, inputs, lora=None, references=1, steps=1, time_embedding="auto", dtype="fp32"):
-    from e2p_core import loader, sampling
+    from e2p_core.comfyui import loader, sampling
 
     image_ref, hint_ref, cond, pooled = inputs
     e2p = loader.load_e2p_checkpoint(str(path), dtype, str(lora) if lora else None, 1.0, time_embedding)
@@ -81,7 +81,7 @@ def test_lora_on_base_equals_merged_weights(tmp_path, weights, inputs, merged_re
 
 
 def test_lora_report_counts_modules(tmp_path, weights):
-    from e2p_core import loader
+    from e2p_core.comfyui import loader
 
     bfl, pairs = weights
     base = tm.write(str(tmp_path / "kontext.safetensors"), bfl)
@@ -128,7 +128,7 @@ def stock_embedding(sigma: float) -> torch.Tensor:
 
 def hand_velocity(bfl, x_model, refs_raw, cond, pooled, sigma, embedding):
     """FLUX velocity with tokens and positions laid out by hand: target ids (0, r, c), every reference (1, r, c)."""
-    from e2p_core import loader
+    from e2p_core.comfyui import loader
 
     patcher, _ = loader.build_flux_patcher(dict(bfl), "fp32")
     model = patcher.model
@@ -157,7 +157,8 @@ def to_raw(model_space):
 
 @pytest.mark.parametrize("references", [1, 2])
 def test_one_step_equals_hand_written_official_step(tmp_path, weights, inputs, references):
-    from e2p_core import sampling, schedule
+    from e2p_core import schedule
+    from e2p_core.comfyui import sampling
 
     bfl = weights[0]
     image_ref, hint_ref, cond, pooled = inputs
@@ -173,7 +174,8 @@ def test_one_step_equals_hand_written_official_step(tmp_path, weights, inputs, r
 
 
 def test_stock_time_embedding_switch(tmp_path, weights, inputs):
-    from e2p_core import sampling, schedule
+    from e2p_core import schedule
+    from e2p_core.comfyui import sampling
 
     bfl = weights[0]
     image_ref, _, cond, pooled = inputs
@@ -189,7 +191,7 @@ def test_stock_time_embedding_switch(tmp_path, weights, inputs):
 
 def test_official_embedding_is_bf16_rounded_and_differs_from_stock():
     import comfy.ldm.flux.layers
-    from e2p_core import patches
+    from e2p_core.comfyui import patches
 
     official = patches.official_time_embedding(torch.tensor([1.0]))
     assert torch.allclose(official, independent_official_embedding(1.0), atol=1e-6)
@@ -200,7 +202,7 @@ def test_official_embedding_is_bf16_rounded_and_differs_from_stock():
 
 
 def test_n_step_mode_follows_the_official_sigma_list(tmp_path, weights, inputs):
-    from e2p_core import sampling
+    from e2p_core.comfyui import sampling
 
     bfl = weights[0]
     image_ref, _, cond, pooled = inputs
@@ -220,7 +222,7 @@ def test_cpu_fallback_attention_is_replaced_by_sdpa_unless_a_flag_chose_it(tmp_p
     both compute the same attention, so the prediction is unchanged within float tolerance."""
     from comfy.cli_args import args
     from comfy.ldm.modules import attention
-    from e2p_core import loader, patches
+    from e2p_core.comfyui import loader, patches
 
     if attention.optimized_attention is not attention.attention_sub_quad:
         pytest.skip("ComfyUI did not fall back to sub-quadratic attention in this environment")
@@ -231,7 +233,7 @@ def test_cpu_fallback_attention_is_replaced_by_sdpa_unless_a_flag_chose_it(tmp_p
     stock = patched.clone()
     stock.model_options["transformer_options"].pop("optimized_attention_override")
     image_ref, _, cond, pooled = inputs
-    from e2p_core import sampling
+    from e2p_core.comfyui import sampling
 
     with torch.inference_mode():
         reference = sampling.predict_latent(stock, [image_ref], cond, pooled, seed=42, steps=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tiny_models as tm
-from e2p_core import comfy_compat, loader, sampling
+from e2p_core.comfyui import compat, loader, sampling
 
 pytestmark = pytest.mark.usefixtures("comfy_inprocess")
 
@@ -58,7 +58,7 @@ def test_checkpoint_is_streamed_one_tensor_at_a_time(tmp_path, monkeypatch, layo
     assert max(mapped_while_reading) == 1, "a tensor's mapping stayed open while the next one was read"
     assert mappings_of(path) == 0, "the loaded model still refers to the file"
     weights = e2p.patcher.model.diffusion_model.state_dict()
-    model_keys = comfy_compat.flux_key_renames(e2p.patcher.model.model_config, list(bfl))
+    model_keys = compat.flux_key_renames(e2p.patcher.model.model_config, list(bfl))
     for name, tensor in bfl.items():
         assert torch.equal(weights[model_keys[name]], tensor), name
 

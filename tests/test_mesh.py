@@ -13,7 +13,8 @@ import pytest
 import torch
 import trimesh
 
-from e2p_core import comfy_compat, mesh, representations
+from e2p_core import mesh, representations
+from e2p_core.comfyui import compat
 from train.data.synthetic import Camera, Plane, Scene, Sphere
 
 WIDTH, HEIGHT, FOV = 128, 96, 60.0
@@ -286,7 +287,7 @@ def test_node_writes_glb_and_ply_and_outputs_comfy_mesh(comfy_inprocess, scene):
     normal_error = np.abs(geometry.vertex_normals - scene["normals"][pixels[:, 0], pixels[:, 1]]).max()
     assert normal_error < 1e-5, "E2P-convention normal colours come back as glTF-frame normals"
 
-    fields = comfy_compat.native_mesh_fields()
+    fields = compat.native_mesh_fields()
     assert (len(outputs) == 3) == (fields is not None)
     if fields is not None:
         native = outputs[2]
@@ -298,8 +299,8 @@ def test_node_writes_glb_and_ply_and_outputs_comfy_mesh(comfy_inprocess, scene):
 
 
 def test_comfy_mesh_flows_into_core_save_glb(comfy_inprocess, scene):
-    if comfy_compat.native_mesh_fields() is None:
-        pytest.skip(f"ComfyUI {comfy_compat.comfyui_version()} has no MESH type")
+    if compat.native_mesh_fields() is None:
+        pytest.skip(f"ComfyUI {compat.comfyui_version()} has no MESH type")
     inputs = node_inputs(scene, stride=4)
     inputs["depth"] = torch.cat([inputs["depth"], inputs["depth"].flip(2)])
     inputs["image"] = torch.cat([inputs["image"], inputs["image"].flip(2)])
@@ -316,7 +317,7 @@ def test_comfy_mesh_flows_into_core_save_glb(comfy_inprocess, scene):
         used = np.unique(core.faces)
         assert np.array_equal(core.vertices[used], own.vertices[np.unique(own.faces)])
         assert len(np.unique(core.faces[np.ptp(core.faces, axis=1) > 0], axis=0)) == len(own.faces)
-        if "texture" in comfy_compat.native_mesh_fields():   # 0.33.0: texture and UVs travel with the MESH
+        if "texture" in compat.native_mesh_fields():   # 0.33.0: texture and UVs travel with the MESH
             texture = np.asarray(core.visual.material.baseColorTexture.convert("RGB"))
             assert np.array_equal(texture, np.asarray(own.visual.material.baseColorTexture.convert("RGB")))
             assert np.allclose(core.visual.uv[used], own.visual.uv[np.unique(own.faces)])
@@ -324,7 +325,7 @@ def test_comfy_mesh_flows_into_core_save_glb(comfy_inprocess, scene):
 
 def test_comfy_mesh_flows_into_core_decimate_mesh(comfy_inprocess, scene):
     if "DecimateMesh" not in comfy_inprocess.node_class_mappings:
-        pytest.skip(f"ComfyUI {comfy_compat.comfyui_version()} has no DecimateMesh node")
+        pytest.skip(f"ComfyUI {compat.comfyui_version()} has no DecimateMesh node")
     *_, native = comfy_inprocess.run_node("E2PDepthTo3D", **node_inputs(scene, stride=4))
     (decimated,) = comfy_inprocess.run_node("DecimateMesh", mesh=native, target_face_count=300,
                                             placement_mode={"placement_mode": "midpoint"})

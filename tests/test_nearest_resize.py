@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from e2p_core import imaging, representations
-from e2p_core.pipeline import MattingHints, hint_map_on_canvas
+from e2p_core.comfyui.pipeline import MattingHints, hint_map_on_canvas
 
 
 def pillow_indices(source: int, target: int, axis: int) -> np.ndarray:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import tiny_models as tm
-from e2p_core import conditioning, representations
+from e2p_core import representations
+from e2p_core.comfyui import conditioning
 from e2p_core.tasks import META_TASK, TASK_PROMPTS
 
 
@@ -182,7 +183,7 @@ def test_task_mismatches_are_refused(installed, vae):
 def test_missing_conditioning_names_the_fix(installed, tmp_path, monkeypatch):
     paths = installed.pack_module.nodes.model_paths
     monkeypatch.setattr(paths, "conditioning_cache_folder", lambda: str(tmp_path))
-    with pytest.raises(installed.pack_module.e2p_core.conditioning.ConditioningUnavailable, match="DualCLIPLoader"):
+    with pytest.raises(installed.pack_module.e2p_core.comfyui.conditioning.ConditioningUnavailable, match="DualCLIPLoader"):
         load(installed, "depth")
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import tiny_models as tm
-from e2p_core import conditioning, tasks
+from e2p_core import tasks
+from e2p_core.comfyui import conditioning
 from e2p_core.conditioning_file import save_conditioning
 from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 
@@ -97,7 +98,7 @@ def test_task_that_the_files_contradict_or_do_not_state_is_refused(installed, va
         load(installed, "robust_kontext_base.safetensors", task="normal", lora="robust_depth_lora.safetensors")
     with pytest.raises(ValueError, match="does not say which task.*set task to depth, normal, matting"):
         load(installed, "robust_untitled.safetensors")
-    from e2p_core import loader
+    from e2p_core.comfyui import loader
 
     model, _ = loader.build_flux_patcher(tm.bfl_state_dict(seed=81), "fp32")   # a MODEL as UNETLoader gives it
     with pytest.raises(ValueError, match="the MODEL input does not say which task"):
@@ -151,9 +152,9 @@ def test_working_sizes_below_the_minimum_are_refused(installed, vae):
 
 
 def test_sd_vae_is_named(installed):
-    from e2p_core import comfy_compat
+    from e2p_core.comfyui import compat
 
-    sd_vae = comfy_compat.load_vae({"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
+    sd_vae = compat.load_vae({"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3),
                                     "encoder.down.2.downsample.conv.weight": torch.zeros(512, 512, 3, 3)})
     e2p = load(installed, "robust_untitled.safetensors", task="depth")[0]
     with pytest.raises(ValueError, match="4-channel latents.*16-channel.*load the FLUX VAE"):

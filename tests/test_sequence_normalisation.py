@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tiny_models as tm
-from e2p_core import pipeline
+from e2p_core.comfyui import pipeline
 from e2p_core.conditioning_file import save_conditioning
 from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 
@@ -60,7 +60,7 @@ def test_metric_output_needs_no_shared_range(comfy_inprocess):
 
 @pytest.fixture(scope="module")
 def tiny_depth_predictor(comfy_core, tmp_path_factory):
-    from e2p_core import api
+    from e2p_core.comfyui import api
 
     root = tmp_path_factory.mktemp("sequence_models")
     model = tm.write(str(root / "e2p.safetensors"), tm.bfl_state_dict(depth=1, single_depth=1, seed=71))

@@ -85,7 +85,8 @@ def free_cache(server):
 
 def in_process(files, image_path, task, points=""):
     """The same prediction through e2p_core directly, quantised the way SaveImage does."""
-    from e2p_core import api, pipeline, representations
+    from e2p_core import representations
+    from e2p_core.comfyui import api, pipeline
 
     predictor = api.E2PPredictor.from_files(task, files["edit2perceive/e2p_tiny.safetensors"],
                                             [p for k, p in files.items() if f"/{task}-" in k][0],

@@ -147,7 +147,7 @@ def conditioning(seed: int = 3, tokens: int = TEXT_TOKENS) -> tuple[torch.Tensor
 
 def cache_task_conditioning(embeddings_dir: str, fingerprint: str, seed_base: int) -> dict[str, str]:
     """Random conditioning for every task, cached where the loaders look for it (``<embeddings>/edit2perceive/``)."""
-    from e2p_core import conditioning as conditioning_cache
+    from e2p_core.comfyui import conditioning as conditioning_cache
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 

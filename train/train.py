@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from e2p_core import representations
 from e2p_core.files import atomic_write, atomic_write_text
-from e2p_core.sampling import seeded_noise
+from e2p_core.comfyui.sampling import seeded_noise
 from e2p_core.tasks import DEFAULT_SEED
 
 from . import checkpoint, export, lora, objective

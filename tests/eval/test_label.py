@@ -50,7 +50,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from e2p_core.api import E2PPredictor
+    from e2p_core.comfyui.api import E2PPredictor
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 
@@ -175,7 +175,7 @@ def test_normals_and_alpha_are_the_node_outputs_as_save_float_image_writes_them(
     import folder_paths
 
     from e2p_core import representations
-    from e2p_core.api import E2PPredictor
+    from e2p_core.comfyui.api import E2PPredictor
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 

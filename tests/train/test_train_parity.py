@@ -1,7 +1,7 @@
 """Issue 5, criterion 6: what the trainer exports loads in the nodes' core and predicts what the trainer predicts.
 
 A short run trains the tiny model (full, and LoRA) so the weights differ from the base; the exported file goes
-through the same loader the LoadE2PModel node uses (``e2p_core.api.E2PPredictor``, ComfyUI's FLUX class, its
+through the same loader the LoadE2PModel node uses (``e2p_core.comfyui.api.E2PPredictor``, ComfyUI's FLUX class, its
 LoRA patcher and sampler). The one-step latent must equal the trainer's own one-step prediction (diffusers stack)
 on the same image latents, noise and conditioning: in fp32 to 1e-4; for runs trained with the default bf16 mixed
 precision (the trainer predicting under bf16 autocast with its bf16-stored frozen base, the node with the weights
@@ -23,8 +23,8 @@ BF16_TOLERANCE = 0.015
 
 
 def trainer_and_node_latents(tmp_path, task, mode, time_embedding, mixed_precision="no", learning_rate=None):
-    from e2p_core import api
-    from e2p_core.sampling import seeded_noise
+    from e2p_core.comfyui import api
+    from e2p_core.comfyui.sampling import seeded_noise
     from e2p_core.tasks import META_TASK, META_TIME_EMBEDDING
     from e2p_core.files import read_safetensors
     from train.model import one_step_prediction

@@ -76,7 +76,7 @@ def _half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_models(models: Path) -> None:
     """Tiny weights under every file name the workflows use (see workflow_graphs.MODEL_FILES)."""
-    from e2p_core import conditioning
+    from e2p_core.comfyui import conditioning
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
 

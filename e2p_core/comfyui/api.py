@@ -7,17 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from . import comfy_compat, pipeline, sampling
-from .files import read_safetensors
-from .conditioning_file import load_conditioning
+from . import compat, pipeline, sampling
+from ..files import read_safetensors
+from ..conditioning_file import load_conditioning
 from .loader import E2PModel, load_e2p_checkpoint
-from .tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, check_task
+from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, check_task
 
 
 def load_vae(path: str):
     """A ComfyUI VAE (the FLUX ae) from a safetensors file."""
     tensors, _ = read_safetensors(path)
-    return comfy_compat.load_vae(tensors)
+    return compat.load_vae(tensors)
 
 
 @dataclass
@@ -38,7 +38,7 @@ class E2PPredictor:
 
     def predict_latent(self, reference_latents: list[torch.Tensor], noise: torch.Tensor | None = None,
                        steps: int = 1, seed: int = DEFAULT_SEED) -> torch.Tensor:
-        """Raw VAE latents in, predicted raw latent out (see e2p_core.sampling.predict_latent)."""
+        """Raw VAE latents in, predicted raw latent out (see e2p_core.comfyui.sampling.predict_latent)."""
         with torch.inference_mode():
             return sampling.predict_latent(self.model.patcher, reference_latents, self.cond, self.pooled,
                                            noise=noise, seed=seed, steps=steps)

@@ -15,10 +15,11 @@ from typing import Iterable
 
 import torch
 
-from . import comfy_compat, formats
-from .files import read_safetensors, read_safetensors_layout, stream_safetensors
+from .. import formats
+from . import compat
+from ..files import read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
-from .tasks import (META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL,
+from ..tasks import (META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL,
                     TIME_EMBEDDING_STOCK, check_task, task_from_file_name)
 
 log = logging.getLogger("edit2perceive")
@@ -44,7 +45,7 @@ class E2PModel:
     task: str | None                    # from file metadata; None when the files do not say
     time_embedding: str
     description: list[str] = field(default_factory=list)
-    cond: torch.Tensor | None = None    # task conditioning, attached once resolved (see e2p_core.conditioning)
+    cond: torch.Tensor | None = None    # task conditioning, attached once resolved (see e2p_core.comfyui.conditioning)
     pooled: torch.Tensor | None = None
 
     def resolve_task(self, requested: str, file_names: list[str | None]) -> tuple[str, str]:
@@ -87,7 +88,7 @@ class E2PModel:
         conditioning of another text encoder's width (which would fail deep inside the model)."""
         if self.task is not None and self.task != task:
             raise self._metadata_mismatch(task)
-        text_width, pooled_width = comfy_compat.flux_text_input_widths(self.patcher)
+        text_width, pooled_width = compat.flux_text_input_widths(self.patcher)
         if cond.shape[-1] != text_width or (pooled_width is not None and pooled.shape[-1] != pooled_width):
             raise E2PLoadError(
                 f"{cond_source} is {cond.shape[-1]} wide (pooled {pooled.shape[-1]}) but this model takes text "
@@ -121,20 +122,20 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
     if weight_dtype not in WEIGHT_DTYPES:
         raise E2PLoadError(f"unknown weight dtype '{weight_dtype}'; use one of {', '.join(WEIGHT_DTYPES)}")
     shape = formats.infer_shape(bfl_state_dict)
-    detected = comfy_compat.detect_flux_config(bfl_state_dict)
+    detected = compat.detect_flux_config(bfl_state_dict)
     if detected is None:
-        raise E2PLoadError(f"ComfyUI {comfy_compat.comfyui_version()} does not recognise these tensors as a FLUX.1 "
+        raise E2PLoadError(f"ComfyUI {compat.comfyui_version()} does not recognise these tensors as a FLUX.1 "
                            "transformer; the file is of another architecture, or ComfyUI needs an update")
     dtype = WEIGHT_DTYPES[weight_dtype]
     if detected.get("num_heads") == shape.num_heads:
-        patcher = comfy_compat.load_flux_stock(bfl_state_dict, dtype)
+        patcher = compat.load_flux_stock(bfl_state_dict, dtype)
     else:
         log.info("Edit2Perceive: ComfyUI detected %s heads for a hidden size of %d; building with %d",
                  detected.get("num_heads"), shape.hidden_size, shape.num_heads)
-        patcher = comfy_compat.load_flux_from_config(bfl_state_dict, {**detected, "num_heads": shape.num_heads},
+        patcher = compat.load_flux_from_config(bfl_state_dict, {**detected, "num_heads": shape.num_heads},
                                                      dtype)
-    expected = comfy_compat.model_weight_keys(patcher)
-    renames = comfy_compat.flux_key_renames(patcher.model.model_config, list(bfl_state_dict))
+    expected = compat.model_weight_keys(patcher)
+    renames = compat.flux_key_renames(patcher.model.model_config, list(bfl_state_dict))
     given = set(renames.values())
     missing, unexpected = sorted(expected - given), sorted(given - expected)
     if missing or unexpected:
@@ -143,15 +144,15 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
             + (f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])}) " if missing else "")
             + (f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
             + "; the file is incomplete or of another architecture")
-    comfy_compat.fill_flux_weights(patcher, bfl_state_dict.items() if weights is None else weights, renames)
+    compat.fill_flux_weights(patcher, bfl_state_dict.items() if weights is None else weights, renames)
     return patcher, shape
 
 
 def lora_key_map(patcher) -> dict[str, object]:
     """ComfyUI's own LoRA key map for this model, plus the names ComfyUI 0.3.75 does not know:
     DiffSynth/peft module names (the official trainer's) and bare diffusers names (without ``transformer.``)."""
-    key_map = comfy_compat.stock_lora_key_map(patcher)
-    config = comfy_compat.unet_config(patcher)
+    key_map = compat.stock_lora_key_map(patcher)
+    config = compat.unet_config(patcher)
     for source, target in formats.diffsynth_lora_targets(config["depth"], config["depth_single_blocks"]).items():
         key_map.setdefault(source, f"diffusion_model.{target}")
     for name, target in list(key_map.items()):
@@ -184,7 +185,7 @@ def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: floa
     if unmatched:
         raise E2PLoadError(f"{report.summary()}; {len(unmatched)} match no layer of this model "
                            f"(e.g. {', '.join(unmatched[:3])}). Is it a LoRA for FLUX.1 Kontext of this size?")
-    patches = comfy_compat.lora_patches(normalized, targets)
+    patches = compat.lora_patches(normalized, targets)
     patched = patcher.clone()
     accepted = patched.add_patches(patches, strength)
     if len(accepted) != len(patches):
@@ -221,7 +222,7 @@ def shared_base_model(path: str, weight_dtype: str = "default") -> tuple[object,
     stat = os.stat(path) if os.path.isfile(path) else None
     if stat is None:
         return load_base_model(path, weight_dtype)          # its error names the missing file
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, weight_dtype, str(comfy_compat.load_device()))
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, weight_dtype, str(compat.load_device()))
     for stale in [k for k, (base, _, _) in _SHARED_BASES.items() if base() is None]:
         del _SHARED_BASES[stale]
     if key in _SHARED_BASES:
@@ -254,8 +255,8 @@ def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str
 def from_native_model(patcher, lora_path: str | None = None, lora_strength: float = 1.0,
                       time_embedding: str = "auto") -> E2PModel:
     """A MODEL from any ComfyUI loader (UNETLoader, GGUF, ...) plus an optional E2P LoRA."""
-    if not comfy_compat.is_flux1_model(patcher):
-        raise E2PLoadError(f"the MODEL input is a {comfy_compat.model_family(patcher)} model, not FLUX.1 Kontext; "
+    if not compat.is_flux1_model(patcher):
+        raise E2PLoadError(f"the MODEL input is a {compat.model_family(patcher)} model, not FLUX.1 Kontext; "
                            "load flux1-kontext-dev (or an E2P checkpoint) with UNETLoader, or use Load E2P Model")
     notes = ["native MODEL input"]
     task, metadata = None, {}

@@ -17,9 +17,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import comfy_compat, ensemble, imaging, representations
+from .. import ensemble, imaging, representations
+from . import compat
 from .sampling import predict_latent, seeded_noise
-from .tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
+from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class NonFinitePrediction(ValueError):
 def check_vae(patcher, vae) -> None:
     """The VAE must make the latents this transformer works in (FLUX's ae: 16 channels), else the first layer
     fails with a bare shape error."""
-    vae_channels, model_channels = comfy_compat.vae_latent_channels(vae), comfy_compat.model_latent_channels(patcher)
+    vae_channels, model_channels = compat.vae_latent_channels(vae), compat.model_latent_channels(patcher)
     if vae_channels != model_channels:
         raise ValueError(f"this VAE makes {vae_channels}-channel latents (an SD1.5/SDXL-style VAE?) but FLUX.1 Kontext "
                          f"works in {model_channels}-channel latents; load the FLUX VAE (ae.safetensors) with "
@@ -106,8 +107,8 @@ def _require_finite_prediction(latent: torch.Tensor, index: int, patcher) -> Non
     (looked for only when it happens)."""
     if torch.isfinite(latent).all():
         return
-    bad = comfy_compat.non_finite_weights(patcher)
-    dtype = str(comfy_compat.model_weight_dtype(patcher)).replace("torch.", "")
+    bad = compat.non_finite_weights(patcher)
+    dtype = str(compat.model_weight_dtype(patcher)).replace("torch.", "")
     if bad:
         cause = (f"{len(bad)} weight tensors are not finite in {dtype} (e.g. {', '.join(bad[:3])}): the file is "
                  "corrupt or its values do not fit this weight_dtype. Try weight_dtype bf16 or fp32 (fp16 cannot "
@@ -186,14 +187,14 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
         raise ValueError(f"frames_per_pass ({frames_per_pass}) and ensemble_size ({ensemble_size}) must be at least 1")
     canvas = imaging.plan_canvas(height, width, processing_resolution, resize_mode)
     check_vae(patcher, vae)
-    decoder = comfy_compat.raw_vae_decoder(vae)
+    decoder = compat.raw_vae_decoder(vae)
     member_seeds = [ensemble.member_seed(seed, member) for member in range(ensemble_size)]
     items = [(frame, member) for frame in range(batch) for member in range(ensemble_size)]
     encoded: dict[int, list[torch.Tensor]] = {}
     members: dict[int, list[torch.Tensor]] = {frame: [] for frame in range(batch)}
     outputs, uncertainties, hint_outputs = [None] * batch, [None] * batch, [None] * batch
     for start in range(0, len(items), frames_per_pass):
-        comfy_compat.throw_if_interrupted()
+        compat.throw_if_interrupted()
         pass_items = items[start:start + frames_per_pass]
         new_frames = sorted({frame for frame, _ in pass_items} - encoded.keys())
         if new_frames:

@@ -13,9 +13,9 @@ import os
 
 import torch
 
-from . import comfy_compat
-from .conditioning_file import ConditioningFileError, META_ENCODER, load_conditioning, save_conditioning
-from .tasks import META_PROMPT, META_TASK, T5_SEQUENCE_LENGTH, TASK_PROMPTS, check_task
+from . import compat
+from ..conditioning_file import ConditioningFileError, META_ENCODER, load_conditioning, save_conditioning
+from ..tasks import META_PROMPT, META_TASK, T5_SEQUENCE_LENGTH, TASK_PROMPTS, check_task
 
 log = logging.getLogger("edit2perceive")
 
@@ -68,7 +68,7 @@ def set_aside(path: str) -> str:
 
 def encode_task_prompt(clip, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """T5 sequence [1, 512, 4096] and CLIP-L pooled [1, 768] of the task prompt."""
-    tokens = comfy_compat.tokenize_padded(clip, TASK_PROMPTS[check_task(task)], T5_SEQUENCE_LENGTH)
+    tokens = compat.tokenize_padded(clip, TASK_PROMPTS[check_task(task)], T5_SEQUENCE_LENGTH)
     encoded = clip.encode_from_tokens_scheduled(tokens)
     cond, extra = encoded[0][0], encoded[0][1]
     if "pooled_output" not in extra:

@@ -8,7 +8,7 @@ patching, lowvram offloading and the stock sampler path, and vanish when the pat
    At t = 1000 the two embeddings differ by up to ~1.1 per component, enough to move the prediction visibly.
 2. Reference placement. Matting feeds two references (image, hint map); officially both sit at RoPE index 1 with
    no spatial offset. The conditioning asks for ComfyUI's "offset" method explicitly (index 1 for every
-   reference, see e2p_core.sampling); this patch removes the offset it would add to the second one.
+   reference, see e2p_core.comfyui.sampling); this patch removes the offset it would add to the second one.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from . import comfy_compat
-from .tasks import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from . import compat
+from ..tasks import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
 EMBEDDING_DIM = 256
 MAX_PERIOD = 10000
@@ -100,10 +100,10 @@ def apply_e2p_patches(patcher, time_embedding: str = TIME_EMBEDDING_OFFICIAL):
         stock_time_in = stock_time_in.original
     if time_embedding == TIME_EMBEDDING_OFFICIAL:
         patched.add_object_patch("diffusion_model.time_in", OfficialTimeEmbedder(stock_time_in))
-        wrapper_type = comfy_compat.diffusion_model_wrapper_type()
+        wrapper_type = compat.diffusion_model_wrapper_type()
         if WRAPPER_KEY not in patched.wrappers.get(wrapper_type, {}):
             patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, _time_embedding_wrapper)
     else:
         patched.object_patches.pop("diffusion_model.time_in", None)
-    comfy_compat.prefer_sdpa_over_cpu_fallback(patched)
+    compat.prefer_sdpa_over_cpu_fallback(patched)
     return patched

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from . import comfy_compat, schedule
-from .tasks import DEFAULT_SEED, EMBEDDED_GUIDANCE
+from .. import schedule
+from . import compat
+from ..tasks import DEFAULT_SEED, EMBEDDED_GUIDANCE
 
 
 def official_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, landing_sigma=0.0):
@@ -54,7 +55,7 @@ def build_conditioning(cond: torch.Tensor, pooled: torch.Tensor, reference_laten
     """
     return [[cond, {"pooled_output": pooled, "guidance": float(guidance),
                     "reference_latents": list(reference_latents),
-                    "reference_latents_method": comfy_compat.REFERENCE_METHOD}]]
+                    "reference_latents_method": compat.REFERENCE_METHOD}]]
 
 
 def predict_latent(patcher, reference_latents: list[torch.Tensor], cond: torch.Tensor, pooled: torch.Tensor,
@@ -79,8 +80,8 @@ def predict_latent(patcher, reference_latents: list[torch.Tensor], cond: torch.T
     batch = first.shape[0]
     positive = build_conditioning(cond.expand(batch, -1, -1), pooled.expand(batch, -1), reference_latents, guidance)
     sigmas, landing = sampler_sigmas(steps)
-    sampler = comfy_compat.ksampler(official_euler, {"landing_sigma": landing})
-    guider = comfy_compat.positive_only_guider(patcher, positive)
+    sampler = compat.ksampler(official_euler, {"landing_sigma": landing})
+    guider = compat.positive_only_guider(patcher, positive)
     latent = torch.zeros_like(first)
     result = guider.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=seed)
     return result.to(torch.float32).cpu()
