@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from e2p_core.conditioning_file import save_conditioning  # noqa: E402
-from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS  # noqa: E402
+from e2p_core.tasks import META_PROMPT, META_TASK, task_spec  # noqa: E402
 
 RESOLUTION = 64
 
@@ -132,7 +132,7 @@ def main() -> int:
     generator = torch.Generator().manual_seed(args.seed)
     cond, pooled = torch.randn(1, 8, 64, generator=generator), torch.randn(1, 768, generator=generator)
     conditioning = work / "conditioning-depth.safetensors"
-    save_conditioning(str(conditioning), cond, pooled, {META_TASK: "depth", META_PROMPT: TASK_PROMPTS["depth"]})
+    save_conditioning(str(conditioning), cond, pooled, {META_TASK: "depth", META_PROMPT: task_spec("depth").prompt})
 
     output = work / f"run-{int(time.time())}"
     config = TrainConfig(task="depth", output_dir=str(output), base_model=str(base), conditioning=str(conditioning),

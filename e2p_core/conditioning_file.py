@@ -12,8 +12,6 @@ from safetensors.torch import load_file, save_file, safe_open
 
 from .files import atomic_write
 
-META_ENCODER = "e2p.encoder"   # fingerprint of the text encoders that produced the tensors
-
 
 class ConditioningFileError(ValueError):
     """A conditioning file that cannot be used; the message says how to regenerate it."""

@@ -25,7 +25,7 @@ ALIGNMENT_TOLERANCE = 1e-6
 # two numbers per member need far fewer, and the per-pixel median of every iteration is the costly part.
 ALIGNMENT_PIXELS = 128 * 128
 # The normals' uncertainty (mean angle to the combined direction, degrees) is shown as a MASK divided by this:
-# 1.0 = members pointing in opposite directions on average.
+# 1.0 = members pointing in opposite directions on average. Which task combines how: e2p_core.tasks.
 ANGLE_MASK_FULL_SCALE_DEGREES = 180.0
 
 
@@ -122,22 +122,3 @@ def combine_normals(members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sines = torch.linalg.vector_norm(torch.linalg.cross(members, directions, dim=-1), dim=-1)
     cosines = (members * directions).sum(dim=-1)
     return combined, torch.rad2deg(torch.atan2(sines, cosines)).mean(dim=0)
-
-
-def combine(task: str, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The task's combination: (prediction, uncertainty) — depth/matting: MAD in output units; normal: degrees."""
-    if task == "depth":
-        return combine_depth(members)
-    if task == "matting":
-        return combine_alpha(members)
-    if task == "normal":
-        return combine_normals(members)
-    raise ValueError(f"unknown task '{task}'")
-
-
-def uncertainty_mask(task: str, uncertainty: torch.Tensor) -> torch.Tensor:
-    """The uncertainty as a MASK: depth/alpha deviations as they are (output units), normal angles / 180 degrees."""
-    if task == "normal":
-        return uncertainty / ANGLE_MASK_FULL_SCALE_DEGREES
-    return uncertainty
-

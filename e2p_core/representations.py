@@ -23,8 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-TASKS = ("depth", "normal", "matting")
-
 # ---------------------------------------------------------------------------------------------------------------
 # Depth
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,9 +67,10 @@ def encode_depth(depth: torch.Tensor, valid: torch.Tensor | None = None,
     return encoded.reshape(depth.shape)
 
 
-def decode_depth(decoded_rgb: torch.Tensor) -> torch.Tensor:
-    """Decoder output [..., H, W, 3] in [-1, 1] -> sqrt-space depth [..., H, W] in [0, 1] (near = 0)."""
-    return ((torch.clamp(decoded_rgb, -1.0, 1.0) + 1.0) / 2.0).mean(dim=-1)
+def decode_depth(decoded_rgb: torch.Tensor, channel_axis: int = -1) -> torch.Tensor:
+    """Decoder output [..., H, W, 3] in [-1, 1] (channels at ``channel_axis``) -> sqrt-space depth [..., H, W] in
+    [0, 1] (near = 0)."""
+    return ((torch.clamp(decoded_rgb, -1.0, 1.0) + 1.0) / 2.0).mean(dim=channel_axis)
 
 
 def sqrt_depth_to_metric(sqrt_depth: torch.Tensor, near: float, far: float) -> torch.Tensor:
@@ -129,14 +128,16 @@ NORMAL_CONVENTIONS = {
 }
 
 
-def unit_normals(vectors: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Divide [..., 3] vectors by their length, as the official post-processing does (no clipping)."""
-    return vectors / (torch.linalg.vector_norm(vectors, dim=-1, keepdim=True) + eps)
+def unit_normals(vectors: torch.Tensor, eps: float = 1e-8, channel_axis: int = -1) -> torch.Tensor:
+    """Divide [..., 3] vectors (components at ``channel_axis``) by their length, as the official post-processing
+    does (no clipping)."""
+    return vectors / (torch.linalg.vector_norm(vectors, dim=channel_axis, keepdim=True) + eps)
 
 
-def decode_normals(decoded_rgb: torch.Tensor) -> torch.Tensor:
-    """Decoder output [..., 3] in about [-1, 1] -> unit normals in E2P's native convention."""
-    return unit_normals(decoded_rgb)
+def decode_normals(decoded_rgb: torch.Tensor, channel_axis: int = -1) -> torch.Tensor:
+    """Decoder output [..., 3] in about [-1, 1] (channels at ``channel_axis``) -> unit normals in E2P's native
+    convention, components on the same axis."""
+    return unit_normals(decoded_rgb, channel_axis=channel_axis)
 
 
 def convention_signs(convention: str, flip_x: bool = False, flip_y: bool = False,
@@ -191,9 +192,14 @@ def encode_alpha(alpha: torch.Tensor) -> torch.Tensor:
     return (alpha.clamp(0.0, 1.0) * 2.0 - 1.0).unsqueeze(-1).expand(*alpha.shape, 3)
 
 
-def decode_alpha(decoded_rgb: torch.Tensor) -> torch.Tensor:
-    """Decoder output [..., H, W, 3] in [-1, 1] -> alpha [..., H, W] in [0, 1]."""
-    return ((torch.clamp(decoded_rgb, -1.0, 1.0) + 1.0) / 2.0).mean(dim=-1)
+def decode_alpha(decoded_rgb: torch.Tensor, channel_axis: int = -1) -> torch.Tensor:
+    """Decoder output [..., H, W, 3] in [-1, 1] (channels at ``channel_axis``) -> alpha [..., H, W] in [0, 1]."""
+    return ((torch.clamp(decoded_rgb, -1.0, 1.0) + 1.0) / 2.0).mean(dim=channel_axis)
+
+
+def clamp_unit_interval(values: torch.Tensor) -> torch.Tensor:
+    """Depth and alpha live in [0, 1]; resampling (bicubic, say) can overshoot it."""
+    return values.clamp(0.0, 1.0)
 
 
 def gaussian_point_map(points_yx: np.ndarray, height: int, width: int, sigma: float) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..e2p_core.comfyui import conditioning, loader
-from ..e2p_core.tasks import TASK_AUTO, TASK_PROMPTS
+from ..e2p_core.tasks import TASK_AUTO, TASK_NAMES
 from . import model_paths
 
 CATEGORY = "Edit2Perceive"
@@ -18,7 +18,7 @@ CLIP_TOOLTIP = ("Only needed once per task: DualCLIPLoader (clip_l + t5xxl, type
 
 def _common_inputs():
     return {
-        "task": ([TASK_AUTO, *TASK_PROMPTS], {
+        "task": ([TASK_AUTO, *TASK_NAMES], {
             "default": TASK_AUTO,
             "tooltip": "What the weights predict. auto: the file's e2p.task metadata, else depth/normal/matting in "
                        "the checkpoint or LoRA file name (as in the released files). A choice that contradicts "

@@ -6,7 +6,7 @@ import torch
 
 from ..e2p_core import ensemble, imaging, representations
 from ..e2p_core.comfyui import compat, pipeline
-from ..e2p_core.tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
+from ..e2p_core.tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
 from .loader_nodes import CATEGORY, E2P_MODEL
 
 DEPTH_UNCERTAINTY = ("median absolute deviation of the scale/shift-aligned members, in the sqrt-depth output's "
@@ -68,7 +68,7 @@ def _run(e2p_model, vae, image, task, processing_resolution, resize_mode, steps,
                                    processing_resolution, resize_mode, steps, seed, hints, num_points,
                                    on_progress=progress.update, frames_per_pass=frames_per_pass,
                                    ensemble_size=ensemble_size)
-    return result._replace(uncertainty=ensemble.uncertainty_mask(task, result.uncertainty))
+    return result._replace(uncertainty=task_spec(task).uncertainty_mask(result.uncertainty))
 
 
 class E2PDepth:

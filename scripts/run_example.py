@@ -460,7 +460,7 @@ def _write_demo_files(prompt: dict, models_dir: Path) -> list[Path]:
     import tiny_models
     from e2p_core.comfyui import conditioning
     from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+    from e2p_core.tasks import META_PROMPT, META_TASK, TASKS
 
     written = []
     lora_of = {node_id: node["inputs"].get("lora", NO_FILE) for node_id, node in prompt.items()
@@ -482,10 +482,10 @@ def _write_demo_files(prompt: dict, models_dir: Path) -> list[Path]:
             raise UserActionNeeded(f"--demo has no tiny stand-in for {class_type}.{name} ('{value}'); it runs "
                                    "workflows built on Load E2P Model; run this one with the real weights")
         written.append(Path(tiny_models.write(str(target), tensors, {"e2p.demo": DEMO_LABEL})))
-    for task, prompt_text in TASK_PROMPTS.items():
+    for task, spec in TASKS.items():
         cond, pooled = tiny_models.conditioning(seed=len(task))
         path = conditioning.cache_file(str(models_dir / "embeddings"), task, "demo-random")
-        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: prompt_text})
+        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: spec.prompt})
         written.append(Path(path))
     return written
 

@@ -7,6 +7,7 @@ import torch
 
 import tiny_models as tm
 from e2p_core import ensemble
+from e2p_core.tasks import task_spec
 
 
 def smooth_depth(height=24, width=32, seed=0):
@@ -27,7 +28,7 @@ def test_member_zero_uses_the_seed_and_members_differ():
 @pytest.mark.parametrize("task,shape", [("depth", (1, 6, 8)), ("matting", (1, 6, 8)), ("normal", (1, 6, 8, 3))])
 def test_one_member_is_returned_unchanged(task, shape):
     member = torch.rand(shape, generator=torch.Generator().manual_seed(1))
-    combined, uncertainty = ensemble.combine(task, member)
+    combined, uncertainty = task_spec(task).combine(member)
     assert torch.equal(combined, member[0])
     assert uncertainty.shape == shape[1:3] and not uncertainty.any()
 
@@ -75,7 +76,7 @@ def test_depth_combination_is_the_median_of_the_aligned_members():
 @pytest.mark.parametrize("task", ["depth", "matting"])
 def test_agreeing_members_have_zero_uncertainty(task):
     member = smooth_depth()
-    combined, uncertainty = ensemble.combine(task, member.expand(4, *member.shape).clone())
+    combined, uncertainty = task_spec(task).combine(member.expand(4, *member.shape).clone())
     assert not uncertainty.any()
     assert torch.equal(combined, member)
 
@@ -103,7 +104,7 @@ def test_normals_mean_direction_and_angle_in_degrees():
     combined, angle = ensemble.combine_normals(members)
     assert torch.allclose(combined, torch.tensor([0.0, 0.0, 1.0]).expand(3, 4, 3), atol=1e-6)
     assert torch.allclose(angle, torch.full((3, 4), 20.0), atol=1e-4)
-    mask = ensemble.uncertainty_mask("normal", angle)
+    mask = task_spec("normal").uncertainty_mask(angle)
     assert torch.allclose(mask, torch.full((3, 4), 20.0 / 180.0), atol=1e-6)
 
 
@@ -113,7 +114,7 @@ def test_bad_member_shapes_are_refused():
     with pytest.raises(ValueError, match="members"):
         ensemble.combine_normals(torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="unknown task"):
-        ensemble.combine("segmentation", torch.zeros(2, 4, 4))
+        task_spec("segmentation").combine(torch.zeros(2, 4, 4))
 
 
 def test_large_depth_members_are_aligned_on_a_pixel_subset(monkeypatch):

@@ -4,13 +4,14 @@ Several frames in one pass must predict what the one-at-a-time loop does; ensemb
 step exactly; ensembles compose with batching.
 """
 
+import dataclasses
 import sys
 
 import pytest
 import torch
 
 import tiny_models as tm
-from e2p_core import ensemble, imaging, representations
+from e2p_core import ensemble, imaging, representations, tasks
 from e2p_core.comfyui import compat, pipeline, sampling
 from test_nodes import image_batch, installed, load, task_inputs, vae  # noqa: F401  (fixtures)
 
@@ -111,8 +112,9 @@ def test_ensemble_members_share_passes_with_other_frames(installed, vae, monkeyp
     single = run(e2p, vae, images, "depth")
     assert loop.uncertainty.max() > 0 and not torch.equal(loop.prediction, single.prediction)
     # member 0 is the single step: the same frame's first member equals ensemble_size 1's prediction
-    members, combine = [], ensemble.combine
-    monkeypatch.setattr(ensemble, "combine", lambda task, values: (members.append(values), combine(task, values))[1])
+    members, depth = [], tasks.task_spec("depth")
+    monkeypatch.setitem(tasks.TASKS, "depth", dataclasses.replace(
+        depth, combine=lambda values: (members.append(values), depth.combine(values))[1]))
     run(e2p, vae, images[:1], "depth", ensemble_size=2)
     assert torch.equal(members[0][0], single.prediction[0])
 

@@ -8,7 +8,7 @@ import torch
 import tiny_models as tm
 from e2p_core import representations
 from e2p_core.comfyui import conditioning
-from e2p_core.tasks import META_TASK, TASK_PROMPTS
+from e2p_core.tasks import META_TASK, task_spec
 
 
 class FakeFluxClip:
@@ -192,7 +192,7 @@ def test_clip_is_encoded_once_then_cached(tmp_path):
     cond, pooled, source = conditioning.resolve_conditioning("normal", str(tmp_path), clip)
     assert source.startswith("encoded") and clip.encode_calls == 1
     text, kwargs = clip.tokenize_calls[0]
-    assert text == TASK_PROMPTS["normal"] and kwargs["tokenizer_options"] == {"t5xxl_min_length": 512}
+    assert text == task_spec("normal").prompt and kwargs["tokenizer_options"] == {"t5xxl_min_length": 512}
     cached = conditioning.resolve_conditioning("normal", str(tmp_path), clip)
     assert cached[2].startswith("cache") and clip.encode_calls == 1 and torch.equal(cached[0], cond)
     without_clip = conditioning.resolve_conditioning("normal", str(tmp_path), None)
@@ -228,9 +228,9 @@ def test_comfy_flux_tokenizer_pads_t5_to_512(comfy_inprocess):
     import comfy.text_encoders.flux
 
     tokenizer = comfy.text_encoders.flux.FluxTokenizer()
-    tokens = tokenizer.tokenize_with_weights(TASK_PROMPTS["depth"], tokenizer_options={"t5xxl_min_length": 512})
+    tokens = tokenizer.tokenize_with_weights(task_spec("depth").prompt, tokenizer_options={"t5xxl_min_length": 512})
     assert len(tokens["t5xxl"][0]) == 512
-    assert len(tokenizer.tokenize_with_weights(TASK_PROMPTS["depth"])["t5xxl"][0]) == 256
+    assert len(tokenizer.tokenize_with_weights(task_spec("depth").prompt)["t5xxl"][0]) == 256
 
 
 def test_sqrt_decode_and_colorize(installed):

@@ -13,7 +13,7 @@ import tiny_models as tm
 from e2p_core import tasks
 from e2p_core.comfyui import conditioning
 from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
 
 
 def _stock_models():
@@ -164,7 +164,8 @@ def test_sd_vae_is_named(installed):
 def test_conditioning_of_another_width_is_named(installed, tmp_path, monkeypatch):
     cond, pooled = tm.conditioning()
     path = conditioning.cache_file(str(tmp_path), "depth", "otherencoder")
-    save_conditioning(path, torch.zeros(1, 8, 768), pooled, {META_TASK: "depth", META_PROMPT: TASK_PROMPTS["depth"]})
+    save_conditioning(path, torch.zeros(1, 8, 768), pooled,
+                      {META_TASK: "depth", META_PROMPT: task_spec("depth").prompt})
     monkeypatch.setattr(installed.pack_module.nodes.model_paths, "conditioning_cache_folder", lambda: str(tmp_path))
     with pytest.raises(ValueError, match=f"depth conditioning \\(cache {os.path.basename(path)}\\) is 768 wide.*takes "
                                          f"text {cond.shape[-1]} wide.*DualCLIPLoader"):

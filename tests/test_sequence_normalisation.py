@@ -11,7 +11,7 @@ import torch
 import tiny_models as tm
 from e2p_core.comfyui import pipeline
 from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
 
 FRAMES, HEIGHT, WIDTH, PAN = 5, 12, 40, 6
 
@@ -67,7 +67,7 @@ def tiny_depth_predictor(comfy_core, tmp_path_factory):
     vae = tm.write(str(root / "ae.safetensors"), tm.flux_vae_state_dict())
     cond, pooled = tm.conditioning(seed=72)
     cond_path = str(root / "depth-cond.safetensors")
-    save_conditioning(cond_path, cond, pooled, {META_TASK: "depth", META_PROMPT: TASK_PROMPTS["depth"]})
+    save_conditioning(cond_path, cond, pooled, {META_TASK: "depth", META_PROMPT: task_spec("depth").prompt})
     return api.E2PPredictor.from_files("depth", model, cond_path, vae=vae, dtype="fp32")
 
 

@@ -149,13 +149,13 @@ def cache_task_conditioning(embeddings_dir: str, fingerprint: str, seed_base: in
     """Random conditioning for every task, cached where the loaders look for it (``<embeddings>/edit2perceive/``)."""
     from e2p_core.comfyui import conditioning as conditioning_cache
     from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_NAMES, task_spec
 
     paths = {}
-    for task in TASK_PROMPTS:
+    for task in TASK_NAMES:
         cond, pooled = conditioning(seed=seed_base + len(task))
         paths[task] = conditioning_cache.cache_file(str(embeddings_dir), task, fingerprint)
-        save_conditioning(paths[task], cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+        save_conditioning(paths[task], cond, pooled, {META_TASK: task, META_PROMPT: task_spec(task).prompt})
     return paths
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from e2p_core.tasks import TASK_PROMPTS
+from e2p_core.tasks import TASK_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set learning_rate=2e-5 (repeatable)")
     encode = commands.add_parser("encode-conditioning", help="cache the task conditioning (CLIP-L + T5)")
-    encode.add_argument("--task", required=True, choices=sorted(TASK_PROMPTS))
+    encode.add_argument("--task", required=True, choices=sorted(TASK_NAMES))
     encode.add_argument("--text-encoders", required=True,
                         help="folder with text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/ (diffusers layout)")
     encode.add_argument("--out", required=True, help="conditioning .safetensors to write")

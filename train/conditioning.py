@@ -14,10 +14,9 @@ import os
 import torch
 
 from e2p_core.conditioning_file import load_conditioning, save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, T5_SEQUENCE_LENGTH, TASK_PROMPTS
+from e2p_core.tasks import META_PROMPT, META_TASK, META_TEXT_ENCODERS, T5_SEQUENCE_LENGTH, task_spec
 
 CLIP_SEQUENCE_LENGTH = 77
-META_SOURCE = "e2p.text_encoders"
 
 
 class ConditioningError(ValueError):
@@ -56,7 +55,7 @@ def encode_task_from_folder(task: str, folder: str, device: str | torch.device =
     clip_model = CLIPTextModel.from_pretrained(_subfolder(folder, "text_encoder"), dtype=dtype).to(device).eval()
     t5_model = T5EncoderModel.from_pretrained(_subfolder(folder, "text_encoder_2"), dtype=dtype).to(device).eval()
     try:
-        return encode_prompt(TASK_PROMPTS[task], clip_tokenizer, clip_model, t5_tokenizer, t5_model)
+        return encode_prompt(task_spec(task).prompt, clip_tokenizer, clip_model, t5_tokenizer, t5_model)
     finally:
         del clip_model, t5_model
         gc.collect()
@@ -70,17 +69,18 @@ def prepare_conditioning(task: str, cache_path: str, text_encoders: str | None, 
 
     A cache written for another task or prompt is refused rather than silently used.
     """
+    prompt = task_spec(task).prompt
     if os.path.isfile(cache_path):
         cond, pooled, metadata = load_conditioning(cache_path)
         stored_prompt = metadata.get(META_PROMPT)
-        if stored_prompt is not None and stored_prompt != TASK_PROMPTS[task]:
+        if stored_prompt is not None and stored_prompt != prompt:
             raise ConditioningError(f"{cache_path} encodes the prompt '{stored_prompt}', not the {task} prompt "
-                                    f"'{TASK_PROMPTS[task]}'; delete it or point conditioning elsewhere")
+                                    f"'{prompt}'; delete it or point conditioning elsewhere")
         return cond, pooled
     if not text_encoders:
         raise ConditioningError(f"no conditioning at {cache_path} and no text_encoders folder to encode it with; "
                                 "set text_encoders (or base_model) to the FLUX.1-Kontext-dev diffusers folder")
     cond, pooled = encode_task_from_folder(task, text_encoders, device, dtype)
-    save_conditioning(cache_path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task],
-                                                 META_SOURCE: os.path.abspath(text_encoders)})
+    save_conditioning(cache_path, cond, pooled, {META_TASK: task, META_PROMPT: prompt,
+                                                 META_TEXT_ENCODERS: os.path.abspath(text_encoders)})
     return cond, pooled

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from e2p_core.tasks import TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from e2p_core.tasks import TASK_NAMES, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
 from .objective import CONSISTENCY_VARIANTS, NOISE_MODES, OBJECTIVES, TIMESTEP_MODES, ObjectiveConfig
 
@@ -82,7 +82,7 @@ class TrainConfig:
         self._coerce_numbers()
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
         checks = [
-            (self.task in TASK_PROMPTS, "task", f"one of {', '.join(TASK_PROMPTS)}"),
+            (self.task in TASK_NAMES, "task", f"one of {', '.join(TASK_NAMES)}"),
             (self.mode in MODES, "mode", "full or lora"),
             (self.optimizer in OPTIMIZERS, "optimizer", "adamw or adamw8bit"),
             (self.mixed_precision in MIXED_PRECISION, "mixed_precision", "no, bf16 or fp16"),

@@ -18,14 +18,13 @@ import torch
 from e2p_core import formats
 from e2p_core.conditioning_file import atomic_save_safetensors
 from e2p_core.files import read_safetensors
-from e2p_core.tasks import (META_FORMAT, META_PROMPT, META_REPRESENTATION, META_TASK, META_TIME_EMBEDDING,
-                            REPRESENTATIONS, TASK_PROMPTS)
+from e2p_core.tasks import (META_EMA_DECAY, META_FORMAT, META_LORA_RANK, META_PROMPT, META_REPRESENTATION, META_TASK,
+                            META_TIME_EMBEDDING, task_spec)
 
 from . import lora
 
 FORMAT_FULL = "full-bfl"
 FORMAT_LORA = "lora-kohya"
-META_EMA = "e2p.ema_decay"
 
 
 class ExportError(ValueError):
@@ -33,10 +32,11 @@ class ExportError(ValueError):
 
 
 def file_metadata(task: str, time_embedding: str, file_format: str, ema_decay: float | None = None) -> dict[str, str]:
-    metadata = {META_TASK: task, META_REPRESENTATION: REPRESENTATIONS[task], META_PROMPT: TASK_PROMPTS[task],
+    spec = task_spec(task)
+    metadata = {META_TASK: task, META_REPRESENTATION: spec.representation, META_PROMPT: spec.prompt,
                 META_TIME_EMBEDDING: time_embedding, META_FORMAT: file_format}
     if ema_decay is not None:
-        metadata[META_EMA] = str(ema_decay)
+        metadata[META_EMA_DECAY] = str(ema_decay)
     return metadata
 
 
@@ -57,7 +57,7 @@ def export_lora(adapter_tensors: dict[str, torch.Tensor], path: str, task: str, 
     except ValueError as error:
         raise ExportError(f"{error}; only the official-layout LoRA adapters can be exported")
     metadata = file_metadata(task, time_embedding, FORMAT_LORA, ema_decay)
-    metadata["e2p.lora_rank"] = str(rank)
+    metadata[META_LORA_RANK] = str(rank)
     atomic_save_safetensors(path, tensors, metadata)
     return path
 

@@ -11,7 +11,7 @@ from . import compat, pipeline, sampling
 from ..files import read_safetensors
 from ..conditioning_file import load_conditioning
 from .loader import E2PModel, load_e2p_checkpoint
-from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, check_task
+from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
 
 
 def load_vae(path: str):
@@ -31,7 +31,7 @@ class E2PPredictor:
     @classmethod
     def from_files(cls, task: str, model: str, conditioning: str, vae: str | None = None, lora: str | None = None,
                    dtype: str = "default", lora_strength: float = 1.0, time_embedding: str = "auto"):
-        check_task(task)
+        task_spec(task)
         e2p = load_e2p_checkpoint(model, dtype, lora, lora_strength, time_embedding)
         cond, pooled, _ = load_conditioning(conditioning)
         return cls(task, e2p, load_vae(vae) if vae else None, cond, pooled)

@@ -14,8 +14,8 @@ import os
 import torch
 
 from . import compat
-from ..conditioning_file import ConditioningFileError, META_ENCODER, load_conditioning, save_conditioning
-from ..tasks import META_PROMPT, META_TASK, T5_SEQUENCE_LENGTH, TASK_PROMPTS, check_task
+from ..conditioning_file import ConditioningFileError, load_conditioning, save_conditioning
+from ..tasks import META_ENCODER, META_PROMPT, META_TASK, T5_SEQUENCE_LENGTH, task_spec
 
 log = logging.getLogger("edit2perceive")
 
@@ -43,7 +43,7 @@ def encoder_fingerprint(clip) -> str:
 
 
 def prompt_id(task: str) -> str:
-    return hashlib.sha256(TASK_PROMPTS[task].encode()).hexdigest()[:8]
+    return hashlib.sha256(task_spec(task).prompt.encode()).hexdigest()[:8]
 
 
 def cache_file(folder: str, task: str, fingerprint: str) -> str:
@@ -68,7 +68,7 @@ def set_aside(path: str) -> str:
 
 def encode_task_prompt(clip, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """T5 sequence [1, 512, 4096] and CLIP-L pooled [1, 768] of the task prompt."""
-    tokens = compat.tokenize_padded(clip, TASK_PROMPTS[check_task(task)], T5_SEQUENCE_LENGTH)
+    tokens = compat.tokenize_padded(clip, task_spec(task).prompt, T5_SEQUENCE_LENGTH)
     encoded = clip.encode_from_tokens_scheduled(tokens)
     cond, extra = encoded[0][0], encoded[0][1]
     if "pooled_output" not in extra:
@@ -79,20 +79,20 @@ def encode_task_prompt(clip, task: str) -> tuple[torch.Tensor, torch.Tensor]:
 def resolve_conditioning(task: str, cache_folder: str, clip=None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(cond, pooled, where it came from). With a CLIP: the cache entry for that encoder, else encode and cache.
     Without: the newest valid cache entry for the task."""
-    check_task(task)
+    prompt = task_spec(task).prompt
     if clip is not None:
         fingerprint = encoder_fingerprint(clip)
         path = cache_file(cache_folder, task, fingerprint)
         if os.path.exists(path):
             try:
                 cond, pooled, metadata = load_conditioning(path)
-                if metadata.get(META_ENCODER) == fingerprint and metadata.get(META_PROMPT) == TASK_PROMPTS[task]:
+                if metadata.get(META_ENCODER) == fingerprint and metadata.get(META_PROMPT) == prompt:
                     return cond, pooled, f"cache {os.path.basename(path)}"
                 log.warning("Edit2Perceive: %s was made by another encoder or prompt; encoding again", path)
             except ConditioningFileError as error:
                 log.warning("Edit2Perceive: %s; encoding again", error)
         cond, pooled = encode_task_prompt(clip, task)
-        metadata = {META_TASK: task, META_PROMPT: TASK_PROMPTS[task], META_ENCODER: fingerprint}
+        metadata = {META_TASK: task, META_PROMPT: prompt, META_ENCODER: fingerprint}
         try:
             if os.path.exists(path):
                 log.warning("Edit2Perceive: kept the unusable %s as %s", path, set_aside(path))
@@ -110,7 +110,7 @@ def resolve_conditioning(task: str, cache_folder: str, clip=None) -> tuple[torch
         except ConditioningFileError as error:
             problems.append(str(error))
             continue
-        if metadata.get(META_PROMPT, TASK_PROMPTS[task]) != TASK_PROMPTS[task]:
+        if metadata.get(META_PROMPT, prompt) != prompt:
             problems.append(f"{path} was encoded from another prompt")
             continue
         return cond, pooled, f"cache {os.path.basename(path)}"

@@ -19,8 +19,8 @@ from .. import formats
 from . import compat
 from ..files import read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
-from ..tasks import (META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_PROMPTS, TIME_EMBEDDING_OFFICIAL,
-                    TIME_EMBEDDING_STOCK, check_task, task_from_file_name)
+from ..tasks import (META_REPRESENTATION, META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_NAMES, TASKS,
+                     TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK, task_from_file_name, task_spec)
 
 log = logging.getLogger("edit2perceive")
 
@@ -47,13 +47,14 @@ class E2PModel:
     description: list[str] = field(default_factory=list)
     cond: torch.Tensor | None = None    # task conditioning, attached once resolved (see e2p_core.comfyui.conditioning)
     pooled: torch.Tensor | None = None
+    representation: str | None = None   # e2p.representation of the files; None when they do not say
 
     def resolve_task(self, requested: str, file_names: list[str | None]) -> tuple[str, str]:
         """(task, what says so) for a requested task or ``auto``. File metadata decides when present; else the
         names of the files (the released checkpoints carry no metadata but are named depth/normal/matting). An
         explicit choice must agree with both, so normal weights never run as "depth"."""
         if requested != TASK_AUTO:
-            check_task(requested)
+            task_spec(requested)
         if self.task is not None:
             if requested not in (TASK_AUTO, self.task):
                 raise self._metadata_mismatch(requested)
@@ -76,7 +77,7 @@ class E2PModel:
         files = ", ".join(named) or "the MODEL input"
         raise E2PLoadError(f"task is auto but {files} does not say which task it was trained for (no e2p.task "
                            f"metadata, and depth/normal/matting is not in the file name); set task to "
-                           f"{', '.join(TASK_PROMPTS)}")
+                           f"{', '.join(TASK_NAMES)}")
 
     def _metadata_mismatch(self, task: str) -> E2PLoadError:
         return E2PLoadError(f"these weights were trained for '{self.task}' (file metadata) but '{task}' was "
@@ -88,6 +89,7 @@ class E2PModel:
         conditioning of another text encoder's width (which would fail deep inside the model)."""
         if self.task is not None and self.task != task:
             raise self._metadata_mismatch(task)
+        check_representation(task, self.representation)
         text_width, pooled_width = compat.flux_text_input_widths(self.patcher)
         if cond.shape[-1] != text_width or (pooled_width is not None and pooled.shape[-1] != pooled_width):
             raise E2PLoadError(
@@ -95,7 +97,8 @@ class E2PModel:
                 f"{text_width} wide (pooled {pooled_width}): it was encoded by other text encoders. Delete that "
                 "file from models/embeddings/edit2perceive and connect the FLUX text encoders once (DualCLIPLoader: "
                 "clip_l + t5xxl, type flux) so it is encoded again")
-        return E2PModel(self.patcher, task, self.time_embedding, list(self.description), cond, pooled)
+        return E2PModel(self.patcher, task, self.time_embedding, list(self.description), cond, pooled,
+                        self.representation)
 
 
 def _resolve_time_embedding(requested: str, metadata: dict[str, str]) -> str:
@@ -109,7 +112,30 @@ def _resolve_time_embedding(requested: str, metadata: dict[str, str]) -> str:
 
 def _task_from_metadata(metadata: dict[str, str]) -> str | None:
     task = metadata.get(META_TASK)
-    return task if task in TASK_PROMPTS else None
+    return task if task in TASKS else None
+
+
+def check_representation(task: str | None, representation: str | None) -> None:
+    """Weights that state what their output means must mean what these nodes decode for the task: a file trained
+    on another encoding of the same task would run and give plausible-looking, wrong values."""
+    if task is None or representation is None:
+        return
+    expected = task_spec(task).representation
+    if representation != expected:
+        raise E2PLoadError(f"these weights state the output representation '{representation}' (e2p.representation "
+                           f"metadata) but the {task} nodes decode '{expected}': they were trained for another "
+                           f"encoding of {task}, which these nodes cannot read. Use {task} weights made for this node "
+                           "pack (the released checkpoints, or ones exported by its trainer), or the node version "
+                           "that wrote this file")
+
+
+def _model_from_files(patcher, metadata: dict[str, str], task: str | None, time_embedding: str,
+                      notes: list[str]) -> E2PModel:
+    """The patched model with what the files state; refuses a stated representation the stated task cannot use."""
+    representation = metadata.get(META_REPRESENTATION)
+    check_representation(task, representation)
+    resolved = _resolve_time_embedding(time_embedding, metadata)
+    return E2PModel(apply_e2p_patches(patcher, resolved), task, resolved, notes, representation=representation)
 
 
 def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: str = "default",
@@ -248,8 +274,7 @@ def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str
         metadata = {**metadata, **lora_metadata}
     for line in notes:
         log.info("Edit2Perceive: %s", line)
-    resolved = _resolve_time_embedding(time_embedding, metadata)
-    return E2PModel(apply_e2p_patches(patcher, resolved), task, resolved, notes)
+    return _model_from_files(patcher, metadata, task, time_embedding, notes)
 
 
 def from_native_model(patcher, lora_path: str | None = None, lora_strength: float = 1.0,
@@ -265,5 +290,4 @@ def from_native_model(patcher, lora_path: str | None = None, lora_strength: floa
         patcher, report = apply_lora(patcher, lora_tensors, lora_strength)
         notes.append(report.summary())
         task = _task_from_metadata(metadata)
-    resolved = _resolve_time_embedding(time_embedding, metadata)
-    return E2PModel(apply_e2p_patches(patcher, resolved), task, resolved, notes)
+    return _model_from_files(patcher, metadata, task, time_embedding, notes)

@@ -20,7 +20,7 @@ import torch
 from .. import ensemble, imaging, representations
 from . import compat
 from .sampling import predict_latent, seeded_noise
-from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION
+from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
 
 
 @dataclass(frozen=True)
@@ -128,16 +128,13 @@ class TaskPrediction(NamedTuple):
 
 def _decode_task_value(decoded: torch.Tensor, task: str, canvas: imaging.Canvas) -> torch.Tensor:
     """Decoder output [B, h, w, 3] on the canvas -> the task's value at the input size."""
-    if task == "depth":
-        value = representations.decode_depth(decoded)[..., None]
-    elif task == "matting":
-        value = representations.decode_alpha(decoded)[..., None]
+    spec = task_spec(task)
+    value = spec.decode(decoded)
+    if spec.output_channels == 1:
+        value = imaging.from_canvas(value[..., None], canvas)[..., 0]
     else:
-        value = representations.decode_normals(decoded)
-    value = imaging.from_canvas(value, canvas)
-    if task == "normal":
-        return representations.unit_normals(value)
-    return value[..., 0].clamp(0.0, 1.0)
+        value = imaging.from_canvas(value, canvas)
+    return spec.after_resampling(value)
 
 
 def _encode_frames(vae, images: torch.Tensor, frames: list[int], canvas: imaging.Canvas, task: str,
@@ -147,7 +144,7 @@ def _encode_frames(vae, images: torch.Tensor, frames: list[int], canvas: imaging
     latents [1, 16, h, w]. Matting point maps at the input size go into ``hint_outputs`` for the preview."""
     rgb = torch.nan_to_num(images[frames, :, :, :3].float(), nan=0.0, posinf=1.0, neginf=0.0)
     references = [vae.encode(imaging.to_canvas(rgb.clamp(0.0, 1.0), canvas))]
-    if task == "matting":
+    if task_spec(task).needs_hint:
         point_maps = []
         for frame in frames:
             frame_hints = hints[frame] if hints is not None else MattingHints()
@@ -181,7 +178,8 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
     batch, height, width = images.shape[0], images.shape[1], images.shape[2]
     if batch == 0:
         raise ValueError("the image batch is empty (0 images); connect an image")
-    if task == "matting" and hints is not None and len(hints) != batch:
+    spec = task_spec(task)
+    if spec.needs_hint and hints is not None and len(hints) != batch:
         raise ValueError(f"{len(hints)} hint sets for {batch} images; give one per image or one for all")
     if int(frames_per_pass) < 1 or int(ensemble_size) < 1:
         raise ValueError(f"frames_per_pass ({frames_per_pass}) and ensemble_size ({ensemble_size}) must be at least 1")
@@ -214,10 +212,10 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
         for position, (frame, member) in enumerate(pass_items):
             members[frame].append(values[position:position + 1])
             if member == ensemble_size - 1:
-                combined, uncertainty = ensemble.combine(task, torch.cat(members.pop(frame)))
+                combined, uncertainty = spec.combine(torch.cat(members.pop(frame)))
                 outputs[frame], uncertainties[frame] = combined[None], uncertainty[None]
                 del encoded[frame]
         if on_progress is not None:
             on_progress(len(pass_items))
-    return TaskPrediction(torch.cat(outputs), torch.cat(hint_outputs) if task == "matting" else None,
+    return TaskPrediction(torch.cat(outputs), torch.cat(hint_outputs) if spec.needs_hint else None,
                           torch.cat(uncertainties))

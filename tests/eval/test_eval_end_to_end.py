@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("comfy_core")
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+    from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
 
     folder = tmp_path_factory.mktemp("tiny_e2p")
     base = tm.bfl_state_dict(seed=3)
@@ -31,7 +31,7 @@ def tiny_files(tmp_path_factory):
     for task in ("depth", "normal", "matting"):
         cond, pooled = tm.conditioning()
         path = str(folder / f"{task}_cond.safetensors")
-        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: task_spec(task).prompt})
         files[task] = path
     return files
 

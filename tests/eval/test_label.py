@@ -52,14 +52,14 @@ def one_thread():
 def tiny(tmp_path_factory):
     from e2p_core.comfyui.api import E2PPredictor
     from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+    from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
 
     folder = tmp_path_factory.mktemp("tiny_label")
     model = tm.write(str(folder / "depth_e2p.safetensors"), tm.in_layout(tm.bfl_state_dict(seed=3), "diffsynth"))
     vae = tm.write(str(folder / "ae.safetensors"), tm.flux_vae_state_dict())
     cond, pooled = tm.conditioning()
     conditioning = str(folder / "depth_cond.safetensors")
-    save_conditioning(conditioning, cond, pooled, {META_TASK: "depth", META_PROMPT: TASK_PROMPTS["depth"]})
+    save_conditioning(conditioning, cond, pooled, {META_TASK: "depth", META_PROMPT: task_spec("depth").prompt})
     predictor = E2PPredictor.from_files(task="depth", model=model, conditioning=conditioning, vae=vae, dtype="fp32")
     return {"model": model, "vae": vae, "conditioning": conditioning, "predictor": predictor}
 
@@ -177,11 +177,11 @@ def test_normals_and_alpha_are_the_node_outputs_as_save_float_image_writes_them(
     from e2p_core import representations
     from e2p_core.comfyui.api import E2PPredictor
     from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+    from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
 
     cond, pooled = tm.conditioning(seed=4)
     conditioning = str(tmp_path / f"{task}_cond.safetensors")
-    save_conditioning(conditioning, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    save_conditioning(conditioning, cond, pooled, {META_TASK: task, META_PROMPT: task_spec(task).prompt})
     predictor = E2PPredictor.from_files(task=task, model=tiny["model"], conditioning=conditioning, vae=tiny["vae"],
                                         dtype="fp32")
     listing = tmp_path / "list.txt"

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from e2p_core import representations
 from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
 
 RESOLUTION = 32
 CONTEXT_DIM = 64
@@ -37,7 +37,7 @@ def make_conditioning(path: str, task: str, seed: int = 3) -> str:
     generator = torch.Generator().manual_seed(seed)
     cond = torch.randn(1, TEXT_TOKENS, CONTEXT_DIM, generator=generator)
     pooled = torch.randn(1, POOLED_DIM, generator=generator)
-    save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+    save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: task_spec(task).prompt})
     return path
 
 

@@ -78,7 +78,7 @@ def write_models(models: Path) -> None:
     """Tiny weights under every file name the workflows use (see workflow_graphs.MODEL_FILES)."""
     from e2p_core.comfyui import conditioning
     from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_PROMPTS
+    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_NAMES, task_spec
 
     for seed, task in enumerate(("depth", "normal", "matting"), start=71):
         bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=seed)
@@ -91,10 +91,10 @@ def write_models(models: Path) -> None:
     control = stock_models.sd15_controlnet_state_dict()
     _save(models / "controlnet" / "control_v11f1p_sd15_depth_fp16.safetensors", control)
     _save(models / "controlnet" / "control_v11p_sd15_normalbae_fp16.safetensors", control)
-    for offset, task in enumerate(TASK_PROMPTS):
+    for offset, task in enumerate(TASK_NAMES):
         cond, pooled = tm.conditioning(seed=90 + offset)
         path = conditioning.cache_file(str(models / "embeddings"), task, "testencoder")
-        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: TASK_PROMPTS[task]})
+        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: task_spec(task).prompt})
 
 
 def write_inputs(inputs: Path) -> None:
