@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
-if str(Path(__file__).parent) not in sys.path:  # keeps `import comfy_harness` working if tests/ becomes a package
-    sys.path.insert(0, str(Path(__file__).parent))
+# The repo root is appended, not prepended, so ComfyUI's `nodes` (put first by the harness) beats the pack's `nodes/`.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-import comfy_harness  # noqa: E402
-from comfy_harness import REPO_ROOT, ComfyServer, HarnessSetupError  # noqa: E402
+from e2p_dev import comfy_runtime  # noqa: E402
+from e2p_dev.comfy_runtime import REPO_ROOT, HarnessSetupError  # noqa: E402
+from e2p_dev.server import ComfyServer  # noqa: E402
 
 # Fixtures that import or start ComfyUI; a test whose fixture closure holds one of them needs ComfyUI.
 COMFYUI_FIXTURES = frozenset({"comfy_core", "comfy_inprocess", "comfy_server", "workflow_server"})
@@ -39,10 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "comfyui: imports or starts ComfyUI (auto-applied); scripts/test.sh runs these on every version"
     )
-    comfy_harness.add_repo_root_to_sys_path()
     _session_base_dir = Path(tempfile.mkdtemp(prefix="e2p_comfy_base_"))
     try:
-        comfy_harness.configure_comfy_args(_session_base_dir)
+        comfy_runtime.configure_comfy_args(_session_base_dir)
     except HarnessSetupError as error:
         # Tests that need no ComfyUI still run; the ComfyUI fixtures re-raise this with the fix.
         _comfy_setup_error = error
@@ -58,21 +59,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = set(getattr(item, "fixturenames", ()))
         if "comfy_server" in fixtures:
             item.add_marker(pytest.mark.server)
-        # Tests marked `server` by hand start ComfyUI through the harness or a script of their own.
+        # Tests marked `server` by hand start ComfyUI through e2p_dev or a script of their own.
         if fixtures & COMFYUI_FIXTURES or item.get_closest_marker("server") is not None:
             item.add_marker(pytest.mark.comfyui)
 
 
 @pytest.fixture(scope="session")
-def comfy_core() -> comfy_harness.InProcessComfy:
+def comfy_core() -> comfy_runtime.InProcessComfy:
     """ComfyUI (the version in E2P_COMFYUI_DIR) imported in-process with core and extra nodes, no custom node pack."""
     if _comfy_setup_error is not None:
         raise _comfy_setup_error
-    return comfy_harness.boot_comfy_inprocess(_session_base_dir)
+    return comfy_runtime.boot_comfy_inprocess(_session_base_dir)
 
 
 @pytest.fixture(scope="session")
-def comfy_inprocess(comfy_core: comfy_harness.InProcessComfy) -> comfy_harness.InProcessComfy:
+def comfy_inprocess(comfy_core: comfy_runtime.InProcessComfy) -> comfy_runtime.InProcessComfy:
     """`comfy_core` with this repo loaded as a custom node pack (`.pack_module`); fails if it does not load."""
     comfy_core.pack_module = comfy_core.load_pack(REPO_ROOT)
     return comfy_core

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 
 pytestmark = pytest.mark.usefixtures("comfy_inprocess")
 

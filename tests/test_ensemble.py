@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_core import ensemble
 from e2p_core.tasks import task_spec
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from e2p_core import formats
-from tiny_models import bfl_state_dict, in_layout
+from e2p_dev.tiny_models import bfl_state_dict, in_layout
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_core import ensemble, imaging, representations, tasks
 from e2p_core.comfyui import compat, pipeline, sampling
 from test_nodes import image_batch, installed, load, task_inputs, vae  # noqa: F401  (fixtures)

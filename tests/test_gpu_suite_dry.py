@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import comfy_harness
+from e2p_dev import comfy_runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.comfyui
@@ -27,7 +27,7 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     work = tmp_path_factory.mktemp("gpu_suite")
     command = [sys.executable, str(REPO_ROOT / "bench" / "gpu_suite.py"), "--dry-run", "--shape", "smoke",
                "--resolutions", "64", "--video-frames", "2", "--video-resolution", "64", "--repeats", "1",
-               "--warmup", "0", "--diffusers-steps", "1", "2", "--comfyui", str(comfy_harness.comfyui_dir()),
+               "--warmup", "0", "--diffusers-steps", "1", "2", "--comfyui", str(comfy_runtime.comfyui_dir()),
                "--carry", str(work / "no_carry"), "--work-dir", str(work / "work"), "--out", str(work / "out")]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     return completed, work / "out"

@@ -1,4 +1,4 @@
-"""Proves the test harness itself: ComfyUI boots in-process and as a server, and pack failures are caught."""
+"""Proves the development harness itself (e2p_dev.comfy_runtime, e2p_dev.server): ComfyUI boots in-process and as a server, and pack failures are caught."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import comfy_harness
-from comfy_harness import REPO_ROOT, ComfyServer, PackImportError
+from e2p_dev import comfy_runtime
+from e2p_dev.comfy_runtime import REPO_ROOT, PackImportError
+from e2p_dev.server import PACK_DIR_NAME, ComfyServer
 
 # A V3 pack whose node waits (checking ComfyUI's interrupt flag) and a pack whose import raises.
 WAITING_PACK_SOURCE = textwrap.dedent(
@@ -75,7 +76,7 @@ def test_inprocess_boot_registers_core_and_extra_nodes(comfy_core):
     import comfy.cli_args
     import comfyui_version
 
-    from comfy_harness import SUPPORTED_COMFYUI_VERSIONS, comfyui_dir, read_comfyui_version
+    from e2p_dev.comfy_runtime import SUPPORTED_COMFYUI_VERSIONS, comfyui_dir, read_comfyui_version
 
     assert comfyui_version.__version__ == read_comfyui_version(comfyui_dir())
     assert comfyui_version.__version__ in SUPPORTED_COMFYUI_VERSIONS
@@ -130,14 +131,14 @@ def test_repo_pack_loads_in_process(comfy_inprocess):
 
 
 def test_server_refuses_vram_flags_that_clash_with_cpu(tmp_path):
-    with pytest.raises(comfy_harness.HarnessSetupError, match="--lowvram"):
+    with pytest.raises(comfy_runtime.HarnessSetupError, match="--lowvram"):
         ComfyServer(tmp_path, tmp_path / "log.txt", extra_args=["--lowvram"])
 
 
 def test_missing_comfyui_error_names_the_setup_script(monkeypatch, tmp_path):
     monkeypatch.setenv("E2P_COMFYUI_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(comfy_harness.HarnessSetupError, match="bash scripts/setup_env.sh"):
-        comfy_harness.comfyui_dir()
+    with pytest.raises(comfy_runtime.HarnessSetupError, match="bash scripts/setup_env.sh"):
+        comfy_runtime.comfyui_dir()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def test_comfy_server_factory_places_models_before_start(comfy_server):
 
     server = comfy_server(place_lora)
     assert server.get("/models/loras").json() == ["probe.safetensors"]
-    assert (server.base_dir / "custom_nodes" / comfy_harness.PACK_DIR_NAME).resolve() == REPO_ROOT
+    assert (server.base_dir / "custom_nodes" / PACK_DIR_NAME).resolve() == REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ def shared_server(tmp_path_factory):
 @pytest.mark.server
 def test_server_answers_system_stats_and_serves_frontend(shared_server):
     stats = shared_server.system_stats()
-    assert stats["system"]["comfyui_version"] == comfy_harness.read_comfyui_version(comfy_harness.comfyui_dir())
+    assert stats["system"]["comfyui_version"] == comfy_runtime.read_comfyui_version(comfy_runtime.comfyui_dir())
     assert [device["type"] for device in stats["devices"]] == ["cpu"]
     page = shared_server.get("/")
     assert page.status_code == 200
@@ -217,7 +218,7 @@ def test_server_rejects_bad_prompt_and_keeps_answering(shared_server):
     assert status_code == 400
     assert "NoSuchNode" in reply["error"]["message"]
 
-    expected_version = comfy_harness.read_comfyui_version(comfy_harness.comfyui_dir())
+    expected_version = comfy_runtime.read_comfyui_version(comfy_runtime.comfyui_dir())
     assert shared_server.system_stats()["system"]["comfyui_version"] == expected_version
     shared_server.run_prompt(empty_image_to_save_prompt(8, 8, 0))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_core import files, formats, imaging
 from e2p_core.comfyui import loader
 

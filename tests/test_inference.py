@@ -6,7 +6,7 @@ import pytest
 import torch
 from einops import rearrange
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 
 pytestmark = pytest.mark.usefixtures("comfy_inprocess")
 

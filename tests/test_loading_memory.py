@@ -10,7 +10,7 @@ import weakref
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_core.comfyui import compat, loader, sampling
 
 pytestmark = pytest.mark.usefixtures("comfy_inprocess")

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_core import representations
 from e2p_core.comfyui import conditioning
 from e2p_core.tasks import META_TASK, task_spec

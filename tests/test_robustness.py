@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_core import tasks
 from e2p_core.comfyui import conditioning
 from e2p_core.conditioning_file import save_conditioning

@@ -13,7 +13,7 @@ import png
 import pytest
 from PIL import Image
 
-from comfy_harness import REPO_ROOT, comfyui_dir
+from e2p_dev.comfy_runtime import REPO_ROOT, comfyui_dir
 
 SCRIPT = REPO_ROOT / "scripts" / "run_example.py"
 SHELL_SCRIPT = REPO_ROOT / "scripts" / "run_example.sh"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_core.comfyui import pipeline
 from e2p_core.conditioning_file import save_conditioning
 from e2p_core.tasks import META_PROMPT, META_TASK, task_spec

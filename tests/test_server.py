@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 
 pytestmark = pytest.mark.server
 

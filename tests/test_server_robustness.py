@@ -86,7 +86,7 @@ def hostile_files(tiny_files, work_dir):
     """The tiny set plus the bad files users end up selecting, placed in the model folders."""
     import torch
 
-    import tiny_models as tm
+    from e2p_dev import tiny_models as tm
     from e2p_core.tasks import META_TASK
 
     files, image_path = tiny_files
@@ -144,7 +144,7 @@ def issue15_files(tiny_files, work_dir):
     """The tiny set plus what issue 15 found: released-style names without metadata, NaN weights, an SD VAE."""
     import torch
 
-    import tiny_models as tm
+    from e2p_dev import tiny_models as tm
 
     files, image_path = tiny_files
     files = dict(files)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import e2p_eval_synthetic as syn
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 from e2p_eval.cli import main
 from e2p_eval.predict import prediction_path
 

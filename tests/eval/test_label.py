@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-import comfy_harness
-import tiny_models as tm
+from e2p_dev import comfy_runtime
+from e2p_dev import tiny_models as tm
 from e2p_core import float_files
 from e2p_eval import label as labelling
 from e2p_eval.label import main
@@ -102,11 +102,11 @@ def accelerate_command(tiny, input_path, out):
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()),
             "-m", "e2p_eval.label", *label_argv(tiny, input_path, out),
-            "--comfyui", str(comfy_harness.comfyui_dir())]
+            "--comfyui", str(comfy_runtime.comfyui_dir())]
 
 
 def subprocess_env():
-    path = os.pathsep.join([str(comfy_harness.REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    path = os.pathsep.join([str(comfy_runtime.REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
@@ -257,7 +257,7 @@ def test_a_start_that_labelled_nothing_does_not_pin_its_settings(tiny, images, t
 def test_two_processes_write_the_same_files_as_one(reference, tiny, images, tmp_path):
     out = tmp_path / "pair"
     completed = subprocess.run(accelerate_command(tiny, images, out), capture_output=True, text=True,
-                               timeout=SUBPROCESS_TIMEOUT_S, env=subprocess_env(), cwd=comfy_harness.REPO_ROOT)
+                               timeout=SUBPROCESS_TIMEOUT_S, env=subprocess_env(), cwd=comfy_runtime.REPO_ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "to label on 2 process(es)" in completed.stdout and "items/s" in completed.stdout
     summary = json.loads((out / labelling.SUMMARY_FILE).read_text())
@@ -271,7 +271,7 @@ def test_two_processes_write_the_same_files_as_one(reference, tiny, images, tmp_
 def test_kill_9_mid_run_then_resume_gives_the_same_set(reference, tiny, images, tmp_path):
     out = tmp_path / "killed"
     launcher = subprocess.Popen(accelerate_command(tiny, images, out), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=comfy_harness.REPO_ROOT)
+                                stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=comfy_runtime.REPO_ROOT)
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while len(labelling.latest_records(str(out))) < 2:

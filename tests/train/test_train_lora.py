@@ -6,7 +6,7 @@ LoRA loader (``LoraLoaderModelOnly``'s ``comfy.sd.load_lora_for_models``) both a
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 
 RANK, ALPHA = 4, 8.0
 

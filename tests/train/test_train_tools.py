@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-import tiny_models as tm
+from e2p_dev import tiny_models as tm
 import trainer_fixtures as tf
 
 PROMPT_WORDS = sorted({w for p in ("Transform to depth map while maintaining original composition",

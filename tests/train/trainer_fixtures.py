@@ -25,7 +25,7 @@ POOLED_DIM = 768
 
 def make_base_model(folder: str, seed: int = 0) -> str:
     """A diffusers FLUX.1-Kontext-shaped folder (transformer/ + vae/) with tiny random weights."""
-    from train.model import TinyFluxSpec, build_tiny_transformer, build_tiny_vae, save_tiny_models
+    from e2p_dev.tiny_models import TinyFluxSpec, build_tiny_transformer, build_tiny_vae, save_tiny_models
 
     if not os.path.isfile(os.path.join(folder, "model_index.json")):
         spec = TinyFluxSpec(context_dim=CONTEXT_DIM, pooled_dim=POOLED_DIM)

@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parents[1]))  # the repo root, after ComfyUI's folder so its `nodes` wins
 
-import comfy_harness  # noqa: E402
+from e2p_dev import comfy_runtime  # noqa: E402
 
 THUMBNAIL_WIDTH = 640
 # The frontend's side bar and top bars in a 1600x1000 screenshot; the graph is fitted into the whole canvas.
@@ -26,14 +27,14 @@ CHROME_LEFT, CHROME_TOP = 52, 64
 
 
 def main() -> None:
-    authoring = comfy_harness.SUPPORTED_COMFYUI_VERSIONS[0]
-    found = comfy_harness.read_comfyui_version(comfy_harness.comfyui_dir())
+    authoring = comfy_runtime.SUPPORTED_COMFYUI_VERSIONS[0]
+    found = comfy_runtime.read_comfyui_version(comfy_runtime.comfyui_dir())
     if found != authoring:
         raise SystemExit(f"the workflows are built on ComfyUI {authoring}, this is {found} "
-                         f"({comfy_harness.comfyui_dir()}); unset E2P_COMFYUI_DIR and run with that version's venv")
+                         f"({comfy_runtime.comfyui_dir()}); unset E2P_COMFYUI_DIR and run with that version's venv")
     work = Path(tempfile.mkdtemp(prefix="e2p_build_workflows_"))
     files = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "files"  # optional: reuse tiny model files
-    comfy_harness.configure_comfy_args(work / "inprocess")
+    comfy_runtime.configure_comfy_args(work / "inprocess")
     import frontend
     import workflow_env
     import workflow_graphs

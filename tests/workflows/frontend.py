@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from comfy_harness import DEFAULT_CACHE_DIR, HarnessSetupError
+from e2p_dev.comfy_runtime import DEFAULT_CACHE_DIR, HarnessSetupError
 
 DRIVER = Path(__file__).with_name("frontend_driver.cjs")
 PLAYWRIGHT_VERSION = "1.65.1"

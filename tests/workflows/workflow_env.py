@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 import stock_models
-import tiny_models as tm
-from comfy_harness import ComfyServer
+from e2p_dev import tiny_models as tm
+from e2p_dev.server import ComfyServer
 from workflow_graphs import INPUT_FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

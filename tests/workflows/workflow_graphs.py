@@ -131,7 +131,7 @@ def _pack_of(info: dict) -> dict:
     """cnr_id/ver as the frontend records them, so it never has to ask the registry which pack a node is from."""
     module = info.get("python_module", "")
     if module.split(".")[0] in ("nodes", "comfy_extras"):
-        from comfy_harness import SUPPORTED_COMFYUI_VERSIONS
+        from e2p_dev.comfy_runtime import SUPPORTED_COMFYUI_VERSIONS
 
         return {"cnr_id": CORE_PACK_ID, "ver": SUPPORTED_COMFYUI_VERSIONS[0]}
     return {"cnr_id": PACK_ID, "ver": _pack_version()}

@@ -1,0 +1,9 @@
+"""Development tooling shared by the tests, the benchmarks and the scripts; never imported by the node pack.
+
+- ``comfy_runtime``: find ComfyUI and its version, parse its arguments, import it into this process (one boot).
+- ``server``: ComfyUI as a ``main.py`` process on 127.0.0.1 and a small client for its HTTP API.
+- ``tiny_models``: random FLUX/VAE/LoRA weights and conditioning in the real file layouts, tiny or full size.
+- ``workflows``: the example workflows as graphs and the build that turns them into ``example_workflows/``.
+
+Nodes, ``e2p_core`` and ``train/`` do not import this package: it may import anything, they may not.
+"""
