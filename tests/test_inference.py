@@ -157,12 +157,11 @@ def to_raw(model_space):
 
 @pytest.mark.parametrize("references", [1, 2])
 def test_one_step_equals_hand_written_official_step(tmp_path, weights, inputs, references):
-    from e2p_core import schedule
-    from e2p_core.comfyui import sampling
+    from e2p_core import flow, schedule
 
     bfl = weights[0]
     image_ref, hint_ref, cond, pooled = inputs
-    noise = sampling.seeded_noise((1, 16, 8, 12), 42)
+    noise = flow.seeded_noise((1, 16, 8, 12), 42)
     with torch.inference_mode():
         v = hand_velocity(bfl, noise, [image_ref, hint_ref][:references], cond, pooled, 1.0,
                           independent_official_embedding)
@@ -174,12 +173,11 @@ def test_one_step_equals_hand_written_official_step(tmp_path, weights, inputs, r
 
 
 def test_stock_time_embedding_switch(tmp_path, weights, inputs):
-    from e2p_core import schedule
-    from e2p_core.comfyui import sampling
+    from e2p_core import flow, schedule
 
     bfl = weights[0]
     image_ref, _, cond, pooled = inputs
-    noise = sampling.seeded_noise((1, 16, 8, 12), 42)
+    noise = flow.seeded_noise((1, 16, 8, 12), 42)
     with torch.inference_mode():
         v = hand_velocity(bfl, noise, [image_ref], cond, pooled, 1.0, stock_embedding)
     expected = to_raw(noise + (schedule.one_step_landing_sigma() - 1.0) * v)
@@ -191,9 +189,9 @@ def test_stock_time_embedding_switch(tmp_path, weights, inputs):
 
 def test_official_embedding_is_bf16_rounded_and_differs_from_stock():
     import comfy.ldm.flux.layers
-    from e2p_core.comfyui import patches
+    from e2p_core import flow
 
-    official = patches.official_time_embedding(torch.tensor([1.0]))
+    official = flow.official_time_embedding(torch.tensor([1.0]))
     assert torch.allclose(official, independent_official_embedding(1.0), atol=1e-6)
     stock = comfy.ldm.flux.layers.timestep_embedding(torch.tensor([1.0]), 256)
     difference = (official - stock).abs()
@@ -202,12 +200,12 @@ def test_official_embedding_is_bf16_rounded_and_differs_from_stock():
 
 
 def test_n_step_mode_follows_the_official_sigma_list(tmp_path, weights, inputs):
-    from e2p_core.comfyui import sampling
+    from e2p_core import flow
 
     bfl = weights[0]
     image_ref, _, cond, pooled = inputs
     official_sigmas = [1.0, 0.857692, 0.602151, 0.008929, 0.0]      # the release's 4-step table
-    x = sampling.seeded_noise((1, 16, 8, 12), 42)
+    x = flow.seeded_noise((1, 16, 8, 12), 42)
     with torch.inference_mode():
         for sigma, next_sigma in zip(official_sigmas[:-1], official_sigmas[1:]):
             v = hand_velocity(bfl, x, [image_ref], cond, pooled, sigma, independent_official_embedding)

@@ -21,7 +21,7 @@ from torch import nn
 
 from e2p_core import formats, schedule
 from e2p_core.files import read_safetensors
-from e2p_core.comfyui.patches import official_time_embedding
+from e2p_core.flow import official_time_embedding, one_step_estimate
 from e2p_core.tasks import EMBEDDED_GUIDANCE, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
 LATENT_CHANNELS = 16
@@ -54,7 +54,7 @@ class OfficialTimeTextEmbedding(nn.Module):
     diffusers multiplies the timestep by 1000 in the activation dtype (bfloat16 under autocast), which would
     round sigma before scaling; the denoiser therefore hands the float32 sigmas over directly (``pending``).
     The guidance embedding keeps the stock float32 frequencies, as officially. The embedding itself is the nodes'
-    (``e2p_core.comfyui.patches.official_time_embedding``), so trainer and nodes cannot drift apart.
+    (``e2p_core.flow.official_time_embedding``), so trainer and nodes cannot drift apart.
     """
 
     def __init__(self, stock: nn.Module):
@@ -162,7 +162,7 @@ def one_step_prediction(denoiser: nn.Module, references: list[torch.Tensor], con
     ones = torch.ones(noise.shape[0], device=noise.device)
     velocity = denoiser(noise, references, cond.expand(noise.shape[0], -1, -1), pooled.expand(noise.shape[0], -1),
                         ones)
-    return noise.float() + (sigma_end - 1.0) * velocity
+    return one_step_estimate(noise.float(), velocity, sigma_end)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from e2p_core import representations
 from e2p_core.files import atomic_write, atomic_write_text
-from e2p_core.comfyui.sampling import seeded_noise
+from e2p_core.flow import interpolate, one_step_estimate, seeded_noise
 from e2p_core.tasks import DEFAULT_SEED
 
 from . import checkpoint, export, lora, objective
@@ -231,7 +231,7 @@ def compute_loss(models: Models, denoiser, batch: dict, cond: torch.Tensor, pool
     draw = objective.draw_timesteps(config, epoch, indices)
     noise = objective.draw_noise(config, tuple(clean.shape[1:]), epoch, indices, draw).to(device)
     sigma = draw.sigmas.to(device)[:, None, None, None]
-    noisy = (1.0 - sigma) * clean + sigma * noise
+    noisy = interpolate(clean, noise, sigma)
     count = clean.shape[0]
     velocity = denoiser(noisy, references, cond.expand(count, -1, -1), pooled.expand(count, -1), draw.model_sigmas)
     flow = consistency = None
@@ -240,7 +240,7 @@ def compute_loss(models: Models, denoiser, batch: dict, cond: torch.Tensor, pool
                                               draw.weights.to(device)).mean()
     if config.uses_consistency:
         landing = draw.landing_sigmas.to(device)[:, None, None, None]
-        estimate = noisy + (landing - 1.0) * velocity
+        estimate = one_step_estimate(noisy, velocity, landing)
         decoded = models.vae.decode(estimate)
         consistency = objective.consistency_loss(config, decoded, targets, draw.weights.to(device))
     return objective.combine(config, flow, consistency, epoch_progress, global_mean)

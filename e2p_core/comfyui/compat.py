@@ -22,7 +22,7 @@ Touch points and the differences found:
   stock embedding and ``process_img(ref, index=..., h_offset=..., w_offset=...)`` for each reference on both.
 - Reference placement: the ``reference_latents_method`` conditioning key (0.3.75 and 0.33.0). The pack sets
   ``offset`` explicitly (index 1 for every reference) instead of relying on the model's default method.
-- Sampling: ``comfy.samplers.KSAMPLER``, ``CFGGuider`` and ``sampling_function``; same on both.
+- Sampling: ``comfy.samplers.KSAMPLER`` and the stock ``CFGGuider`` (positive only, cfg 1); same on both.
 - Raw VAE decode: ``VAE.process_output``. 0.3.75 uses its return value, 0.33.0 calls it in place on a
   preallocated buffer and ignores the return; an identity works for both.
 - Text conditioning: ``CLIP.tokenize(text, tokenizer_options={"t5xxl_min_length": n})``; same on both.
@@ -256,19 +256,17 @@ def ksampler(sampler_function, extra_options: dict):
 
 
 def positive_only_guider(patcher, conditioning: list):
-    """A cfg-1 guider over the positive conditioning only (the official cfg is 1: no negative pass)."""
+    """ComfyUI's stock ``CFGGuider`` at cfg 1 with only a positive conditioning (the official cfg is 1).
+
+    Core's ``Guider_Basic`` pattern, without importing a node module: with no negative and cfg 1 the stock
+    ``predict_noise`` calls ``sampling_function(model, x, t, None, positive, 1.0)``, whose cfg-1 shortcut drops
+    the unconditional pass, so the model runs once per step (0.3.75 and 0.33.0 alike).
+    """
     import comfy.samplers
 
-    class PositiveOnlyGuider(comfy.samplers.CFGGuider):
-        def set_conds(self, positive):
-            self.inner_set_conds({"positive": positive})
-
-        def predict_noise(self, x, timestep, model_options={}, seed=None):
-            return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds.get("positive"),
-                                                    1.0, model_options=model_options, seed=seed)
-
-    guider = PositiveOnlyGuider(patcher)
-    guider.set_conds(conditioning)
+    guider = comfy.samplers.CFGGuider(patcher)
+    guider.inner_set_conds({"positive": conditioning})
+    guider.set_cfg(1.0)
     return guider
 
 

@@ -6,6 +6,7 @@ patching, lowvram offloading and the stock sampler path, and vanish when the pat
 1. Time embedding. The released checkpoints were trained with a time embedder that rounds its 128 sinusoid
    frequencies to bfloat16 (and receives a bfloat16 timestep) before multiplying; ComfyUI uses float32 frequencies.
    At t = 1000 the two embeddings differ by up to ~1.1 per component, enough to move the prediction visibly.
+   The embedding itself is ``e2p_core.flow.official_time_embedding``, the one the trainer uses too.
 2. Reference placement. Matting feeds two references (image, hint map); officially both sit at RoPE index 1 with
    no spatial offset. The conditioning asks for ComfyUI's "offset" method explicitly (index 1 for every
    reference, see e2p_core.comfyui.sampling); this patch removes the offset it would add to the second one.
@@ -13,31 +14,13 @@ patching, lowvram offloading and the stock sampler path, and vanish when the pat
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import compat
+from ..flow import official_time_embedding
 from ..tasks import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
-EMBEDDING_DIM = 256
-MAX_PERIOD = 10000
-TIME_FACTOR = 1000.0
 WRAPPER_KEY = "edit2perceive"
-
-
-def official_time_embedding(sigmas: torch.Tensor, dim: int = EMBEDDING_DIM) -> torch.Tensor:
-    """The official time embedding for ComfyUI timesteps (sigma in [0, 1]), as float32 [N, dim].
-
-    Timestep 1000 * sigma and the frequencies exp(-ln(10000) i / 128) are both rounded to bfloat16, multiplied in
-    float32, and laid out [cos, sin] like BFL's.
-    """
-    half = dim // 2
-    timesteps = (sigmas.float() * TIME_FACTOR).to(torch.bfloat16).float()
-    exponents = -math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=sigmas.device) / half
-    frequencies = torch.exp(exponents).to(torch.bfloat16).float()
-    angles = timesteps[:, None] * frequencies[None, :]
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 class OfficialTimeEmbedder(torch.nn.Module):

@@ -19,7 +19,8 @@ import torch
 
 from .. import ensemble, imaging, representations
 from . import compat
-from .sampling import predict_latent, seeded_noise
+from ..flow import seeded_noise
+from .sampling import predict_latent
 from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
 
 

@@ -10,6 +10,7 @@ import torch
 
 from .. import schedule
 from . import compat
+from ..flow import euler_step, seeded_noise
 from ..tasks import DEFAULT_SEED, EMBEDDED_GUIDANCE
 
 
@@ -30,7 +31,7 @@ def official_euler(model, x, sigmas, extra_args=None, callback=None, disable=Non
         target = landing_sigma if i == last else sigmas[i + 1]
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        x = x + velocity * (target - sigma)
+        x = euler_step(x, velocity, sigma, target)
     return x
 
 
@@ -38,12 +39,6 @@ def sampler_sigmas(steps: int) -> tuple[torch.Tensor, float]:
     """(sigmas handed to ComfyUI, where the last step lands) for the official N-step schedule."""
     official = schedule.inference_sigmas(steps)
     return torch.tensor(official[:-1] + [0.0], dtype=torch.float32), official[-1]
-
-
-def seeded_noise(shape, seed: int = DEFAULT_SEED) -> torch.Tensor:
-    """Standard normal noise from a CPU generator (the official code draws on its run device, CUDA there)."""
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
 def build_conditioning(cond: torch.Tensor, pooled: torch.Tensor, reference_latents: list[torch.Tensor],

@@ -24,7 +24,7 @@ BF16_TOLERANCE = 0.015
 
 def trainer_and_node_latents(tmp_path, task, mode, time_embedding, mixed_precision="no", learning_rate=None):
     from e2p_core.comfyui import api
-    from e2p_core.comfyui.sampling import seeded_noise
+    from e2p_core.flow import seeded_noise
     from e2p_core.tasks import META_TASK, META_TIME_EMBEDDING
     from e2p_core.files import read_safetensors
     from train.model import one_step_prediction
