@@ -16,15 +16,41 @@ import numpy as np
 from tqdm import tqdm
 
 from e2p_core.files import atomic_write, atomic_write_text
+from e2p_core.tasks import task_spec
 
-from . import metrics, protocol as protocols, report
+from . import protocol as protocols, report
 from .datasets import EvalDataset, open_dataset
 from .predict import prediction_path
 
-METRIC_COLUMNS = {"depth": metrics.DEPTH_METRICS, "normal": metrics.NORMAL_METRICS,
-                  "matting": metrics.MATTING_METRICS}
+# Per-image CSV columns after the task's metrics (protocols.TASK_METRICS).
 EXTRA_COLUMNS = {"depth": ("valid_pixels", "scale", "shift"), "normal": ("valid_pixels",),
                  "matting": ("region_pixels",)}
+
+
+def depth_row(prediction: np.ndarray, target, aggregate: protocols.DatasetAggregate,
+              alignment: str | None) -> dict:
+    result = protocols.evaluate_depth(prediction, target, alignment)
+    counted = aggregate.add_depth(result)
+    return dict(result or {}, status="ok" if counted else
+                ("too few valid pixels" if result is None else "excluded (SILog 0 or not finite)"))
+
+
+def normal_row(prediction: np.ndarray, target, aggregate: protocols.DatasetAggregate, alignment: str | None) -> dict:
+    errors = protocols.normal_errors(prediction, target, aggregate.protocol)
+    row = protocols.normal_image_statistics(errors, aggregate.protocol)
+    row["status"] = "ok" if aggregate.add_normal(errors, row) else "no valid pixels"
+    return row
+
+
+def matting_row(prediction: np.ndarray, target, aggregate: protocols.DatasetAggregate,
+                alignment: str | None) -> dict:
+    row = protocols.evaluate_matting(prediction, target, aggregate.protocol)
+    row["status"] = "ok" if aggregate.add_matting(row) else "not finite"
+    return row
+
+
+# The protocol's per-image evaluation of each task: one CSV row, tallied into the dataset aggregate.
+IMAGE_ROWS = {"depth": depth_row, "normal": normal_row, "matting": matting_row}
 
 
 @dataclass
@@ -40,7 +66,7 @@ def evaluate_dataset(task: str, dataset: EvalDataset, out_dir: str, protocol: pr
                      alignment: str | None, csv_path: str, show_progress: bool = True) -> DatasetResult:
     """Per-image metrics of one dataset into ``csv_path``; dataset-level numbers returned."""
     aggregate = protocols.DatasetAggregate(task, protocol)
-    columns = ["image", "status"] + list(METRIC_COLUMNS[task]) + list(EXTRA_COLUMNS[task])
+    columns = ["image", "status"] + list(protocols.TASK_METRICS[task]) + list(EXTRA_COLUMNS[task])
     missing = 0
     with atomic_write(csv_path, suffix=".csv") as temporary, \
             open(temporary, "w", newline="", encoding="utf-8") as handle:
@@ -53,19 +79,7 @@ def evaluate_dataset(task: str, dataset: EvalDataset, out_dir: str, protocol: pr
                 writer.writerow({"image": sample.key, "status": "no prediction"})
                 continue
             prediction = np.load(path)
-            target = dataset.read_target(sample)
-            if task == "depth":
-                result = protocols.evaluate_depth(prediction, target, alignment)
-                counted = aggregate.add_depth(result)
-                row = dict(result or {}, status="ok" if counted else
-                           ("too few valid pixels" if result is None else "excluded (SILog 0 or not finite)"))
-            elif task == "normal":
-                errors = protocols.normal_errors(prediction, target, protocol)
-                row = protocols.normal_image_statistics(errors, protocol)
-                row["status"] = "ok" if aggregate.add_normal(errors, row) else "no valid pixels"
-            else:
-                row = protocols.evaluate_matting(prediction, target, protocol)
-                row["status"] = "ok" if aggregate.add_matting(row) else "not finite"
+            row = IMAGE_ROWS[task](prediction, dataset.read_target(sample), aggregate, alignment)
             row["image"] = sample.key
             writer.writerow(row)
     summary = aggregate.result()
@@ -83,7 +97,7 @@ def evaluate_run(out_dir: str, protocol: protocols.Protocol, task: str, datasets
                  limit: int | None = None, show_progress: bool = True) -> dict:
     """Evaluate the predictions under ``out_dir`` for ``datasets`` ``(name, root, split)``; returns the summary
     that is also written to ``summary.json``."""
-    alignment = protocols.resolve_alignment(protocol, checkpoint_name) if task == "depth" else None
+    alignment = protocols.resolve_alignment(protocol, checkpoint_name) if task_spec(task).affine_invariant else None
     if alignment is not None and protocol.depth_align == protocols.ALIGN_FROM_CHECKPOINT:
         print(f"depth alignment space (official rule, from the checkpoint path '{checkpoint_name}'): {alignment}")
     metrics_dir = metrics_dir or os.path.join(out_dir, metrics_folder_name(protocol))

@@ -34,6 +34,7 @@ import torch
 
 from e2p_core import float_files, representations
 from e2p_core.files import TEMPORARY_PREFIX, atomic_write_bytes, atomic_write_text, fsync_folder
+from e2p_core.tasks import TASK_NAMES, task_spec
 
 from .cli import add_model_args, prediction_settings
 from .label_inputs import Item, UnreadableItem, list_items, read_items
@@ -46,7 +47,6 @@ SHARDS = "shards"
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
 OK, FAILED = "ok", "failed"
-TASKS = ("depth", "normal", "matting")
 # How long the processes wait for each other at the end. Shards differ by at most a few items, but a process can be
 # slowed by its images or its disk; one that is still late after this fails the merge, not the labels (rerun to
 # merge).
@@ -60,17 +60,17 @@ SAME_FAILURE_STREAK = 3
 
 def label_content(task: str, normal_convention: str) -> str:
     """The Save Float Image content each task's label is saved as."""
-    return {"depth": "sqrt_depth", "matting": "alpha"}.get(task, f"normals_{normal_convention}")
+    return task_spec(task).saved_content(normal_convention)
 
 
 def label_map(prediction: np.ndarray, task: str, normal_convention: str) -> tuple[np.ndarray, str]:
     """Predictor output -> (map to save, channel description), exactly what the task node's output gives in
     Save Float Image: depth as its three equal channels (stored gray), alpha as a MASK, normals as (n + 1) / 2."""
-    if task == "normal":
+    spec = task_spec(task)
+    if spec.uses_normal_convention:
         native = torch.from_numpy(prediction)
-        rgb = representations.normals_to_rgb(representations.convert_normals(native, normal_convention))
-        return rgb.numpy(), float_files.CHANNELS_RGB
-    return prediction, float_files.CHANNELS_GRAY_IMAGE if task == "depth" else float_files.CHANNELS_GRAY_MASK
+        prediction = representations.normals_to_rgb(representations.convert_normals(native, normal_convention)).numpy()
+    return prediction, spec.float_channels
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def run_labelling(args, predictor=None) -> dict | None:
         raise ValueError("labelling shards its work with Hugging Face accelerate, which is not installed here: "
                          "pip install accelerate (train/requirements.txt pins the tested version)") from None
 
-    matting_hints = "empty" if args.task == "matting" else "none"    # the node with nothing clicked
+    matting_hints = "empty" if task_spec(args.task).needs_hint else "none"    # the node with nothing clicked
     settings = prediction_settings(argparse.Namespace(**{**vars(args), "matting_hints": matting_hints}))
     run = run_record(args, settings)
     state = PartialState(cpu=args.cpu or not torch.cuda.is_available(), timeout=COLLECTIVE_TIMEOUT)
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m e2p_eval.label",
         description="Label a folder, a file list or a video with depth, normals or alpha mattes, on one process or "
                     "many (accelerate launch); resumable.")
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--task", required=True, choices=TASK_NAMES)
     parser.add_argument("--input", required=True,
                         help="a folder of images (recursive), a video file (every frame), or a text file with one "
                              "image path per line (relative to the list's folder)")

@@ -320,6 +320,10 @@ def evaluate_matting(prediction: np.ndarray, target: MattingTarget, protocol: Pr
 # Aggregation over a dataset
 # ---------------------------------------------------------------------------------------------------------------
 
+# The metrics each task's evaluation reports, in table order (the per-image CSV columns and the summary keys).
+TASK_METRICS = {"depth": metrics.DEPTH_METRICS, "normal": metrics.NORMAL_METRICS, "matting": metrics.MATTING_METRICS}
+
+
 class DatasetAggregate:
     """Collects per-image results of one dataset and produces the dataset-level numbers."""
 
@@ -357,8 +361,7 @@ class DatasetAggregate:
         return counts
 
     def result(self) -> dict[str, float]:
-        keys = {"depth": metrics.DEPTH_METRICS, "normal": metrics.NORMAL_METRICS,
-                "matting": metrics.MATTING_METRICS}[self.task]
+        keys = TASK_METRICS[self.task]
         if self.pooled is not None:
             summary = self.pooled.result()
         elif self.task == "matting":

@@ -7,8 +7,8 @@ import os
 
 from e2p_core.files import atomic_write
 
-from . import metrics
 from .datasets import PAPER_ORDER
+from .protocol import TASK_METRICS
 
 # (metric key, column label, multiplier, decimals) for the paper's tables.
 HEADLINE = {
@@ -64,8 +64,7 @@ def paper_table(summaries: list[dict]) -> list[str]:
 def full_table(summary: dict) -> list[str]:
     """Every metric of one run, one row per dataset, raw values (no scaling)."""
     task = summary["task"]
-    keys = {"depth": metrics.DEPTH_METRICS, "normal": metrics.NORMAL_METRICS,
-            "matting": metrics.MATTING_METRICS}[task]
+    keys = TASK_METRICS[task]
     header = ["Dataset"] + list(keys) + ["images", "skipped", "missing predictions"]
     rows = []
     for name in ordered_datasets(task, summary["datasets"]):

@@ -3,25 +3,17 @@ the task comes from the files or is refused, NaN predictions are node errors wit
 stated, working sizes have a minimum, wrong companions (SD VAE, SD MODEL, foreign conditioning) are named, and a
 refused save leaves no file."""
 
-import importlib.util
 import os
 
 import pytest
 import torch
 
+from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
 from e2p_core import tasks
 from e2p_core.comfyui import conditioning
 from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
-
-
-def _stock_models():
-    path = os.path.join(os.path.dirname(__file__), "workflows", "stock_models.py")
-    spec = importlib.util.spec_from_file_location("stock_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from e2p_core.tasks import META_PROMPT, META_REPRESENTATION, META_TASK, task_spec
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +25,16 @@ def installed(comfy_inprocess):
     tm.write(str(folder / "normal.safetensors"), bfl)
     tm.write(str(folder / "robust_untitled.safetensors"), bfl)
     tm.write(str(folder / "robust_tagged_depth_named_normal.safetensors"), bfl, {META_TASK: "depth"})
+    stated = task_spec("depth").representation
+    tm.write(str(folder / "robust_stated_depth.safetensors"), bfl, {META_TASK: "depth", META_REPRESENTATION: stated})
+    tm.write(str(folder / "robust_linear_depth.safetensors"), bfl,
+             {META_TASK: "depth", META_REPRESENTATION: "linear_depth"})
+    tm.write(str(folder / "robust_untitled_linear.safetensors"), bfl, {META_REPRESENTATION: "linear_depth"})
     tm.write(str(models / "diffusion_models" / "robust_kontext_base.safetensors"), bfl)
     pairs = tm.lora_pairs(bfl, seed=82)
     tm.write(str(models / "loras" / "robust_depth_lora.safetensors"), tm.kohya_lora(pairs))
+    tm.write(str(models / "loras" / "robust_linear_depth_lora.safetensors"), tm.kohya_lora(pairs),
+             {META_TASK: "depth", META_REPRESENTATION: "linear_depth"})
     nan_weights = dict(bfl)
     nan_weights["double_blocks.0.img_attn.qkv.weight"] = bfl["double_blocks.0.img_attn.qkv.weight"].clone()
     nan_weights["double_blocks.0.img_attn.qkv.weight"][0, :4] = float("nan")
@@ -112,6 +111,20 @@ def test_task_that_the_files_contradict_or_do_not_state_is_refused(installed, va
         installed.run_node("E2PDepth", **depth_inputs(normal, vae))
 
 
+def test_weights_for_another_representation_are_refused(installed):
+    """e2p.representation is read back: weights that predict another encoding of the task would run and give
+    plausible-looking, wrong values."""
+    e2p, _, info = load(installed, "robust_stated_depth.safetensors")
+    assert e2p.task == "depth" and "task: depth (file metadata)" in info
+    refusal = "representation 'linear_depth'.*depth nodes decode 'sqrt_depth_p2p98'.*Use depth weights made for"
+    with pytest.raises(ValueError, match=refusal):
+        load(installed, "robust_linear_depth.safetensors")
+    with pytest.raises(ValueError, match=refusal):     # no task in the file: refused once the task is chosen
+        load(installed, "robust_untitled_linear.safetensors", task="depth")
+    with pytest.raises(ValueError, match=refusal):     # a LoRA's metadata speaks for the files it is applied to
+        load(installed, "robust_kontext_base.safetensors", task="depth", lora="robust_linear_depth_lora.safetensors")
+
+
 # --- 4: non-finite predictions ----------------------------------------------------------------------------------
 
 
@@ -173,7 +186,7 @@ def test_conditioning_of_another_width_is_named(installed, tmp_path, monkeypatch
 
 
 def test_sd15_model_with_an_e2p_lora_is_named(installed):
-    unet = _stock_models().sd15_unet_state_dict()
+    unet = stock_models.sd15_unet_state_dict()
     tm.write(str(installed.models_dir / "diffusion_models" / "robust_sd15_unet.safetensors"), unet)
     model = installed.run_node("UNETLoader", unet_name="robust_sd15_unet.safetensors", weight_dtype="default")[0]
     with pytest.raises(ValueError, match="MODEL input is a SD15 model, not FLUX.1 Kontext"):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from e2p_core import schedule
+from e2p_core.tasks import task_spec
 
 OBJECTIVES = ("curriculum", "consistency_only", "flow_only")
 CONSISTENCY_VARIANTS = ("paper", "released")
@@ -164,7 +165,7 @@ def draw_noise(config: ObjectiveConfig, shape: tuple[int, ...], epoch: int, indi
 def flow_loss_mask(task: str, targets: dict) -> torch.Tensor:
     """Pixels the flow loss counts [B, H, W]: the trimap's unknown region for matting (the official dataset
     replaces the matting mask by ``trimap == 128``), the valid ground truth otherwise."""
-    if task == "matting":
+    if task_spec(task).uses_trimap:
         return targets["trimap"] == 128
     return targets["valid"]
 
@@ -301,21 +302,27 @@ def matting_sad_mse_grad(decoded: torch.Tensor, target: torch.Tensor, trimap: to
     return sad + mse + grad
 
 
+# (task, consistency variant) -> loss(decoded, target, scored, weights) -> the scalar the trainer minimises, where
+# ``scored`` is the trimap for tasks that have one and the valid mask otherwise. The paper's and the released losses
+# are the objective's own per-task choices.
+CONSISTENCY_LOSSES = {
+    ("depth", "paper"): lambda decoded, target, scored, weights: depth_ssi_l1(decoded, target, scored).mean(),
+    ("depth", "released"): lambda decoded, target, scored, weights: depth_silog_sobel(decoded, target, scored),
+    ("normal", "paper"): lambda decoded, target, scored, weights: normal_angular(decoded, target, scored).mean(),
+    ("normal", "released"): lambda decoded, target, scored, weights: normal_degrees_weighted(decoded, target, scored,
+                                                                                             weights).mean(),
+    ("matting", "paper"): lambda decoded, target, scored, weights: matting_l1(decoded, target, scored).mean(),
+    ("matting", "released"): lambda decoded, target, scored, weights: matting_sad_mse_grad(decoded, target,
+                                                                                           scored).mean(),
+}
+
+
 def consistency_loss(config: ObjectiveConfig, decoded: torch.Tensor, batch: dict,
                      weights: torch.Tensor) -> torch.Tensor:
     """The pixel-space loss of the decoded one-step estimate, reduced to the batch mean (a scalar)."""
-    target, valid = batch["target"], batch["valid"]
-    if config.task == "depth":
-        if config.consistency == "paper":
-            return depth_ssi_l1(decoded, target, valid).mean()
-        return depth_silog_sobel(decoded, target, valid)
-    if config.task == "normal":
-        if config.consistency == "paper":
-            return normal_angular(decoded, target, valid).mean()
-        return normal_degrees_weighted(decoded, target, valid, weights).mean()
-    if config.consistency == "paper":
-        return matting_l1(decoded, target, batch["trimap"]).mean()
-    return matting_sad_mse_grad(decoded, target, batch["trimap"]).mean()
+    spec = task_spec(config.task)
+    scored = batch["trimap"] if spec.uses_trimap else batch["valid"]
+    return CONSISTENCY_LOSSES[spec.name, config.consistency](decoded, batch["target"], scored, weights)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from e2p_core import representations as rep
+from e2p_core.tasks import TASK_NAMES
 
 from . import io
 from .errors import DataSpecError, SampleError
@@ -291,7 +292,7 @@ class GenericDataset(SampleSource):
     Alpha: any 8/16-bit image.
     """
 
-    tasks = ("depth", "normal", "matting")
+    tasks = TASK_NAMES
 
     def __init__(self, root, framing, task, split="train", manifest=None, depth_scale=None, depth_min=None,
                  depth_max=None, normal_convention=None, seed=0):
@@ -417,7 +418,7 @@ def read_manifest(path: Path) -> tuple[dict, list[dict]]:
 
 # Format name -> (constructor, tasks it can provide). Matting sets share one list reader.
 FORMATS = {
-    "generic": (GenericDataset, ("depth", "normal", "matting")),
+    "generic": (GenericDataset, TASK_NAMES),
     "hypersim": (hypersim, ("depth", "normal")),
     "vkitti2": (VirtualKitti2Depth, ("depth",)),
     "interiorverse": (InteriorVerseNormal, ("normal",)),
