@@ -51,7 +51,7 @@ def make_data(work: Path, train_count: int, val_count: int, seed: int) -> tuple[
 
 def fit_autoencoder(dataset, steps: int, seed: int):
     """A tiny FLUX-layout AutoencoderKL fitted to reconstruct the images and the depth targets."""
-    from train.model import build_tiny_vae
+    from e2p_dev.tiny_models import build_tiny_vae
 
     autoencoder = build_tiny_vae(channels=32, seed=seed)
     optimizer = torch.optim.Adam(autoencoder.parameters(), lr=2e-3)
@@ -111,7 +111,7 @@ def main() -> int:
 
     from train import data
     from train.config import TrainConfig
-    from train.model import TinyFluxSpec, build_tiny_transformer, save_tiny_models
+    from e2p_dev.tiny_models import TinyFluxSpec, build_tiny_transformer, save_tiny_models
     from train.train import build_models, read_jsonl, run, LOSS_LOG
 
     torch.manual_seed(args.seed)

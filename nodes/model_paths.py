@@ -1,5 +1,6 @@
 """Where the pack's files live: an ``edit2perceive`` model folder (honours extra_model_paths.yaml) next to the
-stock ``diffusion_models`` and ``loras`` folders, so weights also work with stock nodes."""
+stock ``diffusion_models`` and ``loras`` folders, so weights also work with stock nodes. The folder names and the
+search order are ``e2p_core.model_files``'s; this module registers them with ComfyUI and looks files up."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ import os
 
 import folder_paths
 
-FOLDER = "edit2perceive"
-EXTENSIONS = {".safetensors", ".sft"}
+from ..e2p_core.model_files import CHECKPOINT_FOLDERS, LORA_FOLDERS, PACK_FOLDER, WEIGHT_EXTENSIONS
+
 NONE = "none"
 
 
 def register_folder() -> None:
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    folder_paths.add_model_folder_path(FOLDER, default)
-    paths = folder_paths.folder_names_and_paths[FOLDER][0]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, EXTENSIONS)
+    default = os.path.join(folder_paths.models_dir, PACK_FOLDER)
+    folder_paths.add_model_folder_path(PACK_FOLDER, default)
+    paths = folder_paths.folder_names_and_paths[PACK_FOLDER][0]
+    folder_paths.folder_names_and_paths[PACK_FOLDER] = (paths, set(WEIGHT_EXTENSIONS))
 
 
 def _safetensors(folder: str) -> list[str]:
@@ -24,15 +25,15 @@ def _safetensors(folder: str) -> list[str]:
         names = folder_paths.get_filename_list(folder)
     except KeyError:
         return []
-    return [n for n in names if os.path.splitext(n)[1].lower() in EXTENSIONS]
+    return [n for n in names if os.path.splitext(n)[1].lower() in WEIGHT_EXTENSIONS]
 
 
 def checkpoint_choices() -> list[str]:
-    return sorted(set(_safetensors(FOLDER) + _safetensors("diffusion_models")))
+    return sorted({name for folder in CHECKPOINT_FOLDERS for name in _safetensors(folder)})
 
 
 def lora_choices() -> list[str]:
-    return [NONE] + sorted(set(_safetensors(FOLDER) + _safetensors("loras")))
+    return [NONE] + sorted({name for folder in LORA_FOLDERS for name in _safetensors(folder)})
 
 
 def resolve(name: str, folders: tuple[str, ...]) -> str:
@@ -49,11 +50,11 @@ def resolve(name: str, folders: tuple[str, ...]) -> str:
 
 
 def checkpoint_path(name: str) -> str:
-    return resolve(name, (FOLDER, "diffusion_models"))
+    return resolve(name, CHECKPOINT_FOLDERS)
 
 
 def lora_path(name: str) -> str | None:
-    return None if name == NONE else resolve(name, (FOLDER, "loras"))
+    return None if name == NONE else resolve(name, LORA_FOLDERS)
 
 
 def conditioning_cache_folder() -> str:

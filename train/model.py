@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -202,17 +200,6 @@ class FluxVAE(nn.Module):
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TinyFluxSpec:
-    """A small FLUX.1 Kontext-shaped transformer for tests and the learning check (head size stays 128)."""
-
-    heads: int = 2
-    depth: int = 1
-    single_depth: int = 1
-    context_dim: int = 64
-    pooled_dim: int = 768
-
-
 def flux_config_from_bfl(bfl: dict[str, torch.Tensor]) -> dict:
     """diffusers FluxTransformer2DModel config for BFL tensors (architecture read off the shapes)."""
     shape = formats.infer_shape(bfl)
@@ -225,29 +212,6 @@ def flux_config_from_bfl(bfl: dict[str, torch.Tensor]) -> dict:
         "pooled_projection_dim": shape.vec_in_dim, "guidance_embeds": shape.guidance_embed,
         "axes_dims_rope": ROPE_AXES,
     }
-
-
-def build_tiny_transformer(spec: TinyFluxSpec = TinyFluxSpec(), seed: int = 0):
-    from diffusers import FluxTransformer2DModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return FluxTransformer2DModel(
-            patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=spec.depth,
-            num_single_layers=spec.single_depth, attention_head_dim=128, num_attention_heads=spec.heads,
-            joint_attention_dim=spec.context_dim, pooled_projection_dim=spec.pooled_dim, guidance_embeds=True,
-            axes_dims_rope=ROPE_AXES)
-
-
-def build_tiny_vae(channels: int = 16, seed: int = 0):
-    """A small AutoencoderKL in the FLUX ae layout (16 latent channels, 8x downscale, FLUX shift/scale)."""
-    from diffusers import AutoencoderKL
-
-    config = dict(FLUX_AE_CONFIG, block_out_channels=[channels // 2, channels, channels, channels],
-                  layers_per_block=1, norm_num_groups=channels // 2, sample_size=64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoencoderKL(**config)
 
 
 def transformer_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "checkpoint"):
@@ -323,12 +287,3 @@ def load_vae(path: str):
         raise ModelLoadError(f"{os.path.basename(path)} does not match the FLUX ae (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]})")
     return model
-
-
-def save_tiny_models(folder: str, transformer, vae) -> None:
-    """Write a transformer and a VAE as a diffusers release folder would hold them (for tests and benchmarks)."""
-    transformer.save_pretrained(os.path.join(folder, "transformer"))
-    vae.save_pretrained(os.path.join(folder, "vae"))
-    with open(os.path.join(folder, "model_index.json"), "w") as handle:
-        json.dump({"_class_name": "FluxKontextPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
-                   "vae": ["diffusers", "AutoencoderKL"]}, handle)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import workflow_env  # noqa: E402
+from e2p_dev.workflows import environment
 
 
 @pytest.fixture(scope="session")
 def workflow_server(tmp_path_factory):
     files = tmp_path_factory.mktemp("workflow_files")
-    server = workflow_env.start_workflow_server(tmp_path_factory.mktemp("workflow_server"), files)
+    server = environment.start_workflow_server(tmp_path_factory.mktemp("workflow_server"), files)
     try:
         server.assert_pack_imported()
         yield server

@@ -12,12 +12,14 @@ import requests
 from PIL import Image
 
 import workflow_env
-from workflow_env import REPO_ROOT, load_workflow, shrink, workflow_paths
+from e2p_dev.workflows import environment
+from e2p_dev.workflows.environment import REPO_ROOT, load_workflow, workflow_paths
+from workflow_env import shrink
 
 pytestmark = pytest.mark.server
 
 
-converter = workflow_env.load_converter()
+converter = environment.load_converter()
 
 
 def free_cache(server) -> None:
@@ -96,7 +98,7 @@ def check_outputs(name, prompt, entry, server):
     if name in ("e2p_quickstart", "e2p_matting_composite"):
         title = "Save cut-out (RGBA)" if name == "e2p_quickstart" else "Save cut-out (RGBA PNG)"
         rgba = _image(server, entry, by_title[title])
-        assert rgba.mode == "RGBA" and rgba.size == (workflow_env.IMAGE_SIZE,) * 2
+        assert rgba.mode == "RGBA" and rgba.size == (environment.IMAGE_SIZE,) * 2
     if name in ("e2p_depth_controlnet", "e2p_normal_controlnet_relight"):
         node_id = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"
                        and n["inputs"]["images"][0] == next(j for j, m in prompt.items() if m["class_type"] == "VAEDecode"))
@@ -109,7 +111,7 @@ def check_outputs(name, prompt, entry, server):
     if name == "e2p_video_depth":
         frames_node = by_title["Save disparity frames (16-bit)"]
         frames = entry["outputs"][frames_node]["images"]
-        assert len(frames) == workflow_env.VIDEO_FRAMES
+        assert len(frames) == environment.VIDEO_FRAMES
         arrays = [np.asarray(Image.open(io.BytesIO(server.fetch_output(f)))) for f in frames]
         assert arrays[0].dtype == np.uint16
         stacked = np.stack(arrays)

@@ -8,12 +8,12 @@ import json
 import pytest
 from PIL import Image
 
-import workflow_env
-from workflow_env import load_workflow, workflow_paths
+from e2p_dev.workflows import environment
+from e2p_dev.workflows.environment import load_workflow, workflow_paths
 
-converter = workflow_env.load_converter()
+converter = environment.load_converter()
 
-REBUILD = f"rebuild the workflows: {workflow_env.REBUILD_COMMAND}"
+REBUILD = f"rebuild the workflows: {environment.REBUILD_COMMAND}"
 
 
 def test_there_are_workflows_with_thumbnails():
@@ -27,8 +27,10 @@ def test_there_are_workflows_with_thumbnails():
 
 @pytest.mark.parametrize("path", workflow_paths(), ids=lambda p: p.stem)
 def test_workflow_file_is_a_frontend_save_and_names_its_files(path):
-    from workflow_graphs import MODEL_FILES
+    from e2p_core.model_files import MODEL_FILES
+    from e2p_dev.workflows.graphs import ALL_GRAPHS
 
+    folders = next(graph for graph in (make() for make in ALL_GRAPHS) if graph.name == path.stem).model_files()
     workflow = load_workflow(path)
     assert workflow["version"] == 0.4 and workflow["extra"].get("workflowRendererVersion")
     assert workflow["last_node_id"] >= max(n["id"] for n in workflow["nodes"])
@@ -42,20 +44,20 @@ def test_workflow_file_is_a_frontend_save_and_names_its_files(path):
     assert used, "a workflow without model files?"
     for name in used:
         assert name in MODEL_FILES, f"{path.name} uses {name}, which no note documents"
-        assert f"`{name}`" in note and f"`models/{MODEL_FILES[name][0]}/`" in note, (path.name, name)
+        assert f"`{name}`" in note and f"`models/{folders.get(name)}/`" in note, (path.name, name)
 
 
 def test_shipped_files_match_the_graphs_and_the_pack_nodes(comfy_inprocess):
     """Each file is what the authoring script makes of its graph with the pack's current node inputs: a node
     that gained, lost or reordered a widget (or a graph edited without rebuilding) fails here until
-    `build_workflows.py` is run again."""
-    from workflow_graphs import ALL_GRAPHS, widgets_values
+    `e2p_dev/workflows/build.py` is run again."""
+    from e2p_dev.workflows.graphs import ALL_GRAPHS, widgets_values
 
     pack_nodes = comfy_inprocess.pack_module.NODE_CLASS_MAPPINGS
     graphs = [make() for make in ALL_GRAPHS]
     assert sorted(graph.name for graph in graphs) == [path.stem for path in workflow_paths()], REBUILD
     for graph in graphs:
-        saved = {node["id"]: node for node in load_workflow(workflow_env.WORKFLOWS_DIR / f"{graph.name}.json")["nodes"]}
+        saved = {node["id"]: node for node in load_workflow(environment.WORKFLOWS_DIR / f"{graph.name}.json")["nodes"]}
         assert sorted(saved) == sorted(node.id for node in graph.nodes), f"{graph.name}: {REBUILD}"
         for node in graph.nodes:
             assert saved[node.id]["type"] == node.type, f"{graph.name}: {REBUILD}"

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import frontend
+from e2p_dev.workflows import frontend
 import workflow_env
-from workflow_env import TEST_OVERRIDES, load_workflow, shrink, workflow_paths
+from e2p_dev.workflows import environment
+from e2p_dev.workflows.environment import load_workflow, workflow_paths
+from workflow_env import TEST_OVERRIDES, shrink
 
-converter = workflow_env.load_converter()
+converter = environment.load_converter()
 
 pytestmark = pytest.mark.server
 
@@ -68,7 +70,7 @@ def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path
         execution = result["execution"]
         assert execution["type"] == "execution_success", f"{name}: {execution}"
         assert Path(result["screenshot"]).stat().st_size > 10_000
-        expected = shrink(converter.convert(load_workflow(Path(workflow_env.WORKFLOWS_DIR / f"{name}.json")),
+        expected = shrink(converter.convert(load_workflow(Path(environment.WORKFLOWS_DIR / f"{name}.json")),
                                             object_info))
         # The page also sends values of its own display widgets (LoadVideo's 'video-preview'); the server ignores
         # inputs a node does not declare, so the comparison does too.

@@ -1,8 +1,8 @@
 """Regenerates example_workflows/*.json and their .jpg thumbnails through the real ComfyUI frontend.
 
-    ~/.cache/e2p_comfyui/venv/bin/python tests/workflows/build_workflows.py [FOLDER_TO_KEEP_TINY_MODELS_IN]
+    ~/.cache/e2p_comfyui/venv/bin/python e2p_dev/workflows/build.py [FOLDER_TO_KEEP_TINY_MODELS_IN]
 
-Each graph in workflow_graphs.py becomes a draft, is loaded by the frontend (served by ComfyUI 0.3.75 with this
+Each graph in graphs.py becomes a draft, is loaded by the frontend (served by ComfyUI 0.3.75 with this
 pack and tiny model files), laid out, and saved with the frontend's own serialisation; the screenshot of the
 loaded workflow, downscaled, is the thumbnail. Run it after changing a graph or a pack node's inputs
 (test_workflows_files.py fails until then). The files are always built on the first supported ComfyUI, whose
@@ -15,9 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.append(str(HERE.parents[1]))  # the repo root, after ComfyUI's folder so its `nodes` wins
+# Run as a script: its own folder leaves sys.path (its modules are imported from the package) and the repo root
+# goes last (ComfyUI's folder is put first, so ComfyUI's `nodes` wins over the pack's).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
 
 from e2p_dev import comfy_runtime  # noqa: E402
 
@@ -35,22 +39,21 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="e2p_build_workflows_"))
     files = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "files"  # optional: reuse tiny model files
     comfy_runtime.configure_comfy_args(work / "inprocess")
-    import frontend
-    import workflow_env
-    import workflow_graphs
     from PIL import Image
 
-    server = workflow_env.start_workflow_server(work / "server", files)
+    from e2p_dev.workflows import environment, frontend, graphs
+
+    server = environment.start_workflow_server(work / "server", files)
     try:
         object_info = server.object_info()
         jobs = []
-        workflow_env.WORKFLOWS_DIR.mkdir(exist_ok=True)
-        before = {path: path.read_bytes() for path in workflow_env.WORKFLOWS_DIR.glob("*.json")}
-        for make in workflow_graphs.ALL_GRAPHS:
+        environment.WORKFLOWS_DIR.mkdir(exist_ok=True)
+        before = {path: path.read_bytes() for path in environment.WORKFLOWS_DIR.glob("*.json")}
+        for make in graphs.ALL_GRAPHS:
             graph = make()
-            jobs.append({"name": graph.name, "workflow": workflow_graphs.to_ui(graph, object_info),
-                         "layout": workflow_graphs.layout(graph),
-                         "save_to": str(workflow_env.WORKFLOWS_DIR / f"{graph.name}.json"),
+            jobs.append({"name": graph.name, "workflow": graphs.to_ui(graph, object_info),
+                         "layout": graphs.layout(graph),
+                         "save_to": str(environment.WORKFLOWS_DIR / f"{graph.name}.json"),
                          "screenshot": str(work / f"{graph.name}.png")})
         startup, results = frontend.run_jobs(server.url, jobs)
         print("startup console errors:", startup["console_errors"])
@@ -61,7 +64,7 @@ def main() -> None:
             problems = result["missing_types"] + result["missing_node_errors"] + result["invalid_choices"]
             if problems:
                 raise SystemExit(f"{result['name']} does not load cleanly in the frontend: {problems}")
-            saved, thumbnail_path = Path(result["saved"]), workflow_env.WORKFLOWS_DIR / f"{result['name']}.jpg"
+            saved, thumbnail_path = Path(result["saved"]), environment.WORKFLOWS_DIR / f"{result['name']}.jpg"
             if before.get(saved) == saved.read_bytes() and thumbnail_path.exists():
                 continue  # same file, same picture: keep the thumbnail byte-stable (screenshots vary slightly)
             with Image.open(result["screenshot"]) as full:

@@ -1,6 +1,6 @@
 """The example workflows, described as graphs, and their conversion to the frontend's UI (litegraph) format.
 
-`build_workflows.py` turns these into drafts, lets the real ComfyUI frontend load, lay out and save them (so the
+`build.py` turns these into drafts, lets the real ComfyUI frontend load, lay out and save them (so the
 shipped files are exactly what the frontend writes) and takes the thumbnails. Widget values are filled in the
 order of the server's /object_info, with defaults for everything a graph does not set.
 """
@@ -11,31 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from e2p_core.model_files import INPUT_FOLDERS, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
+
 BYPASSED = 4  # litegraph node mode "bypass": the node is skipped and left out of the prompt
-
-HF = "https://huggingface.co"
-E2P_REPO = f"{HF}/Seq2Tri/Edit2Perceive/resolve/main"
-KONTEXT_REPO = f"{HF}/black-forest-labs/FLUX.1-Kontext-dev/resolve/main"
-TEXT_ENCODER_REPO = f"{HF}/comfyanonymous/flux_text_encoders/resolve/main"
-SD15_REPO = f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main"
-CONTROLNET_REPO = f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main"
-
-# Every model file a workflow can name: file -> (folder under ComfyUI/models, download URL).
-MODEL_FILES = {
-    "depth.safetensors": ("edit2perceive", f"{E2P_REPO}/depth.safetensors"),
-    "normal.safetensors": ("edit2perceive", f"{E2P_REPO}/normal.safetensors"),
-    "matting.safetensors": ("edit2perceive", f"{E2P_REPO}/matting.safetensors"),
-    "depth_lora.safetensors": ("loras", f"{E2P_REPO}/depth_lora.safetensors"),
-    "flux1-kontext-dev.safetensors": ("diffusion_models", f"{KONTEXT_REPO}/flux1-kontext-dev.safetensors"),
-    "ae.safetensors": ("vae", f"{KONTEXT_REPO}/ae.safetensors"),
-    "clip_l.safetensors": ("text_encoders", f"{TEXT_ENCODER_REPO}/clip_l.safetensors"),
-    "t5xxl_fp16.safetensors": ("text_encoders", f"{TEXT_ENCODER_REPO}/t5xxl_fp16.safetensors"),
-    "v1-5-pruned-emaonly-fp16.safetensors": ("checkpoints", f"{SD15_REPO}/v1-5-pruned-emaonly-fp16.safetensors"),
-    "control_v11f1p_sd15_depth_fp16.safetensors": (
-        "controlnet", f"{CONTROLNET_REPO}/control_v11f1p_sd15_depth_fp16.safetensors"),
-    "control_v11p_sd15_normalbae_fp16.safetensors": (
-        "controlnet", f"{CONTROLNET_REPO}/control_v11p_sd15_normalbae_fp16.safetensors"),
-}
 
 # Input images and videos the workflows load from ComfyUI/input (users pick their own).
 INPUT_FILES = {"image": "e2p_example.png", "subject": "e2p_subject.png", "background": "e2p_background.png",
@@ -87,15 +65,20 @@ class Graph:
     def group(self, title: str, color: str, *members: Node) -> None:
         self.groups.append((title, GROUP_COLORS[color], list(members)))
 
-    def model_files(self) -> list[str]:
-        names = []
+    def model_files(self) -> dict[str, str]:
+        """Released file -> the models/ folder its loader here finds it in, for every file a live node loads."""
+        folders: dict[str, str] = {}
         for node in self.nodes:
-            if node.mode == BYPASSED:
-                continue
-            for value in node.widgets.values():
-                if isinstance(value, str) and value in MODEL_FILES and value not in names:
-                    names.append(value)
-        return names
+            if node.mode != BYPASSED:
+                for name, folder in node_model_files(node).items():
+                    folders.setdefault(name, folder)
+        return folders
+
+
+def node_model_files(node: Node) -> dict[str, str]:
+    """The released files a node's widgets name -> the folder to put each in for that node's input."""
+    return {value: folder_for(value, INPUT_FOLDERS.get((node.type, widget), ()))
+            for widget, value in node.widgets.items() if isinstance(value, str) and value in MODEL_FILES}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,11 +87,11 @@ class Graph:
 
 
 def _converter():
-    """scripts/workflow_to_api.py, the one owner of how the frontend orders and defaults widgets (loaded lazily:
-    workflow_env imports this module)."""
-    import workflow_env
+    """scripts/workflow_to_api.py, the one owner of how the frontend orders and defaults widgets (imported here,
+    not at the top: e2p_dev.workflows.environment imports this module)."""
+    from e2p_dev.workflows.environment import load_converter
 
-    return workflow_env.load_converter()
+    return load_converter()
 
 
 def _widget_inputs(info: dict) -> list[tuple[str, Any]]:
@@ -180,8 +163,8 @@ def to_ui(graph: Graph, object_info: dict) -> dict:
         info = object_info[node.type]
         properties["Node name for S&R"] = node.type
         properties.update(_pack_of(info))
-        models = [{"name": v, "url": MODEL_FILES[v][1], "directory": MODEL_FILES[v][0]}
-                  for v in node.widgets.values() if isinstance(v, str) and v in MODEL_FILES]
+        models = [{"name": name, "url": MODEL_FILES[name].url, "directory": folder}
+                  for name, folder in node_model_files(node).items()]
         if models and node.mode != BYPASSED:  # a bypassed loader's files are optional: no missing-file dialog
             properties["models"] = models
         for section in ("required", "optional"):
@@ -238,12 +221,11 @@ def layout(graph: Graph) -> dict:
 def files_note(graph: Graph, extra: str = "") -> str:
     lines = [f"## {graph.summary}", "", "Put these files into `ComfyUI/models/<folder>/`:", "",
              "| file | folder | download |", "|---|---|---|"]
-    for name in graph.model_files():
-        folder, url = MODEL_FILES[name]
-        lines.append(f"| `{name}` | `models/{folder}/` | [link]({url}) |")
+    for name, folder in graph.model_files().items():
+        lines.append(f"| `{name}` | `models/{folder}/` | [link]({MODEL_FILES[name].url}) |")
     lines += ["", "**Text encoder, once per task:** the first run of each task needs the bypassed *DualCLIPLoader* "
               "(`clip_l.safetensors` + `t5xxl_fp16.safetensors` in `models/text_encoders/`, "
-              f"[download]({HF}/comfyanonymous/flux_text_encoders)). Un-bypass it (Ctrl+B) for that run; the encoded "
+              f"[download]({TEXT_ENCODER_SOURCE})). Un-bypass it (Ctrl+B) for that run; the encoded "
               "prompt is cached in `models/embeddings/edit2perceive/` and later runs need no text encoder."]
     if extra:
         lines += ["", extra]

@@ -1,5 +1,5 @@
 // Drives the real ComfyUI frontend in headless Chromium (playwright-core) for the workflow tests and for
-// build_workflows.py. Reads one JSON job file (argv[2]) and prints one JSON result line per job to stdout.
+// e2p_dev/workflows/build.py. Reads one JSON job file (argv[2]) and prints one JSON result line per job to stdout.
 //
 // Job file: {"url", "chromium", "viewport": [w, h], "jobs": [{
 //   "name", "workflow" (UI-format object), "layout" (optional: arrange nodes and groups, then save the frontend's

@@ -1,0 +1,84 @@
+"""The model files: what the released weights are called, which ``ComfyUI/models/`` folder they go in, and where
+to download them; and which folders each loader input searches.
+
+Pure data (no torch, no ComfyUI): the nodes register the pack's folder from it, the example workflows' notes and
+``scripts/run_example.py``'s missing-file guide are written from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The pack's own folder under ComfyUI/models (extra_model_paths.yaml may add more places for it).
+PACK_FOLDER = "edit2perceive"
+# Only these are offered and loaded (pickle-based .ckpt/.pt files are not).
+WEIGHT_EXTENSIONS = (".safetensors", ".sft")
+# Where the pack's loaders look: its own folder first, then the stock one, so weights work with stock nodes too.
+CHECKPOINT_FOLDERS = (PACK_FOLDER, "diffusion_models")
+LORA_FOLDERS = (PACK_FOLDER, "loras")
+
+HF = "https://huggingface.co"
+E2P_SOURCE = f"{HF}/Seq2Tri/Edit2Perceive"
+KONTEXT_SOURCE = f"{HF}/black-forest-labs/FLUX.1-Kontext-dev"
+TEXT_ENCODER_SOURCE = f"{HF}/comfyanonymous/flux_text_encoders"
+SD15_SOURCE = f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive"
+CONTROLNET_SOURCE = f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One downloadable file: its home folder under ComfyUI/models and the repository that publishes it."""
+
+    name: str
+    folder: str
+    source: str
+
+    @property
+    def url(self) -> str:
+        """Direct download link (Hugging Face's resolve URL of the file on the main branch)."""
+        return f"{self.source}/resolve/main/{self.name}"
+
+
+def _files(folder: str, source: str, *names: str) -> dict[str, ModelFile]:
+    return {name: ModelFile(name, folder, source) for name in names}
+
+
+MODEL_FILES: dict[str, ModelFile] = {
+    **_files(PACK_FOLDER, E2P_SOURCE, "depth.safetensors", "normal.safetensors", "matting.safetensors",
+             "depth_lora.safetensors", "normal_lora.safetensors", "matting_lora.safetensors"),
+    **_files("diffusion_models", KONTEXT_SOURCE, "flux1-kontext-dev.safetensors"),
+    **_files("vae", KONTEXT_SOURCE, "ae.safetensors"),
+    **_files("text_encoders", TEXT_ENCODER_SOURCE, "clip_l.safetensors", "t5xxl_fp16.safetensors",
+             "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"),
+    **_files("checkpoints", SD15_SOURCE, "v1-5-pruned-emaonly-fp16.safetensors"),
+    **_files("controlnet", CONTROLNET_SOURCE, "control_v11f1p_sd15_depth_fp16.safetensors",
+             "control_v11p_sd15_normalbae_fp16.safetensors"),
+}
+
+# (node type, file input) -> the models/ folders that input lists, in ComfyUI's search order: the pack's loaders
+# and the stock loaders the example workflows use.
+INPUT_FOLDERS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("LoadE2PModel", "checkpoint"): CHECKPOINT_FOLDERS,
+    ("LoadE2PModel", "lora"): LORA_FOLDERS,
+    ("E2PModelFromMODEL", "lora"): LORA_FOLDERS,
+    ("VAELoader", "vae_name"): ("vae",),
+    ("DualCLIPLoader", "clip_name1"): ("text_encoders",),
+    ("DualCLIPLoader", "clip_name2"): ("text_encoders",),
+    ("CLIPLoader", "clip_name"): ("text_encoders",),
+    ("UNETLoader", "unet_name"): ("diffusion_models",),
+    ("UnetLoaderGGUF", "unet_name"): ("unet",),
+    ("LoraLoaderModelOnly", "lora_name"): ("loras",),
+    ("CheckpointLoaderSimple", "ckpt_name"): ("checkpoints",),
+    ("ControlNetLoader", "control_net_name"): ("controlnet",),
+}
+
+
+def folder_for(name: str, searched: tuple[str, ...]) -> str:
+    """The folder to put ``name`` in for an input that searches ``searched``: the file's home folder when that
+    input finds it there, else the input's first folder (a LoRA for the stock LoRA loader goes in ``loras``)."""
+    known = MODEL_FILES.get(name.replace("\\", "/").rsplit("/", 1)[-1])
+    if known is not None and (known.folder in searched or not searched):
+        return known.folder
+    if not searched:
+        raise ValueError(f"no folder is known for {name!r}: it is not a released file and no loader input was given")
+    return searched[0]

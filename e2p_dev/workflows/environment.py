@@ -1,0 +1,167 @@
+"""Everything the example workflows need on disk to run: tiny model files under the names the workflows use,
+input images and a short clip, and a ComfyUI server over them (for the workflow build and the workflow tests).
+
+The stock UNETLoader of ComfyUI 0.3.75 assumes 24 heads for every FLUX model (so only the full 3072-wide size
+loads); newer ComfyUI derives the head count from the width. The server here therefore gets a one-function custom
+node that does that derivation, so the tiny 256-wide model goes through the real UNETLoader.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from e2p_core.model_files import INPUT_FOLDERS, folder_for
+from e2p_dev import stock_models
+from e2p_dev import tiny_models as tm
+from e2p_dev.comfy_runtime import REPO_ROOT
+from e2p_dev.server import ComfyServer
+from e2p_dev.workflows.graphs import INPUT_FILES
+
+WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
+# The one command that rebuilds the shipped workflows and thumbnails from graphs.py (on ComfyUI 0.3.75, the first
+# supported version, so the files load on every supported version).
+REBUILD_COMMAND = "~/.cache/e2p_comfyui/venv/bin/python e2p_dev/workflows/build.py"
+IMAGE_SIZE = 64
+VIDEO_FRAMES = 4
+
+FLUX_HEADS_SHIM = '''
+"""Test only: derive FLUX head count from the model width as newer ComfyUI does (0.3.75 fixes it at 24)."""
+import comfy.model_detection
+
+_detect = comfy.model_detection.detect_unet_config
+
+
+def detect_unet_config(state_dict, key_prefix, metadata=None):
+    config = _detect(state_dict, key_prefix, metadata=metadata)
+    if config is not None and config.get("image_model") == "flux":
+        config["num_heads"] = config["hidden_size"] // sum(config["axes_dim"])
+    return config
+
+
+comfy.model_detection.detect_unet_config = detect_unet_config
+NODE_CLASS_MAPPINGS = {}
+'''
+
+def workflow_paths() -> list[Path]:
+    return sorted(WORKFLOWS_DIR.glob("*.json"))
+
+
+def _save(models: Path, name: str, tensors: dict[str, torch.Tensor], searched: tuple[str, ...] = ()) -> None:
+    """Writes a released file's stand-in into its folder (the folder ``searched`` finds it in, see model_files)."""
+    tm.write(str(models / folder_for(name, searched) / name), tensors)
+
+
+def _half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def write_models(models: Path) -> None:
+    """Tiny weights under every file name the workflows use (see e2p_core.model_files)."""
+    from e2p_core.comfyui import conditioning
+    from e2p_core.conditioning_file import save_conditioning
+    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_NAMES, task_spec
+
+    for seed, task in enumerate(("depth", "normal", "matting"), start=71):
+        bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=seed)
+        _save(models, f"{task}.safetensors", tm.in_layout(bfl, "diffsynth"))
+    base = tm.bfl_state_dict(depth=1, single_depth=1, seed=80)
+    _save(models, "flux1-kontext-dev.safetensors", base)
+    # The workflows load the LoRA with the stock LoraLoaderModelOnly, which searches models/loras only.
+    _save(models, "depth_lora.safetensors", tm.kohya_lora(tm.lora_pairs(base, seed=81)),
+          INPUT_FOLDERS[("LoraLoaderModelOnly", "lora_name")])
+    _save(models, "ae.safetensors", _half(tm.flux_vae_state_dict()))
+    _save(models, "v1-5-pruned-emaonly-fp16.safetensors", stock_models.sd15_checkpoint_state_dict())
+    control = stock_models.sd15_controlnet_state_dict()
+    _save(models, "control_v11f1p_sd15_depth_fp16.safetensors", control)
+    _save(models, "control_v11p_sd15_normalbae_fp16.safetensors", control)
+    for offset, task in enumerate(TASK_NAMES):
+        cond, pooled = tm.conditioning(seed=90 + offset)
+        path = conditioning.cache_file(str(models / "embeddings"), task, "testencoder")
+        save_conditioning(path, cond, pooled, {META_TASK: task, META_PROMPT: task_spec(task).prompt})
+
+
+def write_inputs(inputs: Path) -> None:
+    """A photo-like image, a subject whose alpha holds painted strokes (LoadImage MASK), a background, a clip."""
+    inputs.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] / IMAGE_SIZE
+    base = np.stack([xx, yy, 1 - xx], axis=-1)
+    pixels = (np.clip(base + 0.1 * rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)), 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(inputs / INPUT_FILES["image"])
+    alpha = np.full((IMAGE_SIZE, IMAGE_SIZE), 255, np.uint8)
+    alpha[24:44, 26:38] = 0  # the MaskEditor stores strokes as transparent pixels; LoadImage gives 1 - alpha
+    Image.fromarray(np.dstack([pixels, alpha])).save(inputs / INPUT_FILES["subject"])
+    Image.fromarray((rng.random((48, 80, 3)) * 255).astype(np.uint8)).save(inputs / INPUT_FILES["background"])
+    write_clip(inputs / INPUT_FILES["video"], pixels)
+
+
+def write_clip(path: Path, first_frame: np.ndarray) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = IMAGE_SIZE, IMAGE_SIZE, "yuv420p"
+        for shift in range(VIDEO_FRAMES):
+            frame = av.VideoFrame.from_ndarray(np.roll(first_frame, 4 * shift, axis=1), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_flux_heads_shim(custom_nodes: Path) -> Path:
+    shim = custom_nodes / "e2p_test_flux_heads"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text(FLUX_HEADS_SHIM)
+    return shim
+
+
+def start_workflow_server(base_dir: Path, files_dir: Path) -> ComfyServer:
+    """A ComfyUI server whose models/ and input/ hold everything the workflows load (files built once)."""
+    if not (files_dir / "done").exists():
+        write_models(files_dir / "models")
+        write_inputs(files_dir / "input")
+        (files_dir / "done").write_text("")
+    shim = write_flux_heads_shim(files_dir / "shim")
+
+    def prepare(target: Path) -> None:
+        for folder in ("models", "input"):
+            destination = target / folder
+            if destination.exists():
+                shutil.rmtree(destination)
+            shutil.copytree(files_dir / folder, destination, copy_function=_link_or_copy)
+
+    # An LRU output cache keeps results across the different workflows (the default keeps only the last
+    # prompt's), so loaders shared by several workflows and a second run of the same prompt cost nothing.
+    server = ComfyServer(base_dir, base_dir / "comfyui.log", prepare=prepare,
+                         extra_packs={"e2p_test_flux_heads": shim}, extra_args=["--cache-lru", "256"])
+    return server.start()
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        Path(destination).hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def load_workflow(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@functools.cache
+def load_converter():
+    """scripts/workflow_to_api.py as a module (scripts/ is not a package), loaded once."""
+    spec = importlib.util.spec_from_file_location("workflow_to_api", REPO_ROOT / "scripts" / "workflow_to_api.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
