@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from e2p_core import imaging, representations
 from e2p_core.files import atomic_write, atomic_write_text
+from e2p_core.tasks import task_spec
 
 from .datasets import EvalDataset, open_dataset
 
@@ -57,9 +58,10 @@ class PredictionSettings:
             raise ValueError(f"unknown resize mode '{self.resize}'; use one of {', '.join(RESIZE_MODES)}")
         if self.matting_hints not in MATTING_HINTS:
             raise ValueError(f"unknown matting hints '{self.matting_hints}'; use one of {', '.join(MATTING_HINTS)}")
-        if self.matting_hints != "none" and self.task != "matting":
+        if self.matting_hints != "none" and not task_spec(self.task).needs_hint:
             raise ValueError("--matting-hints applies to the matting task only")
-        if self.task == "matting" and self.matting_hints in OFFICIAL_MATTING_HINTS and self.resize != "official":
+        if (task_spec(self.task).needs_hint and self.matting_hints in OFFICIAL_MATTING_HINTS
+                and self.resize != "official"):
             raise ValueError(f"--matting-hints {self.matting_hints} conditions the model as the official evaluation "
                              "does, on its square stretched input: use --resize official, or --matting-hints "
                              "empty / gt-clicks (the nodes' conditioning) with other resize modes")
@@ -205,7 +207,7 @@ def predict_official_matting(predictor, images: torch.Tensor, point_map: torch.T
 
 def check_prediction(prediction: torch.Tensor, task: str) -> np.ndarray:
     array = prediction.detach().to("cpu", torch.float32).numpy()
-    expected_ndim = 4 if task == "normal" else 3
+    expected_ndim = 3 if task_spec(task).output_channels == 1 else 4
     if array.ndim != expected_ndim or array.shape[0] != 1:
         raise ValueError(f"the predictor returned shape {array.shape} for one {task} image")
     return array[0]
