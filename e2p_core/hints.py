@@ -1,0 +1,327 @@
+"""The one owner of Edit2Perceive's matting hints: what the user marks, and the point map the model sees.
+
+Matting is conditioned on a second reference image: a single-channel point map in [0, 1] of Gaussian blobs (peak
+1) at points sampled inside the region the user marked, fed as ``2 * map - 1`` repeated to 3 channels. This module
+holds the whole path from the node's inputs to that image (parsing points and boxes, the official app's click
+discs and brush widening, the sampler and the rasteriser, the canvas placement), and the ground-truth point map
+that the official training and evaluation build from an alpha matte. Only torch and numpy (no ComfyUI).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import imaging
+
+REFERENCE_RESOLUTION = 768            # the official hint sizes are given at 768 x 768
+HINT_POINT_COUNT = 10
+HINT_POINT_SIGMA = 30.0               # px at 768 (app.py / inference.py); training used 20 px at 512, the same scale
+HINT_CLICK_RADIUS = 100.0             # px at 768: a click marks a disc this large (app.py)
+HINT_BRUSH_DILATION = 40              # px at the painted mask's own resolution (app.py)
+HINT_THRESHOLD = 0.8
+HINT_SEED = 42
+# px at the alpha matte's own resolution: gen_points' default sigma, which the official training (at every
+# training resolution) and the official evaluation's point prompt both use.
+GROUND_TRUTH_POINT_SIGMA = 20.0
+
+# How hint coordinates are given: pixels of the input image, or fractions of its width and height. Stated by the
+# user, never guessed from magnitudes ([[1, 1]] is a pixel near the corner as much as the image's far corner).
+COORDINATE_UNITS = ("pixels", "fractions")
+POINTS_EXAMPLE = "[[120, 80], [300, 200]]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The raster: regions -> sampled points -> Gaussian point map
+# ---------------------------------------------------------------------------------------------------------------
+
+def gaussian_point_map(points_yx: np.ndarray, height: int, width: int, sigma: float) -> np.ndarray:
+    """Blobs of peak 1 at integer pixel points, combined with max: the official Gaussian point rasteriser
+    (a unit impulse through scipy's gaussian_filter, divided by its own maximum).
+
+    The 2-D filter of an impulse is the outer product of two 1-D filtered impulses (scipy filters axis by axis),
+    which is thousands of times cheaper than filtering a full image per point and equal to within a float32 ulp."""
+    from scipy.ndimage import gaussian_filter1d
+
+    point_map = np.zeros((height, width), dtype=np.float32)
+    for y, x in np.asarray(points_yx, dtype=np.int64).reshape(-1, 2):
+        if not (0 <= y < height and 0 <= x < width):
+            raise ValueError(f"hint point (x={x}, y={y}) lies outside the {width}x{height} image")
+        column, row = np.zeros(height, dtype=np.float32), np.zeros(width, dtype=np.float32)
+        column[y], row[x] = 1.0, 1.0
+        blob = np.outer(gaussian_filter1d(column, sigma=sigma), gaussian_filter1d(row, sigma=sigma))
+        if blob.max() > 0:
+            point_map = np.maximum(point_map, (blob / blob.max()).astype(np.float32))
+    return point_map
+
+
+def sample_hint_points(region: np.ndarray, num_points: int = HINT_POINT_COUNT, threshold: float = HINT_THRESHOLD,
+                       seed: int = HINT_SEED) -> np.ndarray:
+    """Points [N, 2] (y, x) drawn from pixels where ``region > threshold``, as the official sampler does.
+
+    Returns an empty array when the region has fewer than ``num_points`` pixels (the official rule: no hint).
+    """
+    ys, xs = np.nonzero(np.asarray(region) > threshold)
+    if len(ys) < num_points:
+        return np.zeros((0, 2), dtype=np.int64)
+    chosen = np.random.RandomState(seed).choice(len(ys), size=num_points, replace=False)
+    return np.stack([ys[chosen], xs[chosen]], axis=1)
+
+
+def hint_map_from_region(region: np.ndarray, sigma: float, num_points: int = HINT_POINT_COUNT,
+                         threshold: float = HINT_THRESHOLD, seed: int = HINT_SEED) -> np.ndarray:
+    """Region mask [H, W] in [0, 1] -> point map [H, W] in [0, 1] (all zero when the region is too small)."""
+    region = np.asarray(region, dtype=np.float32)
+    points = sample_hint_points(region, num_points, threshold, seed)
+    return gaussian_point_map(points, region.shape[0], region.shape[1], sigma)
+
+
+def ground_truth_point_map(alpha: np.ndarray) -> np.ndarray:
+    """Alpha matte [H, W] in [0, 1] -> the official training/evaluation point map at the matte's own resolution:
+    ten points (seed 42) where alpha > 0.8, blobs of ``GROUND_TRUTH_POINT_SIGMA`` px; all zero when fewer than ten
+    pixels qualify."""
+    return hint_map_from_region(alpha, GROUND_TRUTH_POINT_SIGMA)
+
+
+def hint_map_to_image(point_map: torch.Tensor) -> torch.Tensor:
+    """Point map [..., H, W] in [0, 1] -> a 3-channel IMAGE [..., H, W, 3] in [0, 1].
+
+    ComfyUI's VAE maps IMAGE values v to 2v - 1, which gives the official reference image ``2 * map - 1``.
+    """
+    return point_map.clamp(0.0, 1.0).unsqueeze(-1).expand(*point_map.shape, 3).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Marked regions: click discs, widened brush strokes, boxes
+# ---------------------------------------------------------------------------------------------------------------
+
+def disc_region(points_xy: np.ndarray, height: int, width: int, radius: float) -> np.ndarray:
+    """Filled discs of ``radius`` px around integer (x, y) points: how the official app turns clicks into a region."""
+    region = np.zeros((height, width), dtype=np.float32)
+    rows = np.arange(height)[:, None]
+    cols = np.arange(width)[None, :]
+    for x, y in np.asarray(points_xy, dtype=np.int64).reshape(-1, 2):
+        region[(cols - x) ** 2 + (rows - y) ** 2 <= radius ** 2] = 1.0
+    return region
+
+
+def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of ``mask > 0`` by a disc of ``radius`` px (the official brush-stroke widening)."""
+    from scipy.ndimage import distance_transform_edt
+
+    binary = np.asarray(mask) > 0
+    if radius <= 0 or not binary.any():
+        return binary.astype(np.float32)
+    return (distance_transform_edt(~binary) <= radius).astype(np.float32)
+
+
+def box_region(box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+    """A filled rectangle (x0, y0, x1, y1) in pixels, clipped to the image."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"box values must be finite numbers, got {box}")
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    c0, c1 = max(0.0, math.floor(x0)), min(float(width), math.ceil(x1))
+    r0, r1 = max(0.0, math.floor(y0)), min(float(height), math.ceil(y1))
+    if c1 <= c0 or r1 <= r0:
+        raise ValueError(f"the box {tuple(round(v, 2) for v in box)} has no area inside the {width}x{height} image")
+    region = np.zeros((height, width), dtype=np.float32)
+    region[int(r0):int(r1), int(c0):int(c1)] = 1.0
+    return region
+
+
+@dataclass(frozen=True)
+class HintScale:
+    """Official hint sizes scaled from 768 px to the working resolution (long side)."""
+
+    long_side: int
+
+    @property
+    def factor(self) -> float:
+        return self.long_side / REFERENCE_RESOLUTION
+
+    @property
+    def sigma(self) -> float:
+        return HINT_POINT_SIGMA * self.factor
+
+    @property
+    def click_radius(self) -> float:
+        return HINT_CLICK_RADIUS * self.factor
+
+
+def build_hint_map(height: int, width: int, clicks_xy: np.ndarray | None = None, region: np.ndarray | None = None,
+                   long_side: int | None = None, num_points: int = HINT_POINT_COUNT,
+                   seed: int = HINT_SEED) -> np.ndarray:
+    """User hints at the working resolution -> the point map the model was trained on.
+
+    Clicks (integer x, y) become discs as in the official app; ``region`` is any already-marked area (a widened
+    painted mask, a box). Then ``num_points`` Gaussian points are drawn inside the union. With no usable hint the
+    map is all zero, which the official code also feeds (the model then mattes the salient object on its own).
+    """
+    scale = HintScale(long_side or max(height, width))
+    marked = np.zeros((height, width), dtype=np.float32)
+    if clicks_xy is not None and len(clicks_xy):
+        marked = np.maximum(marked, disc_region(clicks_xy, height, width, scale.click_radius))
+    if region is not None:
+        region = np.asarray(region, dtype=np.float32)
+        if region.shape != (height, width):
+            raise ValueError(f"hint region is {region.shape[1]}x{region.shape[0]} but the image is {width}x{height}")
+        marked = np.maximum(marked, region)
+    return hint_map_from_region(marked, scale.sigma, num_points=num_points, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The user's hints: parsing the node's inputs, and their point map on the working canvas
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_units(coordinates: str) -> None:
+    if coordinates not in COORDINATE_UNITS:
+        raise ValueError(f"unknown coordinates '{coordinates}'; use one of {', '.join(COORDINATE_UNITS)}")
+
+
+def _check_fractions(values: np.ndarray, what: str) -> None:
+    if values.size and (values.min() < 0.0 or values.max() > 1.0):
+        raise ValueError(f"{what} has values outside [0, 1] but coordinates is 'fractions'; give fractions of the "
+                         "image size, or set coordinates to 'pixels'")
+
+
+def parse_points(text: str, width: int, height: int, coordinates: str = "pixels") -> np.ndarray:
+    """Parse a JSON list of points into integer pixel (x, y) coordinates.
+
+    Accepted: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` (the KJNodes points editor) or ``{"points": [...]}``,
+    in pixels of the input image or, with ``coordinates="fractions"``, fractions of its width and height.
+    """
+    _check_units(coordinates)
+    text = (text or "").strip()
+    if not text:
+        return np.zeros((0, 2), dtype=np.int64)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"points must be JSON such as {POINTS_EXAMPLE} ({error.msg} at char {error.pos})")
+    except RecursionError:
+        raise ValueError(f"points JSON is nested too deeply to read; give a flat list such as {POINTS_EXAMPLE}")
+    if isinstance(data, dict):
+        data = data.get("points", None)
+    if not isinstance(data, list):
+        raise ValueError(f"points must be a JSON list such as {POINTS_EXAMPLE} or [{{\"x\": 120, \"y\": 80}}]")
+    coords = []
+    for item in data:
+        if isinstance(item, dict) and "x" in item and "y" in item:
+            coords.append((item["x"], item["y"]))
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            coords.append((item[0], item[1]))
+        else:
+            raise ValueError(f"cannot read point {str(item)[:80]}: use [x, y] or {{\"x\": x, \"y\": y}}")
+    try:
+        array = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("point coordinates must be numbers")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("point coordinates must be finite numbers (not NaN or infinity)")
+    if coordinates == "fractions":
+        _check_fractions(array, "points")
+        size = np.array([width, height], dtype=np.float64)
+        return np.minimum(np.floor(array * size), size - 1).astype(np.int64)
+    pixels = np.floor(array)
+    outside = (pixels[:, 0] < 0) | (pixels[:, 0] >= width) | (pixels[:, 1] < 0) | (pixels[:, 1] >= height)
+    if outside.any():
+        bad = pixels[outside][0]
+        raise ValueError(f"point (x={bad[0]:g}, y={bad[1]:g}) lies outside the {width}x{height} image; give "
+                         "pixel coordinates inside the image (or fractions with coordinates = 'fractions')")
+    return pixels.astype(np.int64)
+
+
+def parse_box(text: str, width: int, height: int, coordinates: str = "pixels"):
+    """'x0, y0, x1, y1' -> (x0, y0, x1, y1) in pixels of the input image, or None for an empty text. The box must
+    overlap the image; the part outside it is ignored."""
+    _check_units(coordinates)
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        values = np.array([float(v) for v in text.replace(";", ",").split(",")], dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got '{text[:80]}'")
+    if len(values) != 4:
+        raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got {len(values)}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"box values must be finite numbers (not NaN or infinity), got '{text[:80]}'")
+    if coordinates == "fractions":
+        _check_fractions(values, "box")
+        values = values * np.array([width, height, width, height], dtype=np.float64)
+    box = tuple(float(v) for v in values)
+    box_region(box, height, width)
+    return box
+
+
+@dataclass(frozen=True)
+class MattingHints:
+    """Hints for one image, in that image's pixel coordinates."""
+
+    clicks_xy: np.ndarray | None = None          # [N, 2] integer (x, y)
+    mask: np.ndarray | None = None               # [H, W] painted/selected area, > 0 = foreground
+    box: tuple[float, float, float, float] | None = None   # (x0, y0, x1, y1) pixels
+
+    def is_empty(self) -> bool:
+        return ((self.clicks_xy is None or len(self.clicks_xy) == 0)
+                and (self.mask is None or not np.any(np.asarray(self.mask) > 0)) and self.box is None)
+
+
+def matting_hints(images: torch.Tensor, points: str = "", box: str = "", coordinates: str = "pixels",
+                  hint_mask: torch.Tensor | None = None) -> list[MattingHints]:
+    """One MattingHints per image from the matting node's inputs (points JSON, box text, painted MASK); points and
+    box are in ``coordinates`` (pixels or fractions of the input size); a single mask is shared by every image."""
+    batch, height, width = images.shape[0], images.shape[1], images.shape[2]
+    clicks = parse_points(points, width, height, coordinates)
+    box_pixels = parse_box(box, width, height, coordinates)
+    masks = [None] * batch
+    if hint_mask is not None:
+        mask = hint_mask if hint_mask.dim() == 3 else hint_mask[None]
+        if mask.shape[0] not in (1, batch):
+            raise ValueError(f"hint_mask has {mask.shape[0]} masks for {batch} images; give one, or one per image")
+        if mask.shape[-2:] != (height, width):
+            mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width),
+                                                   mode="nearest-exact")[:, 0]
+        masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
+        if not len(clicks) and box_pixels is None and not any(np.any(m > 0) for m in masks):
+            raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the subject "
+                             "in the mask editor, add points, or disconnect hint_mask to matte the salient object")
+    return [MattingHints(clicks if len(clicks) else None, masks[i], box_pixels) for i in range(batch)]
+
+
+def input_to_canvas_coords(points_xy, canvas: imaging.Canvas) -> np.ndarray:
+    """Pixel (x, y) in the input image -> integer pixel in the resized content (the official app's rule)."""
+    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    scaled = np.stack([points[:, 0] * canvas.content_width / canvas.width,
+                       points[:, 1] * canvas.content_height / canvas.height], axis=1)
+    return np.floor(scaled).astype(np.int64)
+
+
+def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: int,
+                       seed: int = HINT_SEED) -> np.ndarray:
+    """The hint point map at the padded canvas size (zeros in the padding), following the official app:
+    a painted mask is widened at its own resolution and resized as Pillow NEAREST does; clicks and box are rescaled."""
+    height, width = canvas.content_height, canvas.content_width
+    region = np.zeros((height, width), dtype=np.float32)
+    if hints.mask is not None and np.any(np.asarray(hints.mask) > 0):
+        widened = dilate_mask(hints.mask, HINT_BRUSH_DILATION)
+        resized = imaging.nearest_resize(torch.from_numpy(widened), height, width).numpy()
+        region = np.maximum(region, resized)
+    if hints.box is not None:
+        x0, y0, x1, y1 = hints.box
+        sx, sy = width / canvas.width, height / canvas.height
+        region = np.maximum(region, box_region((x0 * sx, y0 * sy, x1 * sx, y1 * sy), height, width))
+    clicks = None
+    if hints.clicks_xy is not None and len(hints.clicks_xy):
+        clicks = input_to_canvas_coords(hints.clicks_xy, canvas)
+    content = build_hint_map(height, width, clicks_xy=clicks, region=region, long_side=canvas.long_side,
+                             num_points=num_points, seed=seed)
+    padded = np.zeros((canvas.padded_height, canvas.padded_width), dtype=np.float32)
+    padded[:height, :width] = content
+    return padded
