@@ -18,18 +18,18 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import bench_model, cli, report, timing  # noqa: E402
 
 DEFAULT_FRAMES_PER_PASS = [1, 4, 8, 16]
 
 
 def test_clip(resolution: int, frames: int) -> torch.Tensor:
     """IMAGE [frames, R, R, 3]: the benchmark's test image with different texture per frame."""
-    return torch.cat([common.test_image(resolution, seed=frame) for frame in range(frames)])
+    return torch.cat([bench_model.test_image(resolution, seed=frame) for frame in range(frames)])
 
 
 def measure(predictor, resolution: int, clip_frames: int, frames_per_pass: list[int], device: torch.device,
-            warmup: int, repeats: int) -> dict[int, tuple[common.Timings, float]]:
+            warmup: int, repeats: int) -> dict[int, tuple[timing.Timings, float]]:
     """frames_per_pass -> (clip timings, largest difference of its clip from the first candidate's, relative to the
     output's scale). A one-frame prediction first loads the model, so no candidate's time includes that. Also what
     the GPU suite can call with its own predictor."""
@@ -41,7 +41,7 @@ def measure(predictor, resolution: int, clip_frames: int, frames_per_pass: list[
     def predict(images: torch.Tensor, per_pass: int, index: int) -> torch.Tensor:
         with torch.inference_mode():
             return pipeline.predict_task(predictor.model.patcher, predictor.vae, predictor.cond, predictor.pooled,
-                                         images, common.TASK, resolution, seed=common.run_seed(index),
+                                         images, bench_model.TASK, resolution, seed=timing.run_seed(index),
                                          frames_per_pass=per_pass).prediction
 
     def candidate(per_pass: int):
@@ -50,7 +50,7 @@ def measure(predictor, resolution: int, clip_frames: int, frames_per_pass: list[
         return run
 
     predict(clip[:1], 1, -1)
-    timings = common.measure_interleaved({k: candidate(k) for k in frames_per_pass}, device, warmup, repeats)
+    timings = timing.measure_interleaved({k: candidate(k) for k in frames_per_pass}, device, warmup, repeats)
     # the last timed round used the same seed for every candidate, so their clips must agree
     reference = last[frames_per_pass[0]]
     scale = float(reference.abs().max())
@@ -58,34 +58,34 @@ def measure(predictor, resolution: int, clip_frames: int, frames_per_pass: list[
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "frames_per_pass")
+    parser = cli.base_parser(__doc__.split("\n\n")[0], "frames_per_pass")
     parser.add_argument("--frames-per-pass", type=int, nargs="+", default=DEFAULT_FRAMES_PER_PASS)
     parser.add_argument("--clip-frames", type=int, default=16, help="frames in the clip each candidate predicts")
     args = parser.parse_args(argv)
     if args.clip_frames < 1 or min(args.frames_per_pass) < 1:
         raise SystemExit("--clip-frames and --frames-per-pass must be at least 1")
-    run = common.start(args, runs_line=f"runs: a one-frame prediction to load the model, then {args.warmup} warm-up + "
+    run = cli.start(args, runs_line=f"runs: a one-frame prediction to load the model, then {args.warmup} warm-up + "
                                        f"{args.repeats} timed clips per candidate, interleaved; median (min-max) s")
-    predictor = common.bare_predictor(run.files)
+    predictor = bench_model.bare_predictor(run.files)
     first = args.frames_per_pass[0]
     rows, raw, plot = [], {}, {}
     for resolution in run.resolutions:
         results = measure(predictor, resolution, args.clip_frames, args.frames_per_pass, run.device, args.warmup,
                           args.repeats)
         baseline = args.clip_frames / results[first][0].median
-        for frames_per_pass, (timing, difference) in results.items():
-            frames_per_second = args.clip_frames / timing.median
-            rows.append([f"{resolution}²", frames_per_pass, common.cell(timing), f"{frames_per_second:.3g}",
+        for frames_per_pass, (measured, difference) in results.items():
+            frames_per_second = args.clip_frames / measured.median
+            rows.append([f"{resolution}²", frames_per_pass, measured.cell(), f"{frames_per_second:.3g}",
                          f"{frames_per_second / baseline:.2f}x", f"{difference:.1e}"])
-            raw[f"{resolution}/{frames_per_pass}"] = timing.runs
+            raw[f"{resolution}/{frames_per_pass}"] = measured.runs
             plot.setdefault(f"{resolution}²", {})[f"{frames_per_pass} per pass"] = frames_per_second
-    table = common.markdown_table(
+    table = report.markdown_table(
         ["resolution", "frames per pass", f"clip of {args.clip_frames} frames, s", "frames/s", f"vs {first} per pass",
          f"max difference vs {first} per pass"], rows)
     notes = ("frames/s = clip frames / median clip time. Difference: largest absolute difference of the predicted "
              "clip from the first candidate's, relative to its largest value (same seed in the last timed round).")
-    common.save_bar_plot(args.plot, "E2PDepth video throughput by frames per pass", plot, ylabel="frames/s")
-    return common.finish(run, [f"### Video throughput (depth, 1 step, {args.clip_frames}-frame clip)", "", table, "",
+    report.save_bar_plot(args.plot, "E2PDepth video throughput by frames per pass", plot, ylabel="frames/s")
+    return cli.finish(run, [f"### Video throughput (depth, 1 step, {args.clip_frames}-frame clip)", "", table, "",
                                notes], {"runs": raw, "clip_frames": args.clip_frames}, args)
 
 

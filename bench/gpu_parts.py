@@ -14,10 +14,8 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import attention, bench_model, cli, memory_sampling, report, shapes, timing  # noqa: E402
 
 EVENT_MARKER = "E2P_SUITE "
 # Parts that share the default-flags process, in the order they run; the capped parts each get their own process.
@@ -39,46 +37,6 @@ MAIN_WEIGHT_DTYPE = {"cuda": "bf16", "cpu": "default"}
 
 def emit(event: str, part: str, **fields) -> None:
     print(EVENT_MARKER + json.dumps({"event": event, "part": part, **fields}, default=str), flush=True)
-
-
-class DeviceMemorySampler:
-    """Highest device memory in use (total - free, the whole card) while active, sampled every few ms.
-
-    Counts what torch's allocator does not see: comfy-aimdo's dynamic-VRAM allocations and the CUDA context."""
-
-    def __init__(self, device: torch.device, interval_s: float = 0.005):
-        self.device, self.interval_s, self.peak = device, interval_s, 0
-        self._stop = threading.Event()
-
-    def _used(self) -> int:
-        free, total = torch.cuda.mem_get_info(self.device)
-        return total - free
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.peak = self._used()
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._used())
-            time.sleep(self.interval_s)
-
-    def __exit__(self, *exc_info):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self._used())
-
-    def numbers(self) -> dict:
-        if self.device.type != "cuda":
-            return {"device_peak_bytes": None, "torch_peak_bytes": None}
-        return {"device_peak_bytes": self.peak, "torch_peak_bytes": torch.cuda.max_memory_allocated(self.device)}
 
 
 def start_dynamic_vram() -> str:
@@ -113,39 +71,6 @@ def start_dynamic_vram() -> str:
     return "on"
 
 
-@dataclass
-class RandomWeights:
-    """The benchmark model's tensors held in memory (the 12B shape is generated on the GPU, never written)."""
-
-    dit: dict[str, torch.Tensor]          # BFL names, on the CPU (where ComfyUI's loader expects them)
-    vae: dict[str, torch.Tensor]          # ComfyUI FLUX VAE names
-    cond: torch.Tensor
-    pooled: torch.Tensor
-
-
-def random_weights(shape: common.DitShape, device: torch.device) -> RandomWeights:
-    """The same tensors bench_files writes, generated on ``device`` (needs ComfyUI imported: the VAE skeleton)."""
-    import tiny_models  # tests/tiny_models.py (on sys.path once boot_comfy ran): the FLUX VAE builder
-
-    dit = common.random_bfl_state_dict(shape, device=device.type)
-    return RandomWeights(dit, tiny_models.flux_vae_state_dict(seed=common.WEIGHT_SEED),
-                         *common.random_conditioning(shape))
-
-
-def predictor_from_weights(weights: RandomWeights, weight_dtype: str = "default"):
-    """The bare ``e2p_core`` predictor on in-memory tensors: the loader's FLUX build and patches, as
-    ``load_e2p_checkpoint`` does for a file, without the file."""
-    from e2p_core.comfyui import compat
-    from e2p_core.comfyui.api import E2PPredictor
-    from e2p_core.comfyui.loader import E2PModel, build_flux_patcher
-    from e2p_core.comfyui.patches import apply_e2p_patches
-    from e2p_core.tasks import TIME_EMBEDDING_OFFICIAL
-
-    patcher, _ = build_flux_patcher(weights.dit, weight_dtype)
-    model = E2PModel(apply_e2p_patches(patcher, TIME_EMBEDDING_OFFICIAL), common.TASK, TIME_EMBEDDING_OFFICIAL)
-    return E2PPredictor(common.TASK, model, compat.load_vae(weights.vae), weights.cond, weights.pooled)
-
-
 class Budget:
     """A part's time allowance, for cutting repeat loops short; gpu_suite.py ends the process at the hard limit."""
 
@@ -168,7 +93,7 @@ def timed_runs(function, device: torch.device, budget: Budget, warmup: int, repe
     for index in range(repeats):
         if runs and not budget.allows(max(runs)):
             break
-        runs.append(common.time_call(lambda: function(index), device))
+        runs.append(timing.time_call(lambda: function(index), device))
     return runs
 
 
@@ -189,34 +114,34 @@ class Session:
 
     def __init__(self, args):
         self.args = args
-        self.device = common.pick_device(args.device)
-        self.shape = common.SHAPES[args.shape]
-        self.weights: RandomWeights | None = None
+        self.device = timing.pick_device(args.device)
+        self.shape = shapes.SHAPES[args.shape]
+        self.weights: bench_model.RandomWeights | None = None
         self.predictor = None
 
     def build(self, weight_dtype: str) -> dict:
         if self.weights is None:
             start = time.perf_counter()
-            self.weights = random_weights(self.shape, self.device)
+            self.weights = bench_model.random_weights(self.shape, self.device)
             generate_s = time.perf_counter() - start
         else:
             generate_s = 0.0
         start = time.perf_counter()
-        self.predictor = predictor_from_weights(self.weights, weight_dtype)
+        self.predictor = bench_model.predictor_from_weights(self.weights, weight_dtype)
         build_s = time.perf_counter() - start
         return {"generate_s": generate_s, "build_s": build_s, "weight_bytes": weight_bytes(self.predictor),
                 "weight_dtype": str(next(self.predictor.model.patcher.model.diffusion_model.parameters()).dtype),
                 "patcher": type(self.predictor.model.patcher).__name__}
 
     def predict(self, image: torch.Tensor, resolution: int, index: int):
-        return self.predictor.predict(image, processing_resolution=resolution, seed=common.run_seed(index))
+        return self.predictor.predict(image, processing_resolution=resolution, seed=timing.run_seed(index))
 
     def peak_memory(self, resolution: int) -> dict:
         """One warm prediction's peak memory and time at ``resolution`` (the first, cold one is left out)."""
-        image = common.test_image(resolution)
-        cold_s = common.time_call(lambda: self.predict(image, resolution, -1), self.device)
-        with DeviceMemorySampler(self.device) as sampler, common.RssSampler() as rss:
-            seconds = common.time_call(lambda: self.predict(image, resolution, 0), self.device)
+        image = bench_model.test_image(resolution)
+        cold_s = timing.time_call(lambda: self.predict(image, resolution, -1), self.device)
+        with memory_sampling.DeviceMemorySampler(self.device) as sampler, memory_sampling.RssSampler() as rss:
+            seconds = timing.time_call(lambda: self.predict(image, resolution, 0), self.device)
         return {"cold_s": cold_s, "seconds": seconds, "rss_peak_bytes": rss.peak, **sampler.numbers()}
 
 
@@ -230,8 +155,8 @@ def part_load(session: Session, budget: Budget) -> dict:
     at the smallest resolution, which moves the weights to the device (ComfyUI loads lazily)."""
     result = session.build(MAIN_WEIGHT_DTYPE[session.device.type])
     resolution = min(session.args.resolutions)
-    result["first_prediction_s"] = common.time_call(
-        lambda: session.predict(common.test_image(resolution), resolution, -100), session.device)
+    result["first_prediction_s"] = timing.time_call(
+        lambda: session.predict(bench_model.test_image(resolution), resolution, -100), session.device)
     result["first_resolution"] = resolution
     return result
 
@@ -249,7 +174,7 @@ def matmul_tflops(device: torch.device, budget: Budget) -> dict:
     for _ in range(10):
         if runs and not budget.allows(max(runs)):
             break
-        runs.append(common.time_call(lambda: a @ b, device))
+        runs.append(timing.time_call(lambda: a @ b, device))
     return {"size": size, "dtype": str(dtype), "tflops": 2 * size ** 3 / statistics.median(runs) / 1e12,
             "runs": len(runs)}
 
@@ -260,34 +185,34 @@ def part_stages(session: Session, budget: Budget) -> dict:
 
     args, device = session.args, session.device
     result = {"matmul": matmul_tflops(device, budget), "resolutions": {}}
-    peak, source = common.bf16_peak_tflops(device, args.peak_tflops)
+    peak, source = shapes.bf16_peak_tflops(device, args.peak_tflops)
     result["peak_tflops"], result["peak_source"] = peak, source
     for resolution in args.resolutions:
         if not budget.allows(0):
             result["resolutions"][str(resolution)] = {"skipped": "the part's budget was spent"}
             continue
-        image = common.test_image(resolution)
+        image = bench_model.test_image(resolution)
         per_run = []
         for index in range(-args.warmup, args.repeats):
             if per_run and not budget.allows(sum(per_run[-1])):
                 break
-            functions = stages.stage_functions(session.predictor, image, resolution, common.run_seed(index))
+            functions = stages.stage_functions(session.predictor, image, resolution, timing.run_seed(index))
             seconds = stages.run_stages(functions, device)
             if index >= 0:
                 per_run.append(seconds)
         medians = [statistics.median(run[i] for run in per_run) for i in range(len(stages.STAGES))]
-        flops = common.dit_pass_flops(session.shape, resolution)
+        flops = shapes.dit_pass_flops(session.shape, resolution)
         result["resolutions"][str(resolution)] = {
             "stages": dict(zip(stages.STAGES, medians)), "total": statistics.median(sum(run) for run in per_run),
             "runs": len(per_run), "asked": args.repeats, "dit_flops": flops, "dit_tflops": flops / medians[2] / 1e12}
-    result["attention"] = common.comfy_attention_in_use()
+    result["attention"] = attention.comfy_attention_in_use()
     return result
 
 
 def part_video(session: Session, budget: Budget) -> dict:
     """A clip of ``--video-frames`` frames through one predict() call: the pipeline's one-item-at-a-time loop."""
     args = session.args
-    frames = torch.cat([common.test_image(args.video_resolution, seed=i) for i in range(args.video_frames)])
+    frames = torch.cat([bench_model.test_image(args.video_resolution, seed=i) for i in range(args.video_frames)])
     runs = timed_runs(lambda index: session.predict(frames, args.video_resolution, index), session.device, budget,
                       warmup=0, repeats=2)
     return {"frames": args.video_frames, "resolution": args.video_resolution, "runs": runs,
@@ -333,12 +258,12 @@ def compare_with_diffusers(session: Session, budget: Budget) -> dict:
               "ours_vae_dtype": str(session.predictor.vae.vae_dtype),
               "build_s": build_s, "resolutions": {}}
     for resolution in args.resolutions:
-        image = common.test_image(resolution)
+        image = bench_model.test_image(resolution)
         candidates = {"ours, 1 step": lambda index: session.predict(image, resolution, index)}
         for steps in args.diffusers_steps:
             candidates[f"diffusers, {steps} step{'s' * (steps > 1)}"] = (
                 lambda index, steps=steps: vs_diffusers.run_diffusers(pipeline, image, embeds, pooled, resolution,
-                                                                      steps, common.run_seed(index)))
+                                                                      steps, timing.run_seed(index)))
         result["resolutions"][str(resolution)] = {
             name: timed_runs(function, device, budget, warmup=args.warmup, repeats=args.repeats)
             for name, function in candidates.items()}
@@ -396,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), required=True)
     parser.add_argument("--budgets", type=float, nargs="+", required=True, help="seconds per part, same order")
     parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
-    parser.add_argument("--shape", choices=list(common.SHAPES), required=True)
+    parser.add_argument("--shape", choices=list(shapes.SHAPES), required=True)
     parser.add_argument("--resolutions", type=int, nargs="+", required=True)
     parser.add_argument("--video-frames", type=int, default=16)
     parser.add_argument("--video-resolution", type=int, default=768)
@@ -411,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.budgets) != len(args.parts):
         raise SystemExit("--budgets needs one number per part")
-    device = common.pick_device(args.device)
+    device = timing.pick_device(args.device)
     args.comfy_args = args.comfy_args.split()
     capped = [part for part in args.parts if part in CAPPED_PARTS]
     if capped:
@@ -420,9 +345,9 @@ def main(argv: list[str] | None = None) -> None:
         args.comfy_args += capped_flags(capped[0], device, args.cap_gib)
     for folder in ("custom_nodes", "user", "input", "output", "temp"):
         (args.base_dir / folder).mkdir(parents=True, exist_ok=True)
-    comfy = common.boot_comfy(args.base_dir, device, args.comfy_args)
+    comfy_args = cli.boot_comfy(args.base_dir, device, args.comfy_args)
     dynamic_vram = start_dynamic_vram() if device.type == "cuda" else "off (CPU)"
-    emit("environment", "boot", lines=common.environment_summary(device, comfy), comfy_args=comfy.args,
+    emit("environment", "boot", lines=report.environment_summary(device, comfy_args), comfy_args=comfy_args,
          dynamic_vram=dynamic_vram)
     session = Session(args)
     for part, seconds in zip(args.parts, args.budgets):

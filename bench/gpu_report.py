@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench import common
+from bench import report
 
 GIB = 2**30
 
@@ -14,7 +14,7 @@ def gib(value) -> str:
 
 
 def secs(value) -> str:
-    return "-" if value is None else common.seconds_text(value)
+    return "-" if value is None else report.seconds_text(value)
 
 
 def runs_cell(runs: list[float]) -> str:
@@ -29,14 +29,14 @@ def setup_table(result: dict) -> str:
             ["wheels installed from the carry", ", ".join(result.get("installed", []))
              or result.get("note", "none needed")],
             ["carried packages already present", ", ".join(result.get("already_present", [])) or "none"]]
-    return common.markdown_table(["setup", "value"], rows)
+    return report.markdown_table(["setup", "value"], rows)
 
 
 def load_table(result: dict, shape: str) -> str:
     rows = [[shape, result["weight_dtype"].replace("torch.", ""), gib(result["weight_bytes"]), result["patcher"],
              secs(result["generate_s"]), secs(result["build_s"]),
              f"{secs(result['first_prediction_s'])} ({result['first_resolution']}²)"]]
-    return common.markdown_table(["shape", "DiT weights", "GiB", "ComfyUI patcher", "random weights made, s",
+    return report.markdown_table(["shape", "DiT weights", "GiB", "ComfyUI patcher", "random weights made, s",
                                   "pack loader build, s", "first prediction (moves weights), s"], rows)
 
 
@@ -57,9 +57,9 @@ def stages_tables(result: dict, weight_dtype: str) -> str:
         dit_rows.append([f"{resolution}²", f"{entry['dit_flops'] / 1e12:.3g}", f"{achieved:.3g}",
                          f"{100 * achieved / peak:.1f}%" if peak else "n/a",
                          f"{100 * achieved / matmul['tflops']:.1f}%"])
-    stage_table = common.markdown_table(["resolution", *(f"{s}, s" for s in STAGES), "total, s", "timed runs"],
+    stage_table = report.markdown_table(["resolution", *(f"{s}, s" for s in STAGES), "total, s", "timed runs"],
                                         stage_rows)
-    dit_table = common.markdown_table(
+    dit_table = report.markdown_table(
         ["resolution", "DiT TFLOP per pass", "achieved TFLOP/s",
          f"of dense bf16 peak ({peak or 'n/a'} TFLOP/s, {source})",
          f"of measured matmul ({matmul['tflops']:.3g} TFLOP/s, {matmul['size']}³ {matmul['dtype']})"], dit_rows)
@@ -68,13 +68,13 @@ def stages_tables(result: dict, weight_dtype: str) -> str:
         f"### Image -> depth per stage (DiT {weight_dtype}, 1 step; median of timed runs)", stage_table,
         "### DiT throughput", dit_table,
         f"Attention: DiT {attention.get('dit', '?')}, VAE {attention.get('vae', '?')}. FLOPs: matmuls of one pass "
-        "over 512 text + 2 x image tokens (bench/common.py dit_pass_flops)."])
+        "over 512 text + 2 x image tokens (bench/shapes.py dit_pass_flops)."])
 
 
 def video_table(result: dict) -> str:
     rows = [[result["frames"], f"{result['resolution']}²", runs_cell(result["runs"]),
              "-" if result["frames_per_s"] is None else f"{result['frames_per_s']:.2f}"]]
-    return "### Video batch (one predict call, frames one at a time)\n\n" + common.markdown_table(
+    return "### Video batch (one predict call, frames one at a time)\n\n" + report.markdown_table(
         ["frames", "resolution", "clip, s", "frames/s"], rows)
 
 
@@ -90,7 +90,7 @@ def diffusers_table(result: dict) -> str:
             rows.append([f"{resolution}²", name, runs_cell(runs), ratio])
     return "\n\n".join([
         "### Ours vs diffusers FluxKontextPipeline (same tensors, image and size)",
-        common.markdown_table(["resolution", "pipeline", "image -> prediction, s", "time vs ours"], rows),
+        report.markdown_table(["resolution", "pipeline", "image -> prediction, s", "time vs ours"], rows),
         f"diffusers {result['diffusers']}; DiT {result['dit_dtype']} on both sides; VAE {result['vae_dtype']} in "
         f"diffusers, {result['ours_vae_dtype']} in ours (ComfyUI's choice); pipeline built from the same tensors "
         f"in {secs(result['build_s'])} s."])
@@ -135,7 +135,7 @@ def memory_table(suite) -> str:
     else:
         note += ("On the CPU there is no VRAM to cap: the capped row only proves its process runs (--lowvram needs "
                  "CUDA).")
-    return "### Peak memory per prediction (depth, 1 step)\n\n" + common.markdown_table(
+    return "### Peak memory per prediction (depth, 1 step)\n\n" + report.markdown_table(
         ["weights", "DiT GiB (dtype)", "ComfyUI flags", "resolution", "device peak GiB", "torch peak GiB",
          "RSS peak GiB", "time, s", "outcome"], rows) + "\n\n" + note
 
@@ -145,7 +145,7 @@ def parts_table(suite) -> str:
 
     rows = [[name, PART_DESCRIPTIONS.get(name, ""), o.status, secs(o.seconds), f"{o.budget:.0f}"]
             for name, o in suite.outcomes.items()]
-    return "### Parts and time budgets\n\n" + common.markdown_table(
+    return "### Parts and time budgets\n\n" + report.markdown_table(
         ["part", "what", "outcome", "seconds", "budget, s"], rows)
 
 

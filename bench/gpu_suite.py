@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.gpu_parts import CAPPED_PARTS, EVENT_MARKER, MAIN_PARTS  # noqa: E402
+from e2p_dev.comfy_runtime import DEFAULT_CACHE_DIR, read_comfyui_version  # noqa: E402
 
 REQUIREMENTS = REPO_ROOT / "bench" / "gpu_requirements.txt"
 DEFAULT_CARRY = REPO_ROOT / ".gpu_carry"
@@ -118,12 +119,6 @@ def install_missing(carry: Path, site_dir: Path) -> dict:
     return {"installed": installed, "already_present": present}
 
 
-def comfyui_version(root: Path) -> str | None:
-    match = re.search(r'__version__\s*=\s*"([^"]+)"', (root / "comfyui_version.py").read_text()) \
-        if (root / "comfyui_version.py").is_file() else None
-    return match.group(1) if match else None
-
-
 def find_comfyui(args) -> tuple[Path, str]:
     """The ComfyUI to run: --comfyui, else the carried archive unpacked under the work folder, else the tests'
     ComfyUI ($E2P_COMFYUI_DIR or the default cache path)."""
@@ -133,13 +128,13 @@ def find_comfyui(args) -> tuple[Path, str]:
     if archives:
         archive = archives[-1]
         target = args.work_dir / archive.name[:-len(".tar.gz")]
-        if comfyui_version(target) is None:
+        if read_comfyui_version(target) is None:
             shutil.rmtree(target, ignore_errors=True)
             with tarfile.open(archive) as bundle:
                 bundle.extractall(args.work_dir, filter="data")
         return target, f"unpacked from {archive.name}"
     configured = os.environ.get("E2P_COMFYUI_DIR")
-    root = Path(configured) if configured else Path.home() / ".cache" / "e2p_comfyui" / "comfyui"
+    root = Path(configured) if configured else DEFAULT_CACHE_DIR / "comfyui"
     return root, "the tests' ComfyUI (" + ("$E2P_COMFYUI_DIR" if configured else "default cache path") + ")"
 
 
@@ -402,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup.result = install_missing(args.carry, args.work_dir / "site")
         root, origin = find_comfyui(args)
-        version = comfyui_version(root)
+        version = read_comfyui_version(root)
         if version is None:
             raise SystemExit(f"no ComfyUI at {root} ({origin}); carry the archive (bench/gpu_prepare.sh) or pass "
                              "--comfyui DIR")

@@ -26,24 +26,26 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import memory_sampling, report  # noqa: E402
 
+if TYPE_CHECKING:
+    from bench.shapes import DitShape
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_MARKER = "E2P_LOAD_MEMORY_RESULT "
 FILE_DTYPE = torch.bfloat16
 SAFETENSORS_DTYPE_NAMES = {torch.bfloat16: "BF16"}
 
-# Target file size (GB) -> a FLUX.1 Kontext-shaped transformer of about that size in bf16.
-SIZES = {
-    "0.5": common.DitShape("0.5 GB", hidden=2048, depth=1, single_depth=1),
-    "2": common.DitShape("2 GB", hidden=3072, depth=2, single_depth=2),
-    "4": common.DitShape("4 GB", hidden=3072, depth=4, single_depth=5),
-}
+# Target file size (GB) -> (hidden, double blocks, single blocks) of a FLUX.1 Kontext-shaped transformer of about
+# that size in bf16.
+SIZES = {"0.5": (2048, 1, 1), "2": (3072, 2, 2), "4": (3072, 4, 5)}
 LAYOUTS = ("bfl", "diffsynth", "diffusers")
 TASKS = ("depth", "normal", "matting")
 LORA_RANK = 64                       # the official LoRAs' rank
@@ -81,24 +83,38 @@ def random_tensor(generator: torch.Generator):
     return make
 
 
-def layout_shapes(shape: common.DitShape, layout: str) -> dict[str, tuple[int, ...]]:
+def size_shape(size: str) -> DitShape:
+    """The transformer shape of a ``--sizes`` entry.
+
+    bench.shapes (and e2p_dev.tiny_models, which imports e2p_core) is imported here, in the parent only: a child
+    must import e2p_core from its --code-root, which it could not once e2p_core came from this tree."""
+    from bench.shapes import DitShape
+
+    hidden, depth, single_depth = SIZES[size]
+    return DitShape(f"{size} GB", hidden=hidden, depth=depth, single_depth=single_depth)
+
+
+def layout_shapes(shape: DitShape, layout: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the transformer in ``layout`` (``meta`` tensors: nothing is allocated)."""
     from e2p_core import formats
+    from e2p_dev.tiny_models import bfl_tensor_shapes
 
     bfl = {name: torch.empty(dims, dtype=FILE_DTYPE, device="meta")
-           for name, dims in common.bfl_tensor_shapes(shape).items()}
+           for name, dims in bfl_tensor_shapes(shape.flux).items()}
     return {name: tuple(tensor.shape) for name, tensor in formats.from_bfl(bfl, layout).items()}
 
 
-def write_checkpoint(path: Path, shape: common.DitShape, layout: str, seed: int) -> int:
+def write_checkpoint(path: Path, shape: DitShape, layout: str, seed: int) -> int:
     return write_safetensors(path, layout_shapes(shape, layout), random_tensor(torch.Generator().manual_seed(seed)),
                              {"e2p.task": "depth"})
 
 
-def write_kohya_lora(path: Path, shape: common.DitShape, task: str, seed: int) -> int:
+def write_kohya_lora(path: Path, shape: DitShape, task: str, seed: int) -> int:
     """A rank-64 LoRA on every linear layer of the blocks, under the kohya names the official LoRAs use."""
+    from e2p_dev.tiny_models import bfl_tensor_shapes
+
     shapes = {}
-    for name, dims in common.bfl_tensor_shapes(shape).items():
+    for name, dims in bfl_tensor_shapes(shape.flux).items():
         if name.startswith(("double_blocks.", "single_blocks.")) and name.endswith(".weight") and len(dims) == 2:
             module = "lora_unet_" + name[:-len(".weight")].replace(".", "_")
             shapes[f"{module}.lora_down.weight"] = (LORA_RANK, dims[1])
@@ -119,19 +135,10 @@ def write_kohya_lora(path: Path, shape: common.DitShape, task: str, seed: int) -
 def boot(code_root: Path):
     """ComfyUI (--cpu) and ``e2p_core`` from ``code_root``, with everything a load imports already imported, so
     the 'after import' RSS is the fixed part and the rest is the load."""
-    sys.path.insert(0, str(common.TESTS_DIR))
-    import comfy_harness
+    from e2p_dev import comfy_runtime
 
-    sys.path.insert(0, str(comfy_harness.comfyui_dir()))
+    comfy_runtime.configure_comfy_args(cpu=True)
     sys.path.insert(0, str(code_root))
-    saved, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401  (parses the argv above)
-    finally:
-        sys.argv = saved
     import comfy.lora  # noqa: F401
     import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401
@@ -144,20 +151,20 @@ def boot(code_root: Path):
 
 def settled_rss() -> int:
     gc.collect()
-    return common.current_rss_bytes()
+    return memory_sampling.current_rss_bytes()
 
 
 def measure_load(args) -> dict:
     loader = boot(args.code_root)
     result = {"rss_after_import": settled_rss(), "file_bytes": args.checkpoint.stat().st_size}
-    with common.RssSampler() as sampler:
+    with memory_sampling.RssSampler() as sampler:
         e2p = loader.load_e2p_checkpoint(str(args.checkpoint), args.weight_dtype)
     result["rss_peak_load"] = sampler.peak
     result["rss_after_load"] = settled_rss()
     model = e2p.patcher.model.diffusion_model
     result["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     result["weight_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-    result["ru_maxrss"] = common.peak_rss_bytes()
+    result["ru_maxrss"] = memory_sampling.peak_rss_bytes()
     return result
 
 
@@ -167,7 +174,7 @@ def measure_loras(args) -> dict:
     result = {"rss_after_import": settled_rss(), "file_bytes": args.checkpoint.stat().st_size,
               "lora_bytes": [path.stat().st_size for path in args.loras], "rss_after": []}
     models = []
-    with common.RssSampler() as sampler:
+    with memory_sampling.RssSampler() as sampler:
         for lora in args.loras:
             models.append(loader.load_e2p_checkpoint(str(args.checkpoint), args.weight_dtype, str(lora)))
             result["rss_after"].append(settled_rss())
@@ -179,12 +186,12 @@ def measure_loras(args) -> dict:
     reference = torch.randn(1, 16, 16, 16, generator=generator)
     cond, pooled = torch.randn(1, 8, 4096, generator=generator), torch.randn(1, 768, generator=generator)
     result["rss_after_predict"] = []
-    with common.RssSampler() as sampler, torch.inference_mode():
+    with memory_sampling.RssSampler() as sampler, torch.inference_mode():
         for e2p in models:
             sampling.predict_latent(e2p.patcher, [reference], cond, pooled)
             result["rss_after_predict"].append(settled_rss())
     result["rss_peak_predict"] = sampler.peak
-    result["ru_maxrss"] = common.peak_rss_bytes()
+    result["ru_maxrss"] = memory_sampling.peak_rss_bytes()
     return result
 
 
@@ -195,7 +202,7 @@ def measure_loras(args) -> dict:
 
 def extract_revision(revision: str, target: Path) -> Path:
     """``e2p_core`` of a git revision, unpacked under ``target`` (the working tree is not touched)."""
-    archive = subprocess.run(["git", "-C", str(common.REPO_ROOT), "archive", revision, "e2p_core"],
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", revision, "e2p_core"],
                              capture_output=True, check=True).stdout
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -207,7 +214,7 @@ def extract_revision(revision: str, target: Path) -> Path:
 def snapshot_working_tree(target: Path) -> Path:
     """A copy of the working tree's ``e2p_core``, so edits made while the benchmark runs do not mix in."""
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(common.REPO_ROOT / "e2p_core", target / "e2p_core",
+    shutil.copytree(REPO_ROOT / "e2p_core", target / "e2p_core",
                     ignore=shutil.ignore_patterns("__pycache__"))
     return target
 
@@ -217,7 +224,7 @@ def run_child(mode: str, code_root: Path, checkpoint: Path, weight_dtype: str, l
                "--checkpoint", str(checkpoint), "--weight-dtype", weight_dtype]
     if loras:
         command += ["--loras", *map(str, loras)]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO_ROOT)
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
             return json.loads(line[len(RESULT_MARKER):])
@@ -280,7 +287,7 @@ def load_table(results: dict, variants: list[str]) -> str:
                          ratio(median(after), file_bytes),
                          ratio(median([p - i for p, i in zip(peak, imported)]), file_bytes),
                          ratio(median([a - i for a, i in zip(after, imported)]), file_bytes)])
-    return common.markdown_table(headers, rows)
+    return report.markdown_table(headers, rows)
 
 
 def lora_table(results: dict, variants: list[str]) -> str:
@@ -301,7 +308,7 @@ def lora_table(results: dict, variants: list[str]) -> str:
                      " / ".join(str(r["distinct_models"]) for r in runs),
                      ", ".join(spread(step) for step in predictions),
                      spread([r["rss_peak_predict"] for r in runs])])
-    return common.markdown_table(headers, rows)
+    return report.markdown_table(headers, rows)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -346,8 +353,9 @@ def main(argv: list[str] | None = None) -> str:
     for size in args.sizes:
         for layout in args.layouts:
             path = args.work_dir / f"e2p_{layout}_{size}GB.safetensors"
-            print(f"[bench] writing {SIZES[size].describe()} as {layout} to {path}", flush=True)
-            write_checkpoint(path, SIZES[size], layout, seed=len(load_results))
+            shape = size_shape(size)
+            print(f"[bench] writing {shape.describe()} as {layout} to {path}", flush=True)
+            write_checkpoint(path, shape, layout, seed=len(load_results))
             runs = {variant: [] for variant in variants}
             try:
                 for repeat in range(args.repeats):
@@ -361,7 +369,7 @@ def main(argv: list[str] | None = None) -> str:
 
     lora_results = None
     if not args.skip_loras:
-        shape = SIZES[args.lora_base_size]
+        shape = size_shape(args.lora_base_size)
         folder = args.work_dir / "loras"
         base = folder / "flux1-kontext-base.safetensors"
         loras = [folder / f"{task}_lora.safetensors" for task in TASKS]
@@ -382,7 +390,7 @@ def main(argv: list[str] | None = None) -> str:
         shutil.rmtree(root, ignore_errors=True)
 
     header = [f"date: {started.isoformat(timespec='seconds')}",
-              f"machine: CPU {common.cpu_model()}, {os.cpu_count()} cores, "
+              f"machine: CPU {report.cpu_model()}, {os.cpu_count()} cores, "
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM; ComfyUI --cpu",
               f"files: random bf16 FLUX.1 Kontext-shaped transformers; weight_dtype {args.weight_dtype}; "
               f"{args.repeats} run(s) per file and loader, each in a fresh process, loaders alternating",
@@ -398,13 +406,13 @@ def main(argv: list[str] | None = None) -> str:
                    "LoadE2PModel nodes in one workflow), then after one 1-step prediction per task (latent "
                    "16×16, 8 text tokens): on CPU ComfyUI applies a LoRA by computing patched copies of the weights "
                    "it changes, and keeps the model loaded with the last task's patches."]
-    report = "\n".join(["", *header, "", *tables])
-    print(report, flush=True)
+    report_text = "\n".join(["", *header, "", *tables])
+    print(report_text, flush=True)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report.lstrip("\n") + "\n")
+        args.output.write_text(report_text.lstrip("\n") + "\n")
         print(f"[bench] report written to {args.output}", flush=True)
-    return report
+    return report_text
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import bench_model, cli, memory_sampling, report, shapes, timing  # noqa: E402
 
 RESULT_MARKER = "E2P_MEMORY_RESULT "
 
@@ -45,39 +45,39 @@ GPU_ONLY = {name for name, (_, flags) in CONFIGURATIONS.items() if flags}
 
 def measure_child(args) -> dict:
     """One configuration, in this (fresh) process; returns the numbers for the parent."""
-    device = common.pick_device(args.device)
+    device = timing.pick_device(args.device)
     weight_dtype, flags = CONFIGURATIONS[args.child]
-    shape = common.SHAPES[args.shape]
-    common.boot_comfy(args.work_dir / shape.name, device, flags)
-    files = common.bench_files(args.work_dir, shape)
-    result = {"rss_after_import": common.current_rss_bytes()}
-    with common.RssSampler() as sampler:
-        predictor = common.bare_predictor(files, weight_dtype)
+    shape = shapes.SHAPES[args.shape]
+    cli.boot_comfy(args.work_dir / shape.name, device, flags)
+    files = bench_model.bench_files(args.work_dir, shape)
+    result = {"rss_after_import": memory_sampling.current_rss_bytes()}
+    with memory_sampling.RssSampler() as sampler:
+        predictor = bench_model.bare_predictor(files, weight_dtype)
     result["rss_peak_load"] = sampler.peak
-    result["rss_after_load"] = common.current_rss_bytes()
+    result["rss_after_load"] = memory_sampling.current_rss_bytes()
     model = predictor.model.patcher.model.diffusion_model
     result["dit_weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     result["dit_dtype"] = str(next(model.parameters()).dtype)
     base_model = predictor.model.patcher.model
     result["compute_dtype"] = str(base_model.manual_cast_dtype or base_model.get_dtype())
     for resolution in args.resolutions:
-        image = common.test_image(resolution)
+        image = bench_model.test_image(resolution)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with common.RssSampler() as sampler:
+        with memory_sampling.RssSampler() as sampler:
             start = time.perf_counter()
             predictor.predict(image, processing_resolution=resolution)
-            common.synchronize(device)
+            timing.synchronize(device)
             seconds = time.perf_counter() - start
         entry = {"rss_peak": sampler.peak, "seconds": seconds}
         if device.type == "cuda":
             entry["cuda_max_allocated"] = torch.cuda.max_memory_allocated(device)
         result[str(resolution)] = entry
-    result["rss_process_peak"] = common.peak_rss_bytes()
+    result["rss_process_peak"] = memory_sampling.peak_rss_bytes()
     return result
 
 
-def run_child(args, name: str, shape: common.DitShape, resolutions: list[int]) -> dict:
+def run_child(args, name: str, shape: shapes.DitShape, resolutions: list[int]) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--shape", shape.name,
                "--device", args.device, "--work-dir", str(args.work_dir),
                "--resolutions", *map(str, resolutions)]
@@ -91,7 +91,7 @@ def run_child(args, name: str, shape: common.DitShape, resolutions: list[int]) -
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "memory")
+    parser = cli.base_parser(__doc__.split("\n\n")[0], "memory")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGURATIONS),
                         help="configurations to measure; default: all that apply to the device")
     parser.add_argument("--child", choices=list(CONFIGURATIONS), help=argparse.SUPPRESS)
@@ -100,13 +100,13 @@ def main(argv: list[str] | None = None) -> str:
         result = measure_child(args)
         print(RESULT_MARKER + json.dumps(result), flush=True)
         return ""
-    device_type = common.pick_device(args.device).type
+    device_type = timing.pick_device(args.device).type
     configs = args.configs or [name for name in CONFIGURATIONS if device_type == "cuda" or name not in GPU_ONLY]
     for name in configs:
         if name in GPU_ONLY and device_type != "cuda":
             raise SystemExit(f"'{name}' needs a CUDA device: on CPU ComfyUI loads every model whole "
                              "(see this script's description)")
-    run = common.start(args, runs_line="runs: one prediction per resolution and configuration, each configuration "
+    run = cli.start(args, runs_line="runs: one prediction per resolution and configuration, each configuration "
                                         "in a fresh process (--warmup/--repeats do not apply)")
     results = {name: run_child(args, name, run.shape, run.resolutions) for name in configs}
     headers = ["configuration", "DiT weights (dtype)", "RSS after import", "RSS after load"]
@@ -117,16 +117,16 @@ def main(argv: list[str] | None = None) -> str:
         headers.append(f"time {resolution}², s")
     rows = []
     for name, result in results.items():
-        row = [name, f"{common.gib(result['dit_weight_bytes'])} ({result['dit_dtype'].replace('torch.', '')})",
-               common.gib(result["rss_after_import"]), common.gib(result["rss_after_load"])]
+        row = [name, f"{report.gib(result['dit_weight_bytes'])} ({result['dit_dtype'].replace('torch.', '')})",
+               report.gib(result["rss_after_import"]), report.gib(result["rss_after_load"])]
         for resolution in run.resolutions:
             entry = result[str(resolution)]
-            row.append(common.gib(entry["rss_peak"]))
+            row.append(report.gib(entry["rss_peak"]))
             if device_type == "cuda":
-                row.append(common.gib(entry["cuda_max_allocated"]))
-            row.append(common.seconds_text(entry["seconds"]))
+                row.append(report.gib(entry["cuda_max_allocated"]))
+            row.append(report.seconds_text(entry["seconds"]))
         rows.append(row)
-    table = common.markdown_table(headers, rows)
+    table = report.markdown_table(headers, rows)
     notes = ["Memory in GiB. Each row is a fresh process; RSS includes torch and ComfyUI (the 'after import' "
              "column). Times are single cold runs (first prediction after load), for orientation only.",
              "Compute dtype per row: " + ", ".join(f"{name}: {r['compute_dtype'].replace('torch.', '')}"
@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> str:
     if device_type != "cuda":
         notes.append("--lowvram / --novram: not measurable on CPU; with --cpu ComfyUI 0.3.75 forces its VRAM state "
                      "to DISABLED and loads models whole (and the flags are mutually exclusive with --cpu).")
-    common.save_bar_plot(args.plot, "Peak RSS per prediction", {
+    report.save_bar_plot(args.plot, "Peak RSS per prediction", {
         f"{resolution}²": {name: r[str(resolution)]["rss_peak"] / 2**30 for name, r in results.items()}
         for resolution in run.resolutions}, ylabel="GiB")
-    return common.finish(run, ["### Peak memory (depth, 1 step)", "", table, "", *notes], {"results": results}, args)
+    return cli.finish(run, ["### Peak memory (depth, 1 step)", "", table, "", *notes], {"results": results}, args)
 
 
 if __name__ == "__main__":

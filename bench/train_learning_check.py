@@ -72,7 +72,7 @@ def fit_autoencoder(dataset, steps: int, seed: int):
 
 
 def evaluate(models, dataset, cond, pooled) -> dict[str, float]:
-    from train.train import predict_decoded, sample_metrics
+    from train.validation import predict_decoded, sample_metrics
 
     rows = []
     for index in range(len(dataset)):
@@ -85,7 +85,7 @@ def evaluate(models, dataset, cond, pooled) -> dict[str, float]:
 
 
 def constant_baseline(dataset) -> dict[str, float]:
-    from train.train import sample_metrics
+    from train.validation import sample_metrics
 
     rows = []
     for index in range(len(dataset)):
@@ -109,10 +109,12 @@ def main() -> int:
     parser.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (alpha = rank, as officially)")
     args = parser.parse_args()
 
+    from e2p_dev.tiny_models import TinyFluxSpec, build_tiny_transformer, save_tiny_models
     from train import data
     from train.config import TrainConfig
-    from e2p_dev.tiny_models import TinyFluxSpec, build_tiny_transformer, save_tiny_models
-    from train.train import build_models, read_jsonl, run, LOSS_LOG
+    from train.assembly import build_models
+    from train.records import LOSS_LOG, read_jsonl
+    from train.train import run
 
     torch.manual_seed(args.seed)
     work = args.work_dir
@@ -147,7 +149,7 @@ def main() -> int:
     del untrained
     print(f"training {args.train_steps} steps ...", flush=True)
     run(config, train_dataset=train_set, collate_fn=data.collate)
-    from train.train import load_trained
+    from train.weights import load_trained
 
     _, trained = load_trained(str(output))
     after = evaluate(trained, val_set, cond, pooled)

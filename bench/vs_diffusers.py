@@ -19,7 +19,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import bench_model, cli, report, shapes, timing  # noqa: E402
 
 # FLUX.1 Kontext [dev]'s scheduler and VAE configurations (scheduler/ and vae/ of the diffusers release).
 KONTEXT_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
@@ -32,7 +32,7 @@ FLUX_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncod
 
 
 def diffusers_pipeline(bfl_state_dict: dict[str, torch.Tensor], vae_state_dict: dict[str, torch.Tensor],
-                       shape: common.DitShape, device: torch.device, dit_dtype: torch.dtype, vae_dtype: torch.dtype):
+                       shape: shapes.DitShape, device: torch.device, dit_dtype: torch.dtype, vae_dtype: torch.dtype):
     """FluxKontextPipeline holding our benchmark weights (BFL-named DiT and ComfyUI-named VAE tensors); text
     encoders left out (embeddings are passed in)."""
     from accelerate import init_empty_weights
@@ -43,8 +43,8 @@ def diffusers_pipeline(bfl_state_dict: dict[str, torch.Tensor], vae_state_dict: 
 
     with init_empty_weights():
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=common.PATCH_CHANNELS, num_layers=shape.depth,
-            num_single_layers=shape.single_depth, attention_head_dim=common.HEAD_DIM, num_attention_heads=shape.heads,
+            patch_size=1, in_channels=shapes.PATCH_CHANNELS, num_layers=shape.depth,
+            num_single_layers=shape.single_depth, attention_head_dim=shapes.HEAD_DIM, num_attention_heads=shape.heads,
             joint_attention_dim=shape.context_dim, pooled_projection_dim=shape.pooled_dim, guidance_embeds=True,
             axes_dims_rope=(16, 56, 56))
     weights = formats.from_bfl(bfl_state_dict, formats.DIFFUSERS)
@@ -74,14 +74,14 @@ def run_diffusers(pipeline, image: torch.Tensor, prompt_embeds: torch.Tensor, po
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = common.base_parser(__doc__.split("\n\n")[0], "vs_diffusers")
+    parser = cli.base_parser(__doc__.split("\n\n")[0], "vs_diffusers")
     parser.add_argument("--diffusers-steps", type=int, nargs="+", default=[1, 8],
                         help="step counts for FluxKontextPipeline (the official default is 8, its Gradio app 4)")
     args = parser.parse_args(argv)
-    run = common.start(args)
+    run = cli.start(args)
     from safetensors.torch import load_file
 
-    predictor = common.bare_predictor(run.files)
+    predictor = bench_model.bare_predictor(run.files)
     dit_dtype = predictor.model.patcher.model.get_dtype()
     vae_dtype = predictor.vae.vae_dtype
     pipeline = diffusers_pipeline(load_file(str(run.files.checkpoint)), load_file(str(run.files.vae)), run.shape,
@@ -90,29 +90,29 @@ def main(argv: list[str] | None = None) -> str:
     pooled_embeds = predictor.pooled.to(run.device, dit_dtype)
     rows, raw, plot = [], {}, {}
     for resolution in run.resolutions:
-        image = common.test_image(resolution)
+        image = bench_model.test_image(resolution)
 
         def ours(index, image=image, resolution=resolution):
-            predictor.predict(image, processing_resolution=resolution, seed=common.run_seed(index))
+            predictor.predict(image, processing_resolution=resolution, seed=timing.run_seed(index))
 
         def diffusers_run(index, steps, image=image, resolution=resolution):
-            run_diffusers(pipeline, image, prompt_embeds, pooled_embeds, resolution, steps, common.run_seed(index))
+            run_diffusers(pipeline, image, prompt_embeds, pooled_embeds, resolution, steps, timing.run_seed(index))
 
         candidates = {"ours, 1 step": ours}
         for steps in args.diffusers_steps:
             candidates[f"diffusers, {steps} step{'s' * (steps > 1)}"] = (
                 lambda index, steps=steps, run_one=diffusers_run: run_one(index, steps))
-        timings = common.measure_interleaved(candidates, run.device, args.warmup, args.repeats)
+        timings = timing.measure_interleaved(candidates, run.device, args.warmup, args.repeats)
         reference = timings["ours, 1 step"].median
-        for name, timing in timings.items():
-            rows.append([f"{resolution}²", name, common.cell(timing), f"{timing.median / reference:.2f}x"])
+        for name, measured in timings.items():
+            rows.append([f"{resolution}²", name, measured.cell(), f"{measured.median / reference:.2f}x"])
         raw[resolution] = {name: t.runs for name, t in timings.items()}
         plot[f"{resolution}²"] = {name: t.median for name, t in timings.items()}
-    table = common.markdown_table(["resolution", "pipeline", "image -> prediction, s", "time vs ours"], rows)
+    table = report.markdown_table(["resolution", "pipeline", "image -> prediction, s", "time vs ours"], rows)
     notes = (f"DiT {dit_dtype}, VAE {vae_dtype} on both sides (ComfyUI's choice for {run.device.type}); diffusers uses "
              "torch scaled_dot_product_attention, ComfyUI the attention printed above.")
-    common.save_bar_plot(args.plot, "E2PDepth 1 step vs diffusers FluxKontextPipeline", plot)
-    return common.finish(run, ["### Ours vs diffusers FluxKontextPipeline", "", table, "", notes], {"runs": raw},
+    report.save_bar_plot(args.plot, "E2PDepth 1 step vs diffusers FluxKontextPipeline", plot)
+    return cli.finish(run, ["### Ours vs diffusers FluxKontextPipeline", "", table, "", notes], {"runs": raw},
                          args)
 
 

@@ -16,36 +16,36 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import bench_model, cli, graph_runner, report, timing  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = common.base_parser(__doc__.split("\n\n")[0], "wrapper_overhead").parse_args(argv)
-    run = common.start(args)
-    runner = common.GraphRunner()
-    predictor = common.bare_predictor(run.files)
+    args = cli.base_parser(__doc__.split("\n\n")[0], "wrapper_overhead").parse_args(argv)
+    run = cli.start(args)
+    runner = graph_runner.GraphRunner()
+    predictor = bench_model.bare_predictor(run.files)
     rows, raw, plot = [], {}, {}
     for resolution in run.resolutions:
-        image = common.test_image(resolution)
+        image = bench_model.test_image(resolution)
 
         def bare(index, image=image, resolution=resolution):
-            predictor.predict(image, processing_resolution=resolution, seed=common.run_seed(index))
+            predictor.predict(image, processing_resolution=resolution, seed=timing.run_seed(index))
 
         def graph(index, resolution=resolution):
-            runner.run(common.depth_prompt(resolution, common.run_seed(index)))
+            runner.run(graph_runner.depth_prompt(resolution, timing.run_seed(index)))
 
-        timings = common.measure_interleaved({"bare": bare, "graph": graph}, run.device, args.warmup, args.repeats)
+        timings = timing.measure_interleaved({"bare": bare, "graph": graph}, run.device, args.warmup, args.repeats)
         overhead = timings["graph"].median - timings["bare"].median
-        rows.append([f"{resolution}²", common.cell(timings["bare"]), common.cell(timings["graph"]),
+        rows.append([f"{resolution}²", timings["bare"].cell(), timings["graph"].cell(),
                      f"{overhead:+.3f}", f"{100 * overhead / timings['bare'].median:+.1f}%"])
         raw[resolution] = {name: t.runs for name, t in timings.items()}
         plot[f"{resolution}²"] = {"bare e2p_core": timings["bare"].median, "ComfyUI graph": timings["graph"].median}
-    table = common.markdown_table(
+    table = report.markdown_table(
         ["resolution", "bare e2p_core call, s", "E2PDepth graph via executor, s", "overhead, s", "overhead"], rows)
     notes = ("Overhead = difference of medians; with other processes on the cores, differences smaller than the "
              "min-max spread are noise.")
-    common.save_bar_plot(args.plot, "E2PDepth: graph vs bare call", plot)
-    return common.finish(run, ["### Wrapper overhead (depth, 1 step)", "", table, "", notes], {"runs": raw}, args)
+    report.save_bar_plot(args.plot, "E2PDepth: graph vs bare call", plot)
+    return cli.finish(run, ["### Wrapper overhead (depth, 1 step)", "", table, "", notes], {"runs": raw}, args)
 
 
 if __name__ == "__main__":
