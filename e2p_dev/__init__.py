@@ -4,6 +4,7 @@
 - ``server``: ComfyUI as a ``main.py`` process on 127.0.0.1 and a small client for its HTTP API.
 - ``tiny_models``: random FLUX/VAE/LoRA weights and conditioning in the real file layouts, tiny or full size.
 - ``workflows``: the example workflows as graphs and the build that turns them into ``example_workflows/``.
+- ``example_run``: the steps of ``scripts/run_example.py`` (workflow prep, missing-file guide, example scene, demo).
 
 Nodes, ``e2p_core`` and ``train/`` do not import this package: it may import anything, they may not.
 """

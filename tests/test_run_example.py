@@ -1,7 +1,7 @@
-"""The README's main job, scripts/run_example.py: it names every missing model file and where it goes, and --demo
-runs the quickstart workflow end to end on tiny random weights with every output labelled as a demo."""
+"""The README's main job, scripts/run_example.py (its pieces in e2p_dev/example_run): it names every missing model
+file and where it goes, and --demo runs the quickstart workflow end to end on tiny random weights with every output
+labelled as a demo."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from e2p_dev.comfy_runtime import REPO_ROOT, comfyui_dir
+from e2p_dev.example_run import UserActionNeeded, demo, missing_files, workflow
+from e2p_dev.example_run.scene import render_example_scene
 
 SCRIPT = REPO_ROOT / "scripts" / "run_example.py"
 SHELL_SCRIPT = REPO_ROOT / "scripts" / "run_example.sh"
@@ -59,36 +61,27 @@ def quickstart_save_nodes():
             if node["type"] in ("SaveImage", "E2PSaveFloatImage") and node.get("mode", 0) == 0]
 
 
-@pytest.fixture(scope="module")
-def run_example_module():
-    spec = importlib.util.spec_from_file_location("run_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_demo_rewrites_only_what_it_must(run_example_module):
-    script = run_example_module
+def test_demo_rewrites_only_what_it_must():
     prompt = {
         "1": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors"}},
         "2": {"class_type": "LoadE2PModel", "inputs": {"checkpoint": "depth.safetensors", "clip": ["1", 0]}},
         "3": {"class_type": "E2PDepth", "inputs": {"e2p_model": ["2", 0], "processing_resolution": 768}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "edit2perceive/depth"}},
     }
-    script.adapt_for_demo(prompt)
+    demo.adapt_for_demo(prompt)
     assert set(prompt) == {"2", "3", "4"} and "clip" not in prompt["2"]["inputs"]
-    assert prompt["3"]["inputs"]["processing_resolution"] == script.DEMO_RESOLUTION
+    assert prompt["3"]["inputs"]["processing_resolution"] == demo.DEMO_RESOLUTION
     assert prompt["4"]["inputs"]["filename_prefix"] == \
         "DEMO_random_weights/DEMO-random-weights-not-real-predictions_depth"
     stock = {"1": {"class_type": "CLIPLoader", "inputs": {}},
              "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": "a cat"}}}
-    with pytest.raises(script.UserActionNeeded, match="needs a text encoder"):
-        script.adapt_for_demo(stock)
+    with pytest.raises(UserActionNeeded, match="needs a text encoder"):
+        demo.adapt_for_demo(stock)
 
 
-def test_example_scene_is_a_scene(run_example_module, tmp_path):
+def test_example_scene_is_a_scene(tmp_path):
     path = tmp_path / "scene.png"
-    run_example_module.render_example_scene(path, 96, 64)
+    render_example_scene(path, 96, 64)
     pixels = np.asarray(Image.open(path))
     assert pixels.shape == (64, 96, 3) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
 
@@ -108,10 +101,9 @@ def test_missing_weights_are_named_with_folder_and_source(tmp_path):
     assert not any((home / "output").iterdir()), "nothing may run while weights are missing"
 
 
-def test_quickstart_shares_one_base_when_the_task_loras_are_there(run_example_module, tmp_path):
+def test_quickstart_shares_one_base_when_the_task_loras_are_there(tmp_path):
     """Full checkpoints missing, Kontext base and LoRAs present: each loader switches to base + its task's LoRA
     (and the missing-file guide names that route); one LoRA missing: nothing switches."""
-    module = run_example_module
     full = {"3": "depth", "4": "normal", "5": "matting"}
 
     def quickstart_loaders():
@@ -123,17 +115,17 @@ def test_quickstart_shares_one_base_when_the_task_loras_are_there(run_example_mo
             "checkpoint": [["flux1-kontext-dev.safetensors"]], "lora": [["none", *loras]]}}}}
 
     prompt = quickstart_loaders()
-    lines = module.use_base_and_loras(prompt, listing([f"{task}_lora.safetensors" for task in full.values()]))
+    lines = workflow.use_base_and_loras(prompt, listing([f"{task}_lora.safetensors" for task in full.values()]))
     assert len(lines) == 3
     for node_id, task in full.items():
         assert prompt[node_id]["inputs"] == {"checkpoint": "flux1-kontext-dev.safetensors",
                                              "lora": f"{task}_lora.safetensors", "task": task}
     prompt = quickstart_loaders()
-    assert module.use_base_and_loras(prompt, listing(["depth_lora.safetensors", "normal_lora.safetensors"])) == []
+    assert workflow.use_base_and_loras(prompt, listing(["depth_lora.safetensors", "normal_lora.safetensors"])) == []
     assert prompt == quickstart_loaders()
     missing = [(f"{task}.safetensors", ("edit2perceive", "diffusion_models"), f"node {node_id}")
                for node_id, task in full.items()]
-    message = module.missing_files_message(missing, [tmp_path / "models"], QUICKSTART)
+    message = missing_files.missing_files_message(missing, [tmp_path / "models"], QUICKSTART)
     assert f"flux1-kontext-dev.safetensors (https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev) into " \
            f"{tmp_path / 'models' / 'diffusion_models'}" in message
     assert "depth_lora.safetensors, normal_lora.safetensors, matting_lora.safetensors" in message
