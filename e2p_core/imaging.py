@@ -139,12 +139,3 @@ def from_canvas(prediction: torch.Tensor, canvas: Canvas) -> torch.Tensor:
     mode = "nearest" if canvas.mode == "reference" else "bilinear"
     return _resize(cropped.movedim(-1, 1), canvas.height, canvas.width, mode).movedim(1, -1)
 
-
-def input_to_canvas_coords(points_xy, canvas: Canvas):
-    """Pixel (x, y) in the input image -> integer pixel in the resized content (the official app's rule)."""
-    import numpy as np
-
-    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
-    scaled = np.stack([points[:, 0] * canvas.content_width / canvas.width,
-                       points[:, 1] * canvas.content_height / canvas.height], axis=1)
-    return np.floor(scaled).astype(np.int64)

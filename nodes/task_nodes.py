@@ -1,10 +1,11 @@
-"""The three prediction nodes. Thin: inputs are checked, e2p_core.comfyui.pipeline does the work."""
+"""The three prediction nodes. Thin: inputs are checked, e2p_core.hints reads the matting hints and
+e2p_core.comfyui.pipeline does the work."""
 
 from __future__ import annotations
 
 import torch
 
-from ..e2p_core import ensemble, imaging, representations
+from ..e2p_core import ensemble, hints, imaging, representations
 from ..e2p_core.comfyui import compat, pipeline
 from ..e2p_core.tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
 from .loader_nodes import CATEGORY, E2P_MODEL
@@ -61,11 +62,11 @@ def _check_task(e2p_model, task: str) -> None:
 
 
 def _run(e2p_model, vae, image, task, processing_resolution, resize_mode, steps, seed, ensemble_size,
-         frames_per_pass, hints=None, num_points=10):
+         frames_per_pass, image_hints=None, num_points=hints.HINT_POINT_COUNT):
     _check_task(e2p_model, task)
     progress = compat.progress_bar(image.shape[0] * ensemble_size)
     result = pipeline.predict_task(e2p_model.patcher, vae, e2p_model.cond, e2p_model.pooled, image, task,
-                                   processing_resolution, resize_mode, steps, seed, hints, num_points,
+                                   processing_resolution, resize_mode, steps, seed, image_hints, num_points,
                                    on_progress=progress.update, frames_per_pass=frames_per_pass,
                                    ensemble_size=ensemble_size)
     return result._replace(uncertainty=task_spec(task).uncertainty_mask(result.uncertainty))
@@ -145,10 +146,10 @@ class E2PMatting:
                        "editor, in the unit set by coordinates. Each click marks a disc as in the official demo."})
         inputs["box"] = ("STRING", {"default": "", "tooltip": "Optional 'x0, y0, x1, y1' around the subject, in the "
                                                               "unit set by coordinates."})
-        inputs["coordinates"] = (list(representations.COORDINATE_UNITS), {
+        inputs["coordinates"] = (list(hints.COORDINATE_UNITS), {
             "default": "pixels", "tooltip": "Unit of points and box: pixels of the input image (x right, y down from "
                                             "the top-left corner), or fractions of its width and height in [0, 1]."})
-        inputs["num_points"] = ("INT", {"default": representations.HINT_POINT_COUNT, "min": 1, "max": 64,
+        inputs["num_points"] = ("INT", {"default": hints.HINT_POINT_COUNT, "min": 1, "max": 64,
                                         "tooltip": "Gaussian points drawn inside the marked area (10 as trained)."})
         return {"required": inputs, "optional": {
             "hint_mask": ("MASK", {"tooltip": "Painted area on the subject (white = foreground), e.g. from the mask "
@@ -157,9 +158,9 @@ class E2PMatting:
 
     def predict(self, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
                 coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1):
-        hints = pipeline.matting_hints(image, points, box, coordinates, hint_mask)
+        image_hints = hints.matting_hints(image, points, box, coordinates, hint_mask)
         alpha, hint_maps, uncertainty = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode,
-                                             steps, seed, ensemble_size, frames_per_pass, hints, num_points)
+                                             steps, seed, ensemble_size, frames_per_pass, image_hints, num_points)
         rgb = image[..., :3].float().clamp(0.0, 1.0)
         rgba = torch.cat([rgb, alpha[..., None]], dim=-1)
         hint_preview = hint_maps[..., None].expand(*hint_maps.shape, 3).contiguous()

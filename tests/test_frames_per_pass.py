@@ -13,6 +13,7 @@ import torch
 from e2p_dev import tiny_models as tm
 from e2p_core import ensemble, imaging, representations, tasks
 from e2p_core.comfyui import compat, pipeline, sampling
+from e2p_core.hints import matting_hints
 from test_nodes import image_batch, installed, load, task_inputs, vae  # noqa: F401  (fixtures)
 
 CLIP = 5
@@ -44,7 +45,7 @@ def record_decoded_normals(monkeypatch) -> list[torch.Tensor]:
 
 
 def run(e2p, vae, images, task, **options):
-    hints = pipeline.matting_hints(images, "[[20, 24]]") if task == "matting" else None
+    hints = matting_hints(images, "[[20, 24]]") if task == "matting" else None
     with torch.inference_mode():
         return pipeline.predict_task(e2p.patcher, vae, e2p.cond, e2p.pooled, images, task,
                                      processing_resolution=64, seed=42, hints=hints, **options)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from e2p_core import imaging, representations
-from e2p_core.comfyui.pipeline import MattingHints, hint_map_on_canvas
+from e2p_core import hints, imaging
 
 
 def pillow_indices(source: int, target: int, axis: int) -> np.ndarray:
@@ -65,11 +64,11 @@ def test_painted_mask_region_is_the_official_pillow_resize(mode):
     mask[301:517, 402:911] = 1.0
     mask[700:707, 100:1400] = 1.0
     canvas = imaging.plan_canvas(height, width, 768, mode)
-    widened = representations.dilate_mask(mask, representations.HINT_BRUSH_DILATION)
+    widened = hints.dilate_mask(mask, hints.HINT_BRUSH_DILATION)
     official_region = np.asarray(Image.fromarray((widened * 255).astype(np.uint8)).resize(
         (canvas.content_width, canvas.content_height), Image.Resampling.NEAREST)) / 255.0
-    expected = representations.build_hint_map(canvas.content_height, canvas.content_width,
-                                              region=official_region.astype(np.float32), long_side=canvas.long_side,
-                                              num_points=representations.HINT_POINT_COUNT)
-    ours = hint_map_on_canvas(MattingHints(mask=mask), canvas, representations.HINT_POINT_COUNT)
+    expected = hints.build_hint_map(canvas.content_height, canvas.content_width,
+                                    region=official_region.astype(np.float32), long_side=canvas.long_side,
+                                    num_points=hints.HINT_POINT_COUNT)
+    ours = hints.hint_map_on_canvas(hints.MattingHints(mask=mask), canvas, hints.HINT_POINT_COUNT)
     assert np.array_equal(ours[:canvas.content_height, :canvas.content_width], expected)

@@ -85,18 +85,18 @@ def free_cache(server):
 
 def in_process(files, image_path, task, points=""):
     """The same prediction through e2p_core directly, quantised the way SaveImage does."""
-    from e2p_core import representations
-    from e2p_core.comfyui import api, pipeline
+    from e2p_core import hints, representations
+    from e2p_core.comfyui import api
 
     predictor = api.E2PPredictor.from_files(task, files["edit2perceive/e2p_tiny.safetensors"],
                                             [p for k, p in files.items() if f"/{task}-" in k][0],
                                             vae=files["vae/ae_tiny.safetensors"], dtype="fp32")
     image = torch.from_numpy(np.asarray(Image.open(image_path).convert("RGB")).astype(np.float32) / 255.0)[None]
-    hints = None
+    image_hints = None
     if task == "matting":
-        clicks = representations.parse_points(points, image.shape[2], image.shape[1])
-        hints = [pipeline.MattingHints(clicks if len(clicks) else None)]
-    prediction = predictor.predict(image, hints=hints, processing_resolution=RESOLUTION)
+        clicks = hints.parse_points(points, image.shape[2], image.shape[1])
+        image_hints = [hints.MattingHints(clicks if len(clicks) else None)]
+    prediction = predictor.predict(image, hints=image_hints, processing_resolution=RESOLUTION)
     if task == "normal":
         rgb = representations.normals_to_rgb(prediction)
     else:

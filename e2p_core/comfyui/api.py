@@ -10,6 +10,7 @@ import torch
 from . import compat, pipeline, sampling
 from ..files import read_safetensors
 from ..conditioning_file import load_conditioning
+from ..hints import MattingHints
 from .loader import E2PModel, load_e2p_checkpoint
 from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
 
@@ -43,14 +44,18 @@ class E2PPredictor:
             return sampling.predict_latent(self.model.patcher, reference_latents, self.cond, self.pooled,
                                            noise=noise, seed=seed, steps=steps)
 
-    def predict(self, images: torch.Tensor, hints: list[pipeline.MattingHints] | None = None,
+    def predict(self, images: torch.Tensor, hints: list[MattingHints] | None = None,
                 processing_resolution: int = PROCESSING_RESOLUTION, resize_mode: str = "aspect", steps: int = 1,
-                seed: int = DEFAULT_SEED) -> torch.Tensor:
+                seed: int = DEFAULT_SEED, hint_maps: torch.Tensor | None = None, hint_reference: bool = True,
+                frames_per_pass: int = 1, ensemble_size: int = 1) -> torch.Tensor:
         """IMAGE [B, H, W, 3] in [0, 1] -> depth [B, H, W] (sqrt space, near 0) / unit normals [B, H, W, 3] /
-        alpha [B, H, W]."""
+        alpha [B, H, W]. The matting conditioning options (``hints``, ``hint_maps``, ``hint_reference``),
+        ``frames_per_pass`` and ``ensemble_size`` are those of e2p_core.comfyui.pipeline.predict_task."""
         if self.vae is None:
             raise ValueError("predict() needs a VAE: pass vae=<path to ae.safetensors> to from_files")
         with torch.inference_mode():
             result = pipeline.predict_task(self.model.patcher, self.vae, self.cond, self.pooled, images, self.task,
-                                           processing_resolution, resize_mode, steps, seed, hints)
+                                           processing_resolution, resize_mode, steps, seed, hints,
+                                           frames_per_pass=frames_per_pass, ensemble_size=ensemble_size,
+                                           hint_maps=hint_maps, hint_reference=hint_reference)
         return result.prediction

@@ -11,76 +11,16 @@ combined as soon as its last member is done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
-from .. import ensemble, imaging, representations
+from .. import ensemble, imaging
 from . import compat
 from ..flow import seeded_noise
 from .sampling import predict_latent
+from ..hints import HINT_POINT_COUNT, MattingHints, hint_map_on_canvas, hint_map_to_image
 from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
-
-
-@dataclass(frozen=True)
-class MattingHints:
-    """Hints for one image, in that image's pixel coordinates."""
-
-    clicks_xy: np.ndarray | None = None          # [N, 2] integer (x, y)
-    mask: np.ndarray | None = None               # [H, W] painted/selected area, > 0 = foreground
-    box: tuple[float, float, float, float] | None = None   # (x0, y0, x1, y1) pixels
-
-    def is_empty(self) -> bool:
-        return ((self.clicks_xy is None or len(self.clicks_xy) == 0)
-                and (self.mask is None or not np.any(np.asarray(self.mask) > 0)) and self.box is None)
-
-
-def matting_hints(images: torch.Tensor, points: str = "", box: str = "", coordinates: str = "pixels",
-                  hint_mask: torch.Tensor | None = None) -> list[MattingHints]:
-    """One MattingHints per image from the matting node's inputs (points JSON, box text, painted MASK); points and
-    box are in ``coordinates`` (pixels or fractions of the input size); a single mask is shared by every image."""
-    batch, height, width = images.shape[0], images.shape[1], images.shape[2]
-    clicks = representations.parse_points(points, width, height, coordinates)
-    box_pixels = representations.parse_box(box, width, height, coordinates)
-    masks = [None] * batch
-    if hint_mask is not None:
-        mask = hint_mask if hint_mask.dim() == 3 else hint_mask[None]
-        if mask.shape[0] not in (1, batch):
-            raise ValueError(f"hint_mask has {mask.shape[0]} masks for {batch} images; give one, or one per image")
-        if mask.shape[-2:] != (height, width):
-            mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width),
-                                                   mode="nearest-exact")[:, 0]
-        masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
-        if not len(clicks) and box_pixels is None and not any(np.any(m > 0) for m in masks):
-            raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the subject "
-                             "in the mask editor, add points, or disconnect hint_mask to matte the salient object")
-    return [MattingHints(clicks if len(clicks) else None, masks[i], box_pixels) for i in range(batch)]
-
-
-def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: int,
-                       seed: int = representations.HINT_SEED) -> np.ndarray:
-    """The hint point map at the padded canvas size (zeros in the padding), following the official app:
-    a painted mask is widened at its own resolution and resized as Pillow NEAREST does; clicks and box are rescaled."""
-    height, width = canvas.content_height, canvas.content_width
-    region = np.zeros((height, width), dtype=np.float32)
-    if hints.mask is not None and np.any(np.asarray(hints.mask) > 0):
-        widened = representations.dilate_mask(hints.mask, representations.HINT_BRUSH_DILATION)
-        resized = imaging.nearest_resize(torch.from_numpy(widened), height, width).numpy()
-        region = np.maximum(region, resized)
-    if hints.box is not None:
-        x0, y0, x1, y1 = hints.box
-        sx, sy = width / canvas.width, height / canvas.height
-        region = np.maximum(region, representations.box_region((x0 * sx, y0 * sy, x1 * sx, y1 * sy), height, width))
-    clicks = None
-    if hints.clicks_xy is not None and len(hints.clicks_xy):
-        clicks = imaging.input_to_canvas_coords(hints.clicks_xy, canvas)
-    content = representations.build_hint_map(height, width, clicks_xy=clicks, region=region,
-                                             long_side=canvas.long_side, num_points=num_points, seed=seed)
-    padded = np.zeros((canvas.padded_height, canvas.padded_width), dtype=np.float32)
-    padded[:height, :width] = content
-    return padded
 
 
 class NonFinitePrediction(ValueError):
@@ -138,21 +78,30 @@ def _decode_task_value(decoded: torch.Tensor, task: str, canvas: imaging.Canvas)
     return spec.after_resampling(value)
 
 
-def _encode_frames(vae, images: torch.Tensor, frames: list[int], canvas: imaging.Canvas, task: str,
-                   hints: list[MattingHints] | None, num_hint_points: int,
+def _canvas_point_maps(canvas: imaging.Canvas, hints: list[MattingHints] | None, hint_maps: torch.Tensor | None,
+                       num_hint_points: int):
+    """frame -> the point map [padded H, padded W] the model sees: the given map brought to the canvas as the image
+    is, or the one the frame's hints make (all zero without hints)."""
+    if hint_maps is not None:
+        return lambda frame: imaging.to_canvas(hint_maps[frame][None, :, :, None].float(), canvas)[0, ..., 0]
+    return lambda frame: torch.from_numpy(hint_map_on_canvas(hints[frame] if hints is not None else MattingHints(),
+                                                             canvas, num_hint_points))
+
+
+def _encode_frames(vae, images: torch.Tensor, frames: list[int], canvas: imaging.Canvas, point_map_of,
                    hint_outputs: list) -> dict[int, list[torch.Tensor]]:
-    """VAE-encode these frames in one call (and their matting point maps in a second): frame -> its reference
-    latents [1, 16, h, w]. Matting point maps at the input size go into ``hint_outputs`` for the preview."""
+    """VAE-encode these frames in one call (and, when ``point_map_of`` is given, their point maps in a second):
+    frame -> its reference latents [1, 16, h, w]. Point maps at the input size go into ``hint_outputs`` for the
+    preview."""
     rgb = torch.nan_to_num(images[frames, :, :, :3].float(), nan=0.0, posinf=1.0, neginf=0.0)
     references = [vae.encode(imaging.to_canvas(rgb.clamp(0.0, 1.0), canvas))]
-    if task_spec(task).needs_hint:
+    if point_map_of is not None:
         point_maps = []
         for frame in frames:
-            frame_hints = hints[frame] if hints is not None else MattingHints()
-            point_map = torch.from_numpy(hint_map_on_canvas(frame_hints, canvas, num_hint_points))
+            point_map = point_map_of(frame)
             point_maps.append(point_map)
             hint_outputs[frame] = imaging.from_canvas(point_map[None, :, :, None], canvas)[..., 0]
-        references.append(vae.encode(representations.hint_map_to_image(torch.stack(point_maps))))
+        references.append(vae.encode(hint_map_to_image(torch.stack(point_maps))))
     encoded = {}
     for position, frame in enumerate(frames):
         encoded[frame] = [reference[position:position + 1] for reference in references]
@@ -161,11 +110,32 @@ def _encode_frames(vae, images: torch.Tensor, frames: list[int], canvas: imaging
     return encoded
 
 
+def _check_hint_maps(spec, hints, hint_maps: torch.Tensor | None, hint_reference: bool, size: tuple) -> None:
+    """The evaluation's conditioning options must be meaningful together, else the model would silently get
+    another conditioning than asked for."""
+    if not spec.needs_hint and (hint_maps is not None or not hint_reference):
+        raise ValueError(f"hint_maps and hint_reference are matting conditioning; the {spec.name} task has none")
+    if hint_maps is None:
+        if not hint_reference and hints is not None:
+            raise ValueError("hints were given with hint_reference=False, which feeds the image alone; drop the "
+                             "hints or keep the hint reference")
+        return
+    if hints is not None or not hint_reference:
+        raise ValueError("hint_maps replace the point maps that hints would make and need the hint reference: give "
+                         "hints or hint_maps (not both), with hint_reference=True")
+    if tuple(hint_maps.shape) != tuple(size):
+        raise ValueError(f"hint_maps has shape {tuple(hint_maps.shape)}; give one point map per image at its size, "
+                         f"[B, H, W] = {tuple(size)}")
+    if not torch.isfinite(hint_maps).all():
+        raise ValueError("hint_maps hold NaN or infinite values; give point maps in [0, 1]")
+
+
 def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images: torch.Tensor, task: str,
                  processing_resolution: int = PROCESSING_RESOLUTION, resize_mode: str = "aspect", steps: int = 1,
                  seed: int = DEFAULT_SEED, hints: list[MattingHints] | None = None,
-                 num_hint_points: int = representations.HINT_POINT_COUNT, on_progress=None,
-                 frames_per_pass: int = 1, ensemble_size: int = 1) -> TaskPrediction:
+                 num_hint_points: int = HINT_POINT_COUNT, on_progress=None,
+                 frames_per_pass: int = 1, ensemble_size: int = 1, hint_maps: torch.Tensor | None = None,
+                 hint_reference: bool = True) -> TaskPrediction:
     """Run the task on IMAGE [B, H, W, 3] in [0, 1].
 
     Returns TaskPrediction: depth -> sqrt depth [B, H, W] in [0, 1] (near = 0); normal -> unit normals
@@ -173,6 +143,12 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
     the point map the model saw, resized to the input, for previews. ``uncertainty``: see e2p_core.ensemble.
     ``frames_per_pass`` predictions share one transformer pass and one VAE decode; ``on_progress(count)`` is called
     after each pass with the number of predictions it made (B * ensemble_size in all).
+
+    Matting conditioning: ``hints`` (one MattingHints per image) become point maps as in the official app. The
+    evaluation conditions as the official evaluation does instead: ``hint_maps`` [B, H, W] in [0, 1] are point maps
+    already made at the input size (the ground-truth point prompt), resized to the canvas as the image is;
+    ``hint_reference=False`` gives the model the image alone, with no point-map reference at all (the official
+    unprompted setting; the nodes always add one, all zero without hints).
     """
     if images.dim() != 4 or images.shape[-1] < 3:
         raise ValueError(f"expected an IMAGE batch [B, H, W, 3], got shape {tuple(images.shape)}")
@@ -182,11 +158,14 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
     spec = task_spec(task)
     if spec.needs_hint and hints is not None and len(hints) != batch:
         raise ValueError(f"{len(hints)} hint sets for {batch} images; give one per image or one for all")
+    _check_hint_maps(spec, hints, hint_maps, hint_reference, (batch, height, width))
     if int(frames_per_pass) < 1 or int(ensemble_size) < 1:
         raise ValueError(f"frames_per_pass ({frames_per_pass}) and ensemble_size ({ensemble_size}) must be at least 1")
     canvas = imaging.plan_canvas(height, width, processing_resolution, resize_mode)
     check_vae(patcher, vae)
     decoder = compat.raw_vae_decoder(vae)
+    point_map_of = (_canvas_point_maps(canvas, hints, hint_maps, num_hint_points)
+                    if spec.needs_hint and hint_reference else None)
     member_seeds = [ensemble.member_seed(seed, member) for member in range(ensemble_size)]
     items = [(frame, member) for frame in range(batch) for member in range(ensemble_size)]
     encoded: dict[int, list[torch.Tensor]] = {}
@@ -197,8 +176,7 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
         pass_items = items[start:start + frames_per_pass]
         new_frames = sorted({frame for frame, _ in pass_items} - encoded.keys())
         if new_frames:
-            encoded.update(_encode_frames(vae, images, new_frames, canvas, task, hints, num_hint_points,
-                                          hint_outputs))
+            encoded.update(_encode_frames(vae, images, new_frames, canvas, point_map_of, hint_outputs))
         pass_references = [torch.cat([encoded[frame][kind] for frame, _ in pass_items])
                            for kind in range(len(encoded[pass_items[0][0]]))]
         item_shape = (1,) + tuple(pass_references[0].shape[1:])
@@ -218,5 +196,5 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
                 del encoded[frame]
         if on_progress is not None:
             on_progress(len(pass_items))
-    return TaskPrediction(torch.cat(outputs), torch.cat(hint_outputs) if spec.needs_hint else None,
+    return TaskPrediction(torch.cat(outputs), torch.cat(hint_outputs) if point_map_of is not None else None,
                           torch.cat(uncertainties))

@@ -13,7 +13,7 @@ import os
 import torch
 from torch.utils.data import Dataset
 
-from e2p_core import representations
+from e2p_core import hints, representations
 from e2p_core.conditioning_file import save_conditioning
 from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
 
@@ -91,7 +91,7 @@ class SyntheticScenes(Dataset):
             trimap = torch.full_like(alpha, 128, dtype=torch.uint8)    # a band around the edge, as the official
             trimap[distance < radius - TRIMAP_BAND] = 255                # erode/dilate makes it: the matting flow
             trimap[distance > radius + TRIMAP_BAND] = 0                  # loss counts only this unknown region
-            point_map = representations.hint_map_from_region(alpha.numpy(), sigma=3.0, num_points=3, seed=index)
+            point_map = hints.hint_map_from_region(alpha.numpy(), sigma=3.0, num_points=3, seed=index)
             hint = torch.from_numpy(point_map)[None].expand(3, -1, -1) * 2 - 1
             color = torch.rand(3, 1, 1, generator=g) * 2 - 1
             image = alpha[None] * color + (1 - alpha[None]) * texture

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from e2p_core import hints
 from e2p_core import representations as rep
 
 from .errors import SampleError
@@ -24,7 +25,6 @@ MIN_SQRT_DEPTH_SPAN = 1e-3       # the official loader flags a 2..98 percentile 
 NORMAL_VALID_LENGTH = 1e-3       # official: a normal is valid when its length (+1e-8) exceeds this
 TRIMAP_KERNEL_SIZES = (5, 15)    # official gen_trimap: ellipse kernel size in [5, 14] ...
 TRIMAP_ITERATIONS = (5, 15)      # ... and erode/dilate iterations in [5, 14]
-TRAINING_HINT_SIGMA = 20.0       # px: gen_points' default sigma, used officially at every training resolution
 
 
 @dataclass(frozen=True)
@@ -194,10 +194,11 @@ def hint_image(alpha: np.ndarray) -> torch.Tensor:
 
     As the official dataset builds it: ten points (seed 42) where alpha > 0.8, the alpha read back from the
     bfloat16 target (``alpha * 2 - 1`` stored in bf16), which moves pixels across the threshold; Gaussian blobs of
-    a fixed ``TRAINING_HINT_SIGMA`` px whatever the training resolution; the map stored in bf16 before ``* 2 - 1``.
+    a fixed ``hints.GROUND_TRUTH_POINT_SIGMA`` px whatever the training resolution; the map stored in bf16 before
+    ``* 2 - 1``.
     """
     stored = rep.encode_alpha(torch.from_numpy(np.asarray(alpha, dtype=np.float32)))[..., 0].to(torch.bfloat16)
-    point_map = rep.hint_map_from_region(((stored.float() + 1.0) / 2.0).numpy(), TRAINING_HINT_SIGMA)
+    point_map = hints.ground_truth_point_map(((stored.float() + 1.0) / 2.0).numpy())
     as_stored = torch.from_numpy(point_map).to(torch.bfloat16)
     return (as_stored * 2 - 1).float().expand(3, *point_map.shape)
 
