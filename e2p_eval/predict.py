@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from e2p_core import imaging, representations
+from e2p_core import hints, imaging
 from e2p_core.files import atomic_write, atomic_write_text
 from e2p_core.tasks import task_spec
 
@@ -33,7 +33,6 @@ RESIZE_MODES = ("official", "aspect", "reference")
 # without clicks and with clicks.
 MATTING_HINTS = ("none", "gt-points", "empty", "gt-clicks")
 OFFICIAL_MATTING_HINTS = ("none", "gt-points")
-OFFICIAL_EVAL_POINT_SIGMA = 20.0      # px at the ground truth's own resolution (gen_points' default radius)
 
 
 @dataclass(frozen=True)
@@ -158,51 +157,40 @@ def predictor_resize_mode(settings: PredictionSettings) -> str:
     return "reference" if settings.resize == "official" else settings.resize
 
 
-def ground_truth_clicks(dataset: EvalDataset, sample, input_height: int, input_width: int):
+def ground_truth_clicks(dataset: EvalDataset, sample, input_height: int, input_width: int) -> hints.MattingHints:
     """"gt-clicks": the 10 official sample points (alpha > 0.8, seed 42) given to the nodes' hint path as clicks,
     in the coordinates of the model input (the nodes then mark discs around them and sample within)."""
-    from e2p_core.comfyui.pipeline import MattingHints
-
     alpha = dataset.read_target(sample).alpha
-    points_yx = representations.sample_hint_points(alpha)
+    points_yx = hints.sample_hint_points(alpha)
     if len(points_yx) == 0:
-        return MattingHints()
+        return hints.MattingHints()
     scale_y, scale_x = input_height / alpha.shape[0], input_width / alpha.shape[1]
     clicks_xy = np.stack([np.floor(points_yx[:, 1] * scale_x), np.floor(points_yx[:, 0] * scale_y)], axis=1)
-    return MattingHints(clicks_xy=clicks_xy.astype(np.int64))
+    return hints.MattingHints(clicks_xy=clicks_xy.astype(np.int64))
 
 
 def official_point_map(alpha: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """"gt-points": the official evaluation's point prompt. 10 pixels with alpha > 0.8 (seed 42) become Gaussian
-    blobs of sigma 20 px at the ground truth's own resolution (peak 1, combined with max; an all-zero map when
-    fewer than 10 pixels qualify), then the map is resized to the model input, bilinear with pixel-centre
+    """"gt-points": the official evaluation's point prompt, the ground-truth point map at the matte's own
+    resolution (e2p_core.hints.ground_truth_point_map) resized to the model input, bilinear with pixel-centre
     sampling as cv2.INTER_LINEAR does. Returns [height, width] in [0, 1]."""
-    points = representations.sample_hint_points(alpha)
-    native = representations.gaussian_point_map(points, alpha.shape[0], alpha.shape[1],
-                                                sigma=OFFICIAL_EVAL_POINT_SIGMA)
+    native = hints.ground_truth_point_map(alpha)
     resized = F.interpolate(torch.from_numpy(native)[None, None], size=(height, width), mode="bilinear",
                             align_corners=False)
     return resized[0, 0]
 
 
-def predict_official_matting(predictor, images: torch.Tensor, point_map: torch.Tensor | None,
-                             settings: PredictionSettings) -> torch.Tensor:
-    """Matting conditioned as the official evaluation conditions it: the RGB alone ("none": no second reference
-    image at all, not even an empty point map) or the RGB plus a given point map. Uses the predictor's VAE and
-    latent-level prediction, since the nodes' path always adds a point image."""
-    from e2p_core import imaging
-    from e2p_core.comfyui import compat, pipeline
-
-    canvas = imaging.plan_canvas(images.shape[1], images.shape[2], settings.processing_resolution, "reference")
-    with torch.inference_mode():
-        references = [predictor.vae.encode(imaging.to_canvas(images, canvas))]
-        if point_map is not None:
-            on_canvas = imaging.to_canvas(point_map[None, :, :, None].float(), canvas)[..., 0]
-            references.append(predictor.vae.encode(representations.hint_map_to_image(on_canvas)))
-        latent = predictor.predict_latent(references, steps=settings.steps, seed=settings.seed)
-        decoded = compat.raw_vae_decoder(predictor.vae).decode(latent).float()[..., :3]
-        alpha = representations.decode_alpha(decoded)[..., None]
-        return imaging.from_canvas(alpha, canvas)[..., 0].clamp(0.0, 1.0)
+def matting_conditioning(dataset: EvalDataset, sample, images: torch.Tensor, settings: PredictionSettings) -> dict:
+    """The predictor's matting arguments for ``--matting-hints``: "none" the image alone (no point-map reference,
+    not even an empty one), "gt-points" the official point prompt, "empty" the nodes' all-zero point map,
+    "gt-clicks" ground-truth clicks through the nodes' hint path."""
+    if not task_spec(settings.task).needs_hint or settings.matting_hints == "empty":
+        return {}
+    if settings.matting_hints == "none":
+        return {"hint_reference": False}
+    if settings.matting_hints == "gt-points":
+        alpha = dataset.read_target(sample).alpha
+        return {"hint_maps": official_point_map(alpha, images.shape[1], images.shape[2])[None]}
+    return {"hints": [ground_truth_clicks(dataset, sample, images.shape[1], images.shape[2])]}
 
 
 def check_prediction(prediction: torch.Tensor, task: str) -> np.ndarray:
@@ -220,7 +208,8 @@ def check_prediction(prediction: torch.Tensor, task: str) -> np.ndarray:
 def predict_dataset(predictor, dataset: EvalDataset, out_dir: str, settings: PredictionSettings,
                     show_progress: bool = True) -> dict[str, int]:
     """Predict every sample of ``dataset`` that has no saved prediction yet. ``predictor`` is anything with
-    E2PPredictor's ``predict(images, hints=..., processing_resolution=..., resize_mode=..., steps=..., seed=...)``.
+    E2PPredictor's ``predict(images, processing_resolution=..., resize_mode=..., steps=..., seed=...)`` and, for
+    matting, its conditioning arguments (``hints``, ``hint_maps``, ``hint_reference``).
     """
     done = skipped = 0
     bar = tqdm(dataset.samples, desc=f"predict {dataset.name}", unit="img", disable=not show_progress)
@@ -230,19 +219,10 @@ def predict_dataset(predictor, dataset: EvalDataset, out_dir: str, settings: Pre
             skipped += 1
             continue
         images = model_input(dataset.read_image(sample), settings)
-        if settings.task == "matting" and settings.matting_hints in OFFICIAL_MATTING_HINTS:
-            point_map = None
-            if settings.matting_hints == "gt-points":
-                point_map = official_point_map(dataset.read_target(sample).alpha, images.shape[1], images.shape[2])
-            prediction = predict_official_matting(predictor, images, point_map, settings)
-        else:
-            hints = None
-            if settings.task == "matting" and settings.matting_hints == "gt-clicks":
-                hints = [ground_truth_clicks(dataset, sample, images.shape[1], images.shape[2])]
-            prediction = predictor.predict(images, hints=hints,
-                                           processing_resolution=settings.processing_resolution,
-                                           resize_mode=predictor_resize_mode(settings), steps=settings.steps,
-                                           seed=settings.seed)
+        prediction = predictor.predict(images, **matting_conditioning(dataset, sample, images, settings),
+                                       processing_resolution=settings.processing_resolution,
+                                       resize_mode=predictor_resize_mode(settings), steps=settings.steps,
+                                       seed=settings.seed)
         save_prediction(path, check_prediction(prediction, settings.task))
         done += 1
     return {"predicted": done, "already_done": skipped}

@@ -15,36 +15,22 @@ from e2p_eval.cli import main
 from e2p_eval.predict import PredictionSettings, prediction_path
 
 
-class IdentityVAE:
-    """'Encodes' an IMAGE to itself and 'decodes' a latent to itself, so latent-level calls can be inspected."""
-
-    def encode(self, images):
-        return images.clone()
-
-    def decode(self, latent):
-        return latent
-
-
 class FakePredictor:
-    """Reads the answer back from the synthetic images (which encode their ground truth) and records calls."""
+    """Reads the answer back from the synthetic images (which encode their ground truth) and records calls. It has
+    E2PPredictor's ``predict`` only: the evaluation needs nothing else (what predict_task makes of the matting
+    conditioning is tested with the real predictor in test_eval_end_to_end.py)."""
 
     def __init__(self, task: str, noise: float = 0.0):
         self.task = task
         self.noise = noise
         self.calls = []
-        self.latent_calls = []
-        self.vae = IdentityVAE()
 
-    def predict_latent(self, reference_latents, noise=None, steps=1, seed=42):
-        """With IdentityVAE the references are the images in [0, 1]; the 'latent' returned decodes to the grey
-        level of the first one (the synthetic mattes' image is their alpha)."""
-        self.latent_calls.append({"references": [r.clone() for r in reference_latents], "steps": steps,
-                                  "seed": seed})
-        return reference_latents[0] * 2.0 - 1.0
-
-    def predict(self, images, hints=None, processing_resolution=768, resize_mode="aspect", steps=1, seed=42):
+    def predict(self, images, hints=None, processing_resolution=768, resize_mode="aspect", steps=1, seed=42,
+                hint_maps=None, hint_reference=True):
         self.calls.append({"shape": tuple(images.shape), "hints": hints, "resolution": processing_resolution,
-                           "resize_mode": resize_mode, "steps": steps, "seed": seed})
+                           "resize_mode": resize_mode, "steps": steps, "seed": seed,
+                           "hint_maps": None if hint_maps is None else hint_maps.clone(),
+                           "hint_reference": hint_reference})
         assert images.dtype == torch.float32 and 0.0 <= images.min() and images.max() <= 1.0
         generator = torch.Generator().manual_seed(len(self.calls))
         if self.task == "normal":
@@ -166,8 +152,9 @@ def test_matting_run_with_ground_truth_clicks(tmp_path):
             "--dataset", f"aim500={tmp_path / 'aim'}", "--processing-resolution", "64",
             "--matting-hints", "gt-clicks", "--out", str(out)]
     assert run_cli(argv, predictor) == 0
-    assert predictor.latent_calls == [] and len(predictor.calls) == 2       # the nodes' path
+    assert len(predictor.calls) == 2       # the nodes' hint path: clicks, no given point map
     for call in predictor.calls:
+        assert call["hint_maps"] is None and call["hint_reference"] is True
         (hints,) = call["hints"]
         clicks = hints.clicks_xy
         assert clicks.shape == (10, 2) and clicks.min() >= 0 and clicks.max() < 64
@@ -202,20 +189,23 @@ def test_matting_official_conditioning_none_and_points(tmp_path):
                 "--dataset", f"aim500={tmp_path / 'aim'}", "--processing-resolution", "64",
                 "--matting-hints", mode, "--out", str(out)]
         assert run_cli(argv, predictor) == 0
-        assert predictor.calls == []                                # the latent-level path, not the nodes' one
-        assert [len(call["references"]) for call in predictor.latent_calls] == [references] * 2
-        first = predictor.latent_calls[0]["references"][0]
-        assert first.shape == (1, 64, 64, 3) and (predictor.latent_calls[0]["steps"], predictor.latent_calls[0][
-            "seed"]) == (1, 42)
+        # the official conditioning, never the nodes' hints: the image alone (one reference), or a given point map
+        # (two); test_eval_end_to_end checks that predict_task feeds exactly these references
+        assert [1 + call["hint_reference"] for call in predictor.calls] == [references] * 2
+        assert all(call["hints"] is None for call in predictor.calls)
+        assert [call["hint_maps"] is not None for call in predictor.calls] == [mode == "gt-points"] * 2
+        first = predictor.calls[0]
+        assert first["shape"] == (1, 64, 64, 3) and (first["steps"], first["seed"]) == (1, 42)
+        assert first["resize_mode"] == "reference"                  # nothing resized after the official stretch
         summary = json.loads((out / "metrics-official" / "summary.json").read_text())
         assert summary["datasets"]["aim500"]["mad"] < 0.02 and summary["datasets"]["aim500"]["images"] == 2
     keys = sorted(truth)
-    for key, call in zip(keys, predictor.latent_calls):          # the gt-points run, in dataset order
-        point_image = call["references"][1]
+    for key, call in zip(keys, predictor.calls):                 # the gt-points run, in dataset order
+        point_map = call["hint_maps"]
+        assert point_map.shape == (1, 64, 64)                       # one map per image, at the input size
         expected = _official_points_map_independently(truth[key], 64)
         assert expected.max() > 0.5                                # the blobs exist
-        np.testing.assert_allclose(point_image[0, :, :, 0].numpy(), expected, atol=1e-5)
-        np.testing.assert_array_equal(point_image[..., 0], point_image[..., 2])
+        np.testing.assert_allclose(point_map[0].numpy(), expected, atol=1e-5)
 
 
 def test_official_matting_conditioning_needs_the_official_resize():

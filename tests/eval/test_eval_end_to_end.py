@@ -110,3 +110,75 @@ def test_conditioning_of_another_task_is_refused(tmp_path, tiny_files, capsys):
     argv[argv.index(tiny_files["matting"])] = str(tmp_path / "junk.safetensors")
     assert main(argv) == 2
     assert "cannot read the conditioning file" in capsys.readouterr().err
+
+
+def test_official_matting_conditioning_through_predict_task(tiny_files, monkeypatch):
+    """--matting-hints none / gt-points run the nodes' predict_task with hint_reference=False / hint_maps; it must
+    predict exactly what the official latent-level sequence (image, optional point image, one step, decode) does."""
+    import torch
+
+    from e2p_core import hints, imaging, representations
+    from e2p_core.comfyui import compat, pipeline
+    from e2p_core.comfyui.api import E2PPredictor
+
+    predictor = E2PPredictor.from_files("matting", tiny_files["model"], tiny_files["matting"],
+                                        vae=tiny_files["vae"], dtype="fp32")
+    generator = torch.Generator().manual_seed(7)
+    images = torch.rand(1, 64, 64, 3, generator=generator)
+    alpha = np.zeros((80, 96), dtype=np.float32)
+    alpha[20:60, 30:70] = 1.0
+    point_map = torch.nn.functional.interpolate(torch.from_numpy(hints.ground_truth_point_map(alpha))[None, None],
+                                                size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+    canvas = imaging.plan_canvas(64, 64, 64, "reference")
+
+    def official(with_points: bool) -> torch.Tensor:
+        with torch.inference_mode():
+            references = [predictor.vae.encode(imaging.to_canvas(images, canvas))]
+            if with_points:
+                on_canvas = imaging.to_canvas(point_map[None, :, :, None], canvas)[..., 0]
+                references.append(predictor.vae.encode(hints.hint_map_to_image(on_canvas)))
+            latent = predictor.predict_latent(references, steps=1, seed=42)
+            decoded = compat.raw_vae_decoder(predictor.vae).decode(latent).float()[..., :3]
+            return imaging.from_canvas(representations.decode_alpha(decoded)[..., None], canvas)[..., 0].clamp(0, 1)
+
+    seen, real_predict_latent = [], pipeline.predict_latent
+
+    def recording(patcher, references, *args, **kwargs):
+        seen.append([reference.clone() for reference in references])
+        return real_predict_latent(patcher, references, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict_latent", recording)
+    options = dict(processing_resolution=64, resize_mode="reference", steps=1, seed=42)
+    alone = predictor.predict(images, hint_reference=False, **options)
+    prompted = predictor.predict(images, hint_maps=point_map[None], **options)
+    empty = predictor.predict(images, **options)
+    assert [len(references) for references in seen] == [1, 2, 2]
+    assert not torch.equal(seen[1][1], seen[2][1])                 # the given map, not the nodes' empty one
+    assert torch.equal(alone, official(with_points=False))
+    assert torch.equal(prompted, official(with_points=True))
+    assert not torch.equal(alone, prompted) and not torch.equal(prompted, empty)
+
+
+
+def test_contradictory_matting_conditioning_is_explained(tiny_files):
+    import torch
+
+    from e2p_core.hints import MattingHints
+    from e2p_core.comfyui.api import E2PPredictor
+
+    matting = E2PPredictor.from_files("matting", tiny_files["model"], tiny_files["matting"], vae=tiny_files["vae"],
+                                      dtype="fp32")
+    images = torch.rand(2, 32, 48, 3, generator=torch.Generator().manual_seed(1))
+    maps = torch.zeros(2, 32, 48)
+    cases = [(dict(hints=[MattingHints()] * 2, hint_maps=maps), "not both"),
+             (dict(hint_maps=maps, hint_reference=False), "not both"),
+             (dict(hints=[MattingHints()] * 2, hint_reference=False), "feeds the image alone"),
+             (dict(hint_maps=maps[:1]), r"\[B, H, W\] = \(2, 32, 48\)"),
+             (dict(hint_maps=maps.clone().fill_(float("nan"))), "NaN or infinite")]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            matting.predict(images, processing_resolution=64, **options)
+    depth = E2PPredictor(task="depth", model=matting.model, vae=matting.vae, cond=matting.cond,
+                         pooled=matting.pooled)
+    with pytest.raises(ValueError, match="the depth task has none"):
+        depth.predict(images, processing_resolution=64, hint_reference=False)
