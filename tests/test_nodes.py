@@ -162,13 +162,13 @@ def test_missing_model_folder_lists_nothing_and_names_the_folder(installed, tmp_
 
     paths = installed.pack_module.nodes.model_paths
     absent = str(tmp_path / "not_created")
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, paths.FOLDER,
-                        ([absent], folder_paths.folder_names_and_paths[paths.FOLDER][1]))
-    folder_paths.filename_list_cache.pop(paths.FOLDER, None)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, paths.PACK_FOLDER,
+                        ([absent], folder_paths.folder_names_and_paths[paths.PACK_FOLDER][1]))
+    folder_paths.filename_list_cache.pop(paths.PACK_FOLDER, None)
     assert "tiny_e2p.safetensors" not in paths.checkpoint_choices()
     with pytest.raises(FileNotFoundError, match="models/edit2perceive"):
         paths.checkpoint_path("tiny_e2p.safetensors")
-    folder_paths.filename_list_cache.pop(paths.FOLDER, None)
+    folder_paths.filename_list_cache.pop(paths.PACK_FOLDER, None)
 
 
 def test_task_mismatches_are_refused(installed, vae):
