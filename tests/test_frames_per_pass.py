@@ -34,13 +34,13 @@ def count_encodes(vae, monkeypatch) -> list[int]:
 def record_decoded_normals(monkeypatch) -> list[torch.Tensor]:
     """The decoder's normal vectors before they are made unit length. Normalising amplifies rounding by 1/length,
     and a random model's vectors come arbitrarily close to zero, so batching is compared before that step."""
-    records, decode = [], representations.decode_normals
+    records, normal = [], tasks.task_spec("normal")
 
-    def recording(decoded):
+    def recording(decoded, channel_axis=-1):
         records.append(decoded.clone())
-        return decode(decoded)
+        return normal.decode(decoded, channel_axis)
 
-    monkeypatch.setattr(representations, "decode_normals", recording)
+    monkeypatch.setitem(tasks.TASKS, "normal", dataclasses.replace(normal, decode=recording))
     return records
 
 
