@@ -268,10 +268,6 @@ class MattingHints:
     mask: np.ndarray | None = None               # [H, W] painted/selected area, > 0 = foreground
     box: tuple[float, float, float, float] | None = None   # (x0, y0, x1, y1) pixels
 
-    def is_empty(self) -> bool:
-        return ((self.clicks_xy is None or len(self.clicks_xy) == 0)
-                and (self.mask is None or not np.any(np.asarray(self.mask) > 0)) and self.box is None)
-
 
 def matting_hints(images: torch.Tensor, points: str = "", box: str = "", coordinates: str = "pixels",
                   hint_mask: torch.Tensor | None = None) -> list[MattingHints]:

@@ -182,3 +182,27 @@ def test_contradictory_matting_conditioning_is_explained(tiny_files):
                          pooled=matting.pooled)
     with pytest.raises(ValueError, match="the depth task has none"):
         depth.predict(images, processing_resolution=64, hint_reference=False)
+
+
+def test_predictor_passes_frames_per_pass_and_ensemble_size(tiny_files, monkeypatch):
+    import torch
+
+    from e2p_core.comfyui import pipeline
+    from e2p_core.comfyui.api import E2PPredictor
+
+    predictor = E2PPredictor.from_files("depth", tiny_files["model"], tiny_files["depth"], vae=tiny_files["vae"],
+                                        dtype="fp32")
+    images = torch.rand(2, 32, 48, 3, generator=torch.Generator().manual_seed(2))
+    one_at_a_time = predictor.predict(images, processing_resolution=64)
+    batches, real_predict_latent = [], pipeline.predict_latent
+
+    def recording(patcher, references, *args, **kwargs):
+        batches.append(references[0].shape[0])
+        return real_predict_latent(patcher, references, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "predict_latent", recording)
+    together = predictor.predict(images, processing_resolution=64, frames_per_pass=2)
+    ensemble = predictor.predict(images[:1], processing_resolution=64, ensemble_size=3, frames_per_pass=3)
+    assert batches == [2, 3]                       # both frames in one pass; three members of one image in one
+    assert tm.scaled_error(together, one_at_a_time) < tm.RELATIVE_TOLERANCE
+    assert ensemble.shape == (1, 32, 48) and not torch.equal(ensemble, one_at_a_time[:1])
