@@ -8,6 +8,7 @@ different ones.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -240,18 +241,12 @@ def ensure_comfyui(comfyui_root: str | None, cpu: bool) -> None:
                              "holds ComfyUI's main.py")
         if root not in sys.path:
             sys.path.insert(0, root)
-    try:
-        import comfy.options
-    except ImportError:
+    if importlib.util.find_spec("comfy") is None:
         raise ValueError("the predict stage runs the model through ComfyUI, which is not importable here; pass "
-                         "--comfyui /path/to/ComfyUI (the folder with main.py) or set COMFYUI_PATH") from None
-    saved_argv = sys.argv
-    sys.argv = [saved_argv[0]] + (["--cpu"] if cpu else [])
-    try:
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401  (parses the options set above)
-    finally:
-        sys.argv = saved_argv
+                         "--comfyui /path/to/ComfyUI (the folder with main.py) or set COMFYUI_PATH")
+    from e2p_core.comfyui import compat
+
+    compat.parse_command_line(["--cpu"] if cpu else [])
 
 
 def check_conditioning_task(path: str, task: str) -> None:

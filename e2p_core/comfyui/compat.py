@@ -31,7 +31,8 @@ Touch points and the differences found:
   backend ComfyUI chose and ``get_attention_function``.
 - Interrupt and progress: ``comfy.model_management.throw_exception_if_processing_interrupted`` and
   ``comfy.utils.ProgressBar``; same on both.
-- Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags).
+- Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags); a script running
+  ComfyUI in-process sets them with ``comfy.options.enable_args_parsing`` before ``import comfy.cli_args``.
 - 3D: ``comfy_api.latest.Types.MESH``. 0.3.75's holds vertices and faces only (its SaveGLB writes bare
   geometry); 0.33.0's also takes uvs, texture, normals, vertex colours and per-item counts for batches of
   different sizes, which its SaveGLB and mesh nodes use. The fields are read from the constructor.
@@ -67,6 +68,25 @@ def comfyui_version() -> str:
         return importlib.import_module("comfyui_version").__version__
     except (ImportError, AttributeError):
         return "unknown"
+
+
+def parse_command_line(argv: list[str]) -> None:
+    """Give an in-process ComfyUI its command-line flags (e.g. ``["--cpu"]``). ComfyUI parses them once per
+    interpreter, at ``import comfy.cli_args``, and only after ``comfy.options.enable_args_parsing``; once parsed,
+    this is a no-op."""
+    import sys
+
+    if "comfy.cli_args" in sys.modules:
+        return
+    import comfy.options
+
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], *argv]
+    try:
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses the argv above)
+    finally:
+        sys.argv = saved_argv
 
 
 # ---------------------------------------------------------------------------------------------------------------

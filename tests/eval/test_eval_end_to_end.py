@@ -206,3 +206,25 @@ def test_predictor_passes_frames_per_pass_and_ensemble_size(tiny_files, monkeypa
     assert batches == [2, 3]                       # both frames in one pass; three members of one image in one
     assert tm.scaled_error(together, one_at_a_time) < tm.RELATIVE_TOLERANCE
     assert ensemble.shape == (1, 32, 48) and not torch.equal(ensemble, one_at_a_time[:1])
+
+
+def test_ensure_comfyui_parses_its_flags_in_a_fresh_process(tmp_path):
+    """The CLI's own ComfyUI start (this test session's ComfyUI is already parsed, so it runs in a new interpreter):
+    the flags reach comfy.cli_args, and a folder without ComfyUI is refused with the fix."""
+    import os
+    import subprocess
+    import sys
+
+    from e2p_dev.comfy_runtime import REPO_ROOT, comfyui_dir
+
+    script = ("import sys; from e2p_eval.predict import ensure_comfyui; ensure_comfyui(sys.argv[1], cpu=True); "
+              "from comfy.cli_args import args; print('cpu', args.cpu)")
+    environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "COMFYUI_PATH")}
+    run = [sys.executable, "-c", script]
+    started = subprocess.run(run + [str(comfyui_dir())], cwd=REPO_ROOT, env=environment, capture_output=True,
+                             text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert started.stdout.strip().splitlines()[-1] == "cpu True"
+    refused = subprocess.run(run + [str(tmp_path)], cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "is not a ComfyUI folder" in refused.stderr
