@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("out", help="output folder (transformer/ is written inside)")
     args = parser.parse_args(argv)
 
-    from .train import TrainingError
+    from .errors import TrainingError
 
     try:
         if args.command == "fit":

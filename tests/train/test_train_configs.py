@@ -73,7 +73,7 @@ def test_constant_lr_start_matches_torch_constant_lr():
     """The official scheduler is torch's ConstantLR with its defaults (factor 1/3 for 5 steps)."""
     import torch
 
-    from train.train import build_scheduler
+    from train.assembly import build_scheduler
 
     config = load("depth_lora.yaml")
     ours = build_scheduler(config, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate))

@@ -59,7 +59,8 @@ def test_fixed_seed_noise_is_drawn_batch_shaped(multi_res):
 
 def test_matting_flow_loss_counts_the_unknown_region_only(tmp_path, monkeypatch):
     from e2p_core.conditioning_file import load_conditioning
-    from train.train import build_models, compute_loss
+    from train.assembly import build_models
+    from train.step import compute_loss
 
     config = tf.config(tmp_path, "matting", "full", objective="flow_only")
     models = build_models(config, torch.device("cpu"))

@@ -69,7 +69,8 @@ def test_consistency_loss_alone_decreases(tmp_path, task):
 
 
 def test_validation_reports_paper_depth_metrics(tmp_path):
-    from train.train import VALIDATION_LOG, run
+    from train.records import VALIDATION_LOG
+    from train.train import run
 
     config = tf.config(tmp_path, "depth", "lora", max_steps=4, validate_every=2, learning_rate=1e-2)
     run(config, train_dataset=tf.SyntheticScenes("depth"), val_dataset=tf.SyntheticScenes("depth", count=3, seed=9),

@@ -28,7 +28,9 @@ def trainer_and_node_latents(tmp_path, task, mode, time_embedding, mixed_precisi
     from e2p_core.tasks import META_TASK, META_TIME_EMBEDDING
     from e2p_core.files import read_safetensors
     from train.model import one_step_prediction
-    from train.train import load_trained, reference_latents, run
+    from train.step import reference_latents
+    from train.train import run
+    from train.weights import load_trained
 
     dataset = tf.SyntheticScenes(task, count=4)
     learning_rate = learning_rate or (1e-2 if mode == "lora" else 1e-3)

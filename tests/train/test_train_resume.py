@@ -75,7 +75,8 @@ def test_kill_and_resume_continues_the_loss_curve(tmp_path):
 
 
 def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
-    from train.train import TrainingError, run
+    from train.errors import TrainingError
+    from train.train import run
 
     config = tf.config(tmp_path, "depth", "lora", max_steps=1)
     run(config, train_dataset=tf.SyntheticScenes("depth", count=2), collate_fn=tf.collate)

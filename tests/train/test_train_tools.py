@@ -91,7 +91,8 @@ def test_config_file_overrides_and_errors(tmp_path):
 
 
 def test_8bit_adamw_needs_bitsandbytes(tmp_path):
-    from train.train import TrainingError, build_optimizer
+    from train.assembly import build_optimizer
+    from train.errors import TrainingError
 
     config = tf.config(tmp_path, "depth", "full", optimizer="adamw8bit")
     parameters = [torch.nn.Parameter(torch.zeros(4))]
@@ -125,7 +126,7 @@ def test_command_line_trains_on_synthetic_generic_data(tmp_path):
 
     from train.__main__ import main
     from train.data.synthetic import write_dataset
-    from train.train import VALIDATION_LOG, read_jsonl
+    from train.records import VALIDATION_LOG, read_jsonl
 
     root = tmp_path / "scenes"
     train_manifest = write_dataset(root, "generic", 4, width=48, height=32, split="train", supersample=1)
@@ -184,7 +185,7 @@ def test_shipped_configs_load():
 def test_validation_metrics_score_truth_and_errors(task):
     """The validation metrics (e2p_eval definitions) give a perfect score to the ground truth itself and a worse
     one to a wrong prediction, for every task."""
-    from train.train import sample_metrics
+    from train.validation import sample_metrics
 
     sample = tf.SyntheticScenes(task, count=1)[0]
     perfect = sample_metrics(task, sample["target"], sample)

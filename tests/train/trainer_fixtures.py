@@ -123,7 +123,7 @@ def config(tmp_path, task: str, mode: str = "full", **overrides):
 
 
 def read_losses(output_dir: str) -> list[dict]:
-    from train.train import LOSS_LOG, read_jsonl
+    from train.records import LOSS_LOG, read_jsonl
 
     return read_jsonl(os.path.join(output_dir, "logs", LOSS_LOG))
 
