@@ -135,10 +135,10 @@ def write_kohya_lora(path: Path, shape: DitShape, task: str, seed: int) -> int:
 def boot(code_root: Path):
     """ComfyUI (--cpu) and ``e2p_core`` from ``code_root``, with everything a load imports already imported, so
     the 'after import' RSS is the fixed part and the rest is the load."""
-    from e2p_dev import comfy_runtime
+    sys.path.insert(0, str(code_root))
+    from e2p_dev import comfy_runtime   # parses ComfyUI's flags through code_root's e2p_core.comfyui.compat
 
     comfy_runtime.configure_comfy_args(cpu=True)
-    sys.path.insert(0, str(code_root))
     import comfy.lora  # noqa: F401
     import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401

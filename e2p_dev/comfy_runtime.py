@@ -19,10 +19,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
 
+from e2p_core.comfyui import compat
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = Path(os.environ.get("E2P_CACHE_DIR", Path.home() / ".cache" / "e2p_comfyui"))
-# The versions the pack is tested on: the registry's (oldest users) and a current upstream release.
-SUPPORTED_COMFYUI_VERSIONS = ("0.3.75", "0.33.0")
+# The versions the pack is tested on (the registry's, for the oldest users, and a current upstream release): the
+# compat module that knows their differences owns the list.
+SUPPORTED_COMFYUI_VERSIONS = compat.TESTED_VERSIONS
 # ComfyUI's VRAM-mode flags form one argparse group with --cpu, so none of them can be combined with it.
 VRAM_MODE_FLAGS = frozenset({"--gpu-only", "--highvram", "--normalvram", "--lowvram", "--novram", "--cpu"})
 
@@ -100,7 +103,7 @@ def configure_comfy_args(base_dir: Path | None = None, *, cpu: bool = True, extr
                          comfy_root: Path | None = None) -> Path | None:
     """Puts ComfyUI (``comfy_root``, default :func:`comfyui_dir`) and the repo on sys.path and parses its flags.
 
-    Cheap (no torch import). Done before anything imports ``comfy.*`` so that, e.g., a test file importing
+    Done before anything imports ``comfy.*`` so that, e.g., a test file importing
     ``comfy.sd`` at top level gets the CPU settings instead of ComfyUI's CUDA defaults. A second call with the
     same flags is a no-op; different flags raise (ComfyUI cannot re-parse). Returns the resolved base directory.
     """
@@ -120,15 +123,7 @@ def configure_comfy_args(base_dir: Path | None = None, *, cpu: bool = True, extr
     if "comfy.cli_args" in sys.modules:
         raise HarnessSetupError("comfy.cli_args was imported before its arguments could be set; "
                                 "configure_comfy_args must come before any `import comfy.*`")
-    saved_argv = sys.argv
-    sys.argv = [saved_argv[0], *argv]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401  (parses the argv above)
-    finally:
-        sys.argv = saved_argv
+    compat.parse_command_line(argv)
     _PARSED_ARGV = argv
     return base_dir
 
