@@ -47,7 +47,6 @@ SAFETENSORS_DTYPE_NAMES = {torch.bfloat16: "BF16"}
 # that size in bf16.
 SIZES = {"0.5": (2048, 1, 1), "2": (3072, 2, 2), "4": (3072, 4, 5)}
 LAYOUTS = ("bfl", "diffsynth", "diffusers")
-TASKS = ("depth", "normal", "matting")
 LORA_RANK = 64                       # the official LoRAs' rank
 
 
@@ -369,14 +368,16 @@ def main(argv: list[str] | None = None) -> str:
 
     lora_results = None
     if not args.skip_loras:
+        from e2p_core.tasks import TASK_NAMES   # the parent only: the child's e2p_core comes from --code-root
+
         shape = size_shape(args.lora_base_size)
         folder = args.work_dir / "loras"
         base = folder / "flux1-kontext-base.safetensors"
-        loras = [folder / f"{task}_lora.safetensors" for task in TASKS]
+        loras = [folder / f"{task}_lora.safetensors" for task in TASK_NAMES]
         print(f"[bench] writing a {shape.name} base and three rank-{LORA_RANK} LoRAs to {folder}", flush=True)
         try:
             write_checkpoint(base, shape, "bfl", seed=99)
-            for index, (task, lora) in enumerate(zip(TASKS, loras)):
+            for index, (task, lora) in enumerate(zip(TASK_NAMES, loras)):
                 write_kohya_lora(lora, shape, task, seed=100 + index)
             lora_results = {variant: [] for variant in variants}
             for repeat in range(args.repeats):

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from e2p_core.model_files import INPUT_FOLDERS, folder_for
+from e2p_core.tasks import TASK_NAMES
 from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
 from e2p_dev.comfy_runtime import REPO_ROOT
@@ -70,7 +71,7 @@ def write_models(models: Path) -> None:
     from e2p_core.conditioning_file import save_conditioning
     from e2p_core.tasks import META_PROMPT, META_TASK, TASK_NAMES, task_spec
 
-    for seed, task in enumerate(("depth", "normal", "matting"), start=71):
+    for seed, task in enumerate(TASK_NAMES, start=71):
         bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=seed)
         _save(models, f"{task}.safetensors", tm.in_layout(bfl, "diffsynth"))
     base = tm.bfl_state_dict(depth=1, single_depth=1, seed=80)

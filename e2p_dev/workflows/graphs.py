@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2p_core.model_files import INPUT_FOLDERS, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
+from e2p_core.tasks import TASK_NAMES
 
 BYPASSED = 4  # litegraph node mode "bypass": the node is skipped and left out of the prompt
 
@@ -251,7 +252,7 @@ def quickstart() -> Graph:
     image = g.add("LoadImage", 0, image=INPUT_FILES["image"])
     vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
     loaders = {task: g.add("LoadE2PModel", 1, f"Load E2P Model ({task})", checkpoint=f"{task}.safetensors",
-                           task=task) for task in ("depth", "normal", "matting")}
+                           task=task) for task in TASK_NAMES}
     clip = _text_encoder(g, 0, *loaders.values())
     depth = g.add("E2PDepth", 2)
     normal = g.add("E2PNormal", 2)
