@@ -9,7 +9,7 @@
 #   1. ComfyUI 0.3.75: every test (or those the arguments select);
 #   2. the current ComfyUI: the tests marked `comfyui` (tests/conftest.py marks every test that imports or starts
 #      ComfyUI), with the same arguments. The trainer's tests (tests/train) run only in step 1: the trainer is
-#      standalone and its packages (diffusers, peft, accelerate) are pinned for the 0.3.75 venv.
+#      standalone and its packages (diffusers, accelerate) are pinned for the 0.3.75 venv.
 # Examples: bash scripts/test.sh -m "not server"      bash scripts/test.sh tests/test_inference.py
 set -euo pipefail
 
