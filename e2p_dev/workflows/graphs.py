@@ -145,7 +145,7 @@ def widgets_values(node: Node, info: dict) -> list[Any]:
 
 
 def to_ui(graph: Graph, object_info: dict) -> dict:
-    """Draft UI-format workflow (positions are placeholders; the frontend lays it out)."""
+    """Draft UI-format workflow (node positions are rough; the frontend lays the graph out)."""
     ui_nodes = {}
     for order, node in enumerate(graph.nodes):
         properties: dict[str, Any] = {}
