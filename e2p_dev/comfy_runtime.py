@@ -19,13 +19,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
 
-from e2p_core.comfyui import compat
+from e2p_core.comfyui import TESTED_VERSIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = Path(os.environ.get("E2P_CACHE_DIR", Path.home() / ".cache" / "e2p_comfyui"))
-# The versions the pack is tested on (the registry's, for the oldest users, and a current upstream release): the
-# compat module that knows their differences owns the list.
-SUPPORTED_COMFYUI_VERSIONS = compat.TESTED_VERSIONS
+SUPPORTED_COMFYUI_VERSIONS = TESTED_VERSIONS   # owned by the ComfyUI layer, next to compat.py
 # ComfyUI's VRAM-mode flags form one argparse group with --cpu, so none of them can be combined with it.
 VRAM_MODE_FLAGS = frozenset({"--gpu-only", "--highvram", "--normalvram", "--lowvram", "--novram", "--cpu"})
 
@@ -123,6 +121,8 @@ def configure_comfy_args(base_dir: Path | None = None, *, cpu: bool = True, extr
     if "comfy.cli_args" in sys.modules:
         raise HarnessSetupError("comfy.cli_args was imported before its arguments could be set; "
                                 "configure_comfy_args must come before any `import comfy.*`")
+    from e2p_core.comfyui import compat   # here, not at the top: torch loads only when ComfyUI is configured
+
     compat.parse_command_line(argv)
     _PARSED_ARGV = argv
     return base_dir

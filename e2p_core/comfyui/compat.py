@@ -54,7 +54,6 @@ import torch
 
 log = logging.getLogger("edit2perceive")
 
-TESTED_VERSIONS = ("0.3.75", "0.33.0")
 REFERENCE_METHOD = "offset"   # every reference at RoPE index 1; the pack removes the spatial offset itself
 
 
