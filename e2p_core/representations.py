@@ -70,6 +70,13 @@ def decode_depth(decoded_rgb: torch.Tensor, channel_axis: int = -1) -> torch.Ten
     return ((torch.clamp(decoded_rgb, -1.0, 1.0) + 1.0) / 2.0).mean(dim=channel_axis)
 
 
+def sqrt_affine_to_metric(sqrt_depth: torch.Tensor, scale, shift) -> torch.Tensor:
+    """Sqrt-space depth -> metres when ``sqrt(depth) = shift + scale * y`` (``scale``, ``shift``: numbers or tensors
+    that broadcast). A negative root has no depth in front of the camera: it gives 0, not its square."""
+    root = (shift + sqrt_depth * scale).clamp(min=0.0)
+    return root * root
+
+
 def sqrt_depth_to_metric(sqrt_depth: torch.Tensor, near: float, far: float) -> torch.Tensor:
     """Sqrt-space depth in [0, 1] -> metres, given the scene's near and far distance.
 
@@ -77,8 +84,7 @@ def sqrt_depth_to_metric(sqrt_depth: torch.Tensor, near: float, far: float) -> t
     """
     if not (near >= 0.0 and far > near):
         raise ValueError(f"need 0 <= near < far, got near={near}, far={far}")
-    root = math.sqrt(near) + sqrt_depth * (math.sqrt(far) - math.sqrt(near))
-    return root * root
+    return sqrt_affine_to_metric(sqrt_depth, math.sqrt(far) - math.sqrt(near), math.sqrt(near))
 
 
 def metric_to_sqrt_depth(depth: torch.Tensor, near: float, far: float) -> torch.Tensor:

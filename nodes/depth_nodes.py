@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..e2p_core import representations
+from ..e2p_core.colormaps import COLORMAPS, apply_colormap
 from .loader_nodes import CATEGORY
 
 OUTPUTS = ["disparity", "relative_depth", "metric_depth"]
 NORMALIZATION = ["per_image", "whole_batch"]
-
-# ColorBrewer "Spectral" (11 classes), the colour map of the official visualisations: near = red, far = blue.
-SPECTRAL = [(158, 1, 66), (213, 62, 79), (244, 109, 67), (253, 174, 97), (254, 224, 139), (255, 255, 191),
-            (230, 245, 152), (171, 221, 164), (102, 194, 165), (50, 136, 189), (94, 79, 162)]
-COLORMAPS = ["spectral", "gray"]
 
 
 def scene_distance_inputs() -> dict:
@@ -66,25 +60,9 @@ class SqrtDecode:
         return (value[..., None].expand(*value.shape, 3).contiguous(), value)
 
 
-def apply_colormap(values: torch.Tensor, colormap: str) -> torch.Tensor:
-    """Values [..., H, W] in [0, 1] -> RGB [..., H, W, 3] by linear interpolation between colour stops."""
-    invalid = int((~torch.isfinite(values)).sum())
-    if invalid:
-        raise ValueError(f"the map has {invalid} NaN or infinite values (of {values.numel()}), which have no colour; "
-                         "the node that made it produced them: fix its inputs, or colour a finite map (E2PDepth and "
-                         "SqrtDecode's disparity/relative_depth always are)")
-    values = values.clamp(0.0, 1.0)
-    if colormap == "gray":
-        return values[..., None].expand(*values.shape, 3).contiguous()
-    stops = torch.tensor(SPECTRAL, dtype=torch.float32, device=values.device) / 255.0
-    position = values * (len(stops) - 1)
-    lower = position.floor().long().clamp(max=len(stops) - 2)
-    fraction = (position - lower)[..., None]
-    return stops[lower] * (1 - fraction) + stops[lower + 1] * fraction
-
-
 class E2PColorizeDepth:
-    DESCRIPTION = "Colours a depth-like map for viewing (Spectral as in the paper's figures: near red, far blue)."
+    DESCRIPTION = ("Colours a depth-like map for viewing: Spectral as in the paper's figures (near red, far blue), "
+                   "gray, or matplotlib's turbo, inferno, magma, plasma and viridis.")
     CATEGORY = CATEGORY
     FUNCTION = "colorize"
     RETURN_TYPES = ("IMAGE",)
@@ -94,7 +72,9 @@ class E2PColorizeDepth:
     def INPUT_TYPES(cls):
         return {"required": {
             "depth": ("IMAGE", {"tooltip": "sqrt_depth from E2PDepth, or any output of SqrtDecode except metric."}),
-            "colormap": (COLORMAPS, {"default": "spectral", "tooltip": "Colour map."}),
+            "colormap": (COLORMAPS, {"default": "spectral", "tooltip": (
+                "Colour map. spectral: the paper's (near red, far blue); gray; turbo, inferno, magma, plasma, viridis: "
+                "matplotlib's (low values dark).")}),
             "invert": ("BOOLEAN", {"default": False, "tooltip": "Swap the ends (for disparity, near = bright)."}),
         }}
 

@@ -7,6 +7,7 @@ import torch
 
 from e2p_dev import tiny_models as tm
 from e2p_core import representations
+from e2p_core.colormaps import COLORMAPS, apply_colormap
 from e2p_core.comfyui import conditioning
 from e2p_core.tasks import META_TASK, task_spec
 
@@ -245,3 +246,13 @@ def test_sqrt_decode_and_colorize(installed):
     (colored,) = installed.run_node("E2PColorizeDepth", depth=y, colormap="spectral", invert=False)
     assert colored.shape == y.shape
     assert torch.allclose(colored[0, 0, 0], torch.tensor([158, 1, 66]) / 255.0)
+
+
+def test_colorize_offers_every_map_and_keeps_spectral_as_default(installed):
+    node = installed.node_class_mappings["E2PColorizeDepth"]
+    kind, options = node.INPUT_TYPES()["required"]["colormap"]
+    choices = kind if isinstance(kind, list) else options["options"]      # dict-style or V3 COMBO
+    assert list(choices) == COLORMAPS and options["default"] == "spectral"
+    depth = torch.linspace(0, 1, 12).reshape(1, 3, 4, 1).expand(1, 3, 4, 3)
+    (colored,) = installed.run_node("E2PColorizeDepth", depth=depth, colormap="turbo", invert=True)
+    assert torch.equal(colored, apply_colormap(1.0 - depth[..., 0], "turbo"))
