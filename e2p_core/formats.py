@@ -16,7 +16,7 @@ model converted from any layout holds bit-identical tensors. Torch only: the tra
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import torch
@@ -360,10 +360,103 @@ def infer_shape(bfl_state_dict: dict[str, torch.Tensor]) -> FluxShape:
 LORA_PREFIXES = ("base_model.model.", "pipe.dit.", "dit.")
 
 
-def lora_module_names(lora_state_dict: dict[str, torch.Tensor]) -> set[str]:
-    """The module names a LoRA file adapts (what precedes ``.lora_A``/``.lora_down``/...)."""
-    pattern = re.compile(r"^(.*?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(\.default)?(\.weight)?$")
-    return {m.group(1) for k in lora_state_dict if (m := pattern.match(k))}
+_LORA_TENSOR = re.compile(r"^(.*?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(\.default)?(\.weight)?$")
+_DOWN_OF_UP = {"lora_B": "lora_A", "lora_up": "lora_down", "lora.up": "lora.down"}
+
+
+def _shape(tensor_or_shape) -> str:
+    return str(tuple(int(size) for size in getattr(tensor_or_shape, "shape", tensor_or_shape)))
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).replace("torch.", "")
+
+
+@dataclass
+class LoraModule:
+    """One layer a LoRA file adapts (``W += alpha / rank * up @ down``): (file key, tensor) of each part."""
+
+    name: str
+    down: tuple[str, torch.Tensor] | None = None
+    up: tuple[str, torch.Tensor] | None = None
+    alpha: tuple[str, torch.Tensor] | None = None
+    doubled: set[str] = field(default_factory=set)     # keys of a half the file holds twice
+
+    @property
+    def has_half(self) -> bool:
+        return self.up is not None or self.down is not None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down[1].shape[0])
+
+    def defects(self) -> list[str]:
+        """What makes this module unusable on any model, where ComfyUI would fail, skip the layer with only a log
+        line, or patch garbage: a half missing or given twice, halves named in two styles, values that are not
+        floating point, halves that are not two matrices of one rank, an alpha that is not one finite number."""
+        found = []
+        if self.doubled:
+            found.append(f"holds one half twice ({', '.join(sorted(self.doubled))})")
+        if self.up is None or self.down is None:
+            present = ", ".join(key for key, _ in filter(None, (self.down, self.up, self.alpha)))
+            missing = ("lora_up/lora_down" if self.up is None and self.down is None
+                       else "lora_up (lora_B)" if self.up is None else "lora_down (lora_A)")
+            return found + [f"has {present} without its {missing}"]
+        (down_key, down), (up_key, up) = self.down, self.up
+        up_match, down_match = _LORA_TENSOR.match(up_key), _LORA_TENSOR.match(down_key)
+        if _DOWN_OF_UP[up_match.group(2)] != down_match.group(2) or up_match.group(4) != down_match.group(4):
+            found.append(f"pairs {up_key} with {down_key}, names of two different styles")
+        found += [f"{key} holds {_dtype(tensor)} values, not floating point"
+                  for key, tensor in (self.down, self.up) if not tensor.is_floating_point()]
+        if down.dim() != 2 or up.dim() != 2:
+            found.append(f"lora_up is {_shape(up)} and lora_down {_shape(down)}, not two matrices")
+        elif up.shape[1] != down.shape[0]:
+            found.append(f"lora_up {_shape(up)} has rank {up.shape[1]} but lora_down {_shape(down)} rank "
+                         f"{down.shape[0]}")
+        elif down.shape[0] == 0:
+            found.append("has rank 0")
+        if self.alpha is not None:
+            key, alpha = self.alpha
+            if alpha.numel() != 1 or alpha.dtype == torch.bool or alpha.is_complex():
+                found.append(f"{key} is a {_dtype(alpha)} tensor of shape {_shape(alpha)}, not one number")
+            elif not torch.isfinite(alpha.double()).all():
+                found.append(f"{key} is {alpha.item()}")
+        return found
+
+    def target_defect(self, target_shape: tuple[int, ...]) -> str | None:
+        """Why this sound pair cannot patch a weight (or a fused weight's slice) of ``target_shape``; None if it
+        fits."""
+        (_, down), (_, up) = self.down, self.up
+        if len(target_shape) != 2:
+            return f"patches a weight of shape {_shape(target_shape)}, which is not a linear layer's"
+        out_features, in_features = target_shape
+        if up.shape[0] == out_features and down.shape[1] == in_features:
+            return None
+        return (f"lora_up is {_shape(up)} and lora_down {_shape(down)} where its layer's {_shape(target_shape)} "
+                f"weight needs lora_up ({out_features}, {self.rank}) and lora_down ({self.rank}, {in_features})")
+
+
+def lora_modules(lora_state_dict: dict[str, torch.Tensor]) -> dict[str, LoraModule]:
+    """The modules a LoRA file adapts (what precedes ``.lora_A``/``.lora_down``/...) with their halves and alpha.
+    An ``alpha`` whose module has no half is a module too, so that it is reported rather than ignored."""
+    modules: dict[str, LoraModule] = {}
+    alphas = {}
+    for key, tensor in lora_state_dict.items():
+        match = _LORA_TENSOR.match(key)
+        if match is None:
+            if key.endswith(".alpha"):
+                alphas[key[:-len(".alpha")]] = (key, tensor)
+            continue
+        module = modules.setdefault(match.group(1), LoraModule(match.group(1)))
+        half = "up" if match.group(2) in _DOWN_OF_UP else "down"
+        if getattr(module, half) is not None:
+            module.doubled.update((getattr(module, half)[0], key))
+        else:
+            setattr(module, half, (key, tensor))
+    for name, alpha in alphas.items():
+        modules.setdefault(name, LoraModule(name)).alpha = alpha
+    return modules
+
 
 
 def normalize_lora_keys(lora_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,11 @@ Touch points and the differences found:
   the weights follow one tensor at a time into the parameters ComfyUI allocated (replacing the stand_ins where
   a dynamic patcher loaded with ``assign``). On CPU both versions allocate those parameters with ``torch.empty``
   (``comfy.ops`` skips initialisation), so they take memory only as they are written.
-- LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``; same on both.
+- LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``, ``ModelPatcher.add_patches`` and the
+  patcher's ``patches`` (weight name -> list of ``(strength, patch, strength_model, offset, function)``); same on
+  both. Key-map targets are a weight name or ``(weight name, (dim, start, length))`` for a slice of a fused
+  weight (diffusers q/k/v). 0.33.0's key map also knows bare diffusers names. A LoRA whose shapes do not fit its
+  layer is skipped by both only when the weight is computed, with an ERROR log line.
 - Patches: ``comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL`` wrappers and ModelPatcher object patches of
   ``diffusion_model.time_in`` and ``diffusion_model.process_img``. The FLUX forward calls ``time_in`` on the
   stock embedding and ``process_img(ref, index=..., h_offset=..., w_offset=...)`` for each reference on both.
@@ -48,6 +52,7 @@ import functools
 import importlib
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -209,9 +214,66 @@ def stock_lora_key_map(patcher) -> dict[str, object]:
 
 
 def lora_patches(lora_state_dict: dict[str, torch.Tensor], targets: dict[str, object]) -> dict:
+    """ComfyUI's patches for ``targets`` (LoRA module -> key-map target), keyed by target."""
     import comfy.lora
 
     return comfy.lora.load_lora(lora_state_dict, targets, log_missing=False)
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """The part of a model weight a LoRA module patches: the whole weight, or for a fused layer (qkv, linear1)
+    the slice of it that ComfyUI's key map names."""
+
+    weight: str                                  # the model's weight name (diffusion_model....weight)
+    weight_shape: tuple[int, ...] | None         # None: the model has no such weight
+    part: tuple[int, int, int] | None = None     # (dim, start, length) of a fused weight's slice
+
+    @property
+    def patched_shape(self) -> tuple[int, ...] | None:
+        """The shape of what is patched; None when the weight is missing or the slice lies outside it."""
+        if self.weight_shape is None or self.part is None:
+            return self.weight_shape
+        dim, start, length = self.part
+        if start + length > self.weight_shape[dim]:
+            return None
+        return self.weight_shape[:dim] + (length,) + self.weight_shape[dim + 1:]
+
+    def describe(self) -> str:
+        if self.part is None:
+            return self.weight
+        dim, start, length = self.part
+        span = f"{start}-{start + length - 1}"
+        return f"rows {span} of {self.weight}" if dim == 0 else f"entries {span} along dim {dim} of {self.weight}"
+
+
+def lora_targets(patcher, key_map_targets: dict[str, object]) -> dict[str, LoraTarget]:
+    """What each LoRA module's key-map target (a weight name, or ComfyUI's ``(weight, (dim, start, length))`` for
+    a fused layer's slice) patches in this model. Shapes are the weights' logical ones (GGUF's quantized weights
+    report theirs as ``tensor_shape``); a weight is present when ``add_patches`` would accept it."""
+    import comfy.utils
+
+    present = set(patcher.model.state_dict())
+    found = {}
+    for module, target in key_map_targets.items():
+        weight, part = (target, None) if isinstance(target, str) else (target[0], tuple(target[1]))
+        shape = None
+        if weight in present:
+            tensor = comfy.utils.get_attr(patcher.model, weight)
+            shape = tuple(int(size) for size in getattr(tensor, "tensor_shape", tensor.shape))
+        found[module] = LoraTarget(weight, shape, part)
+    return found
+
+
+def held_patches(patcher, patches: dict) -> set:
+    """The keys of ``patches`` (as given to ``add_patches``) whose patch this patcher now holds on its weight:
+    what will really be applied, whatever ``add_patches`` returned."""
+    held = set()
+    for target, patch in patches.items():
+        weight = target if isinstance(target, str) else target[0]
+        if any(entry[1] is patch for entry in patcher.patches.get(weight, ())):
+            held.add(target)
+    return held
 
 
 def unet_config(patcher) -> dict:

@@ -8,6 +8,8 @@ dynamic VRAM. LoRAs go through ComfyUI's patch mechanism, never by rewriting the
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -191,31 +193,83 @@ def lora_key_map(patcher) -> dict[str, object]:
 class LoraReport:
     modules_in_file: int
     modules_applied: int
-    unmatched: list[str]
+    strength: float = 1.0
 
     def summary(self) -> str:
+        if self.strength == 0:
+            return (f"LoRA: strength 0, so none of its {self.modules_in_file} modules applied (checked; the base "
+                    "model runs unchanged)")
         return f"LoRA: {self.modules_applied} of {self.modules_in_file} modules applied"
 
 
-def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: float = 1.0):
-    """Clone ``patcher`` with the LoRA as weight patches. Fails when any LoRA module has no target."""
+def check_lora_strength(strength) -> float:
+    """``lora_strength`` as a float; anything but a finite number is refused here, where it is given, instead of
+    surfacing as a NaN prediction blamed on the files."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+        raise E2PLoadError(f"lora_strength must be a finite number, not {strength!r}: 1.0 applies the LoRA as "
+                           "trained, 0 runs the base model without it")
+    return float(strength)
+
+
+def _refusal(source: str, problem: str, defects: list[tuple[str, str]], modules: int, advice: str) -> E2PLoadError:
+    listing = "; ".join(f"{name}: {defect}" for name, defect in defects[:3])
+    more = f" (and {len(defects) - 3} more)" if len(defects) > 3 else ""
+    return E2PLoadError(f"{source} {problem}: {len(defects)} of its {modules} modules cannot be applied. "
+                        f"{listing}{more}. {advice}")
+
+
+def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: float = 1.0,
+               source: str = "this LoRA file"):
+    """Clone ``patcher`` with the LoRA as weight patches, after checking every module against the layer it patches:
+    ComfyUI itself skips a module whose shapes do not fit (with only a log line) and fails on a broken pair, so
+    each is refused here, naming the module. The report counts the patches the clone really holds."""
+    strength = check_lora_strength(strength)
     normalized = formats.normalize_lora_keys(lora_state_dict)
-    modules = formats.lora_module_names(normalized)
-    if not modules:
-        raise E2PLoadError(f"this file has no LoRA tensors (lora_A/lora_B or lora_down/lora_up); it looks like "
+    modules = formats.lora_modules(normalized)
+    if not any(module.has_half for module in modules.values()):
+        raise E2PLoadError(f"{source} has no LoRA tensors (lora_A/lora_B or lora_down/lora_up); it looks like "
                            f"{formats.describe_foreign(lora_state_dict)}")
+    damaged = [(name, "; ".join(found)) for name, module in sorted(modules.items()) if (found := module.defects())]
+    if damaged:
+        raise _refusal(source, "is damaged", damaged, len(modules),
+                       "ComfyUI would skip or fail on these layers. Download the file again, or export it again "
+                       "from its training run")
     key_map = lora_key_map(patcher)
-    targets = {name: key_map[name] for name in modules if name in key_map}
-    unmatched = sorted(modules - set(targets))
-    report = LoraReport(len(modules), len(targets), unmatched)
+    unmatched = sorted(name for name in modules if name not in key_map)
     if unmatched:
-        raise E2PLoadError(f"{report.summary()}; {len(unmatched)} match no layer of this model "
-                           f"(e.g. {', '.join(unmatched[:3])}). Is it a LoRA for FLUX.1 Kontext of this size?")
+        raise E2PLoadError(f"LoRA: 0 of {len(modules)} modules applied: {len(unmatched)} match no layer of this "
+                           f"model (e.g. {', '.join(unmatched[:3])}). Is {source} for FLUX.1 Kontext of this size?")
+    targets = {name: key_map[name] for name in modules}
+    placed = compat.lora_targets(patcher, targets)
+    misfits = []
+    first_of_target: dict[object, str] = {}
+    for name, module in sorted(modules.items()):
+        target = placed[name]
+        if target.weight_shape is None:
+            misfits.append((name, f"patches {target.weight}, which this model does not have"))
+        elif target.patched_shape is None:
+            misfits.append((name, f"patches {target.describe()}, outside that {target.weight_shape} weight"))
+        elif (defect := module.target_defect(target.patched_shape)) is not None:
+            misfits.append((name, f"{defect} ({target.describe()})"))
+        elif (other := first_of_target.setdefault(targets[name], name)) != name:
+            misfits.append((name, f"patches the same layer as {other}; the file holds two LoRAs for it"))
+    if misfits:
+        raise _refusal(source, "does not fit this model", misfits, len(modules),
+                       "It is a LoRA for another model or size of FLUX (use one made for FLUX.1 Kontext [dev]), or "
+                       "the file is damaged (download it again)")
+    report = LoraReport(len(modules), 0, strength)
+    if strength == 0:                   # as ComfyUI's LoraLoader: the model unchanged
+        return patcher, report
     patches = compat.lora_patches(normalized, targets)
     patched = patcher.clone()
-    accepted = patched.add_patches(patches, strength)
-    if len(accepted) != len(patches):
-        raise E2PLoadError(f"{report.summary()}, but only {len(accepted)} weights accepted the patch")
+    patched.add_patches(patches, strength)
+    held = compat.held_patches(patched, patches)
+    skipped = sorted(name for name in modules if targets[name] not in held)
+    report.modules_applied = len(modules) - len(skipped)
+    if skipped:
+        raise E2PLoadError(f"{report.summary()}: ComfyUI {compat.comfyui_version()} did not take the patches of "
+                           f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}; the file's naming is one "
+                           "this ComfyUI does not read")
     return patched, report
 
 
@@ -261,14 +315,19 @@ def shared_base_model(path: str, weight_dtype: str = "default") -> tuple[object,
     return patcher, metadata, list(notes)
 
 
+def _lora_source(lora_path: str) -> str:
+    return f"the LoRA file {os.path.basename(lora_path)}"
+
+
 def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str | None = None,
                         lora_strength: float = 1.0, time_embedding: str = "auto") -> E2PModel:
     """An E2P full checkpoint (any layout), or a FLUX.1 Kontext base plus an E2P LoRA."""
+    lora_strength = check_lora_strength(lora_strength)
     patcher, metadata, notes = shared_base_model(path, weight_dtype)
     task = _task_from_metadata(metadata)
     if lora_path:
         lora_tensors, lora_metadata = read_safetensors(lora_path)
-        patcher, report = apply_lora(patcher, lora_tensors, lora_strength)
+        patcher, report = apply_lora(patcher, lora_tensors, lora_strength, _lora_source(lora_path))
         notes.append(report.summary())
         task = _task_from_metadata(lora_metadata) or task
         metadata = {**metadata, **lora_metadata}
@@ -280,6 +339,7 @@ def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str
 def from_native_model(patcher, lora_path: str | None = None, lora_strength: float = 1.0,
                       time_embedding: str = "auto") -> E2PModel:
     """A MODEL from any ComfyUI loader (UNETLoader, GGUF, ...) plus an optional E2P LoRA."""
+    lora_strength = check_lora_strength(lora_strength)
     if not compat.is_flux1_model(patcher):
         raise E2PLoadError(f"the MODEL input is a {compat.model_family(patcher)} model, not FLUX.1 Kontext; "
                            "load flux1-kontext-dev (or an E2P checkpoint) with UNETLoader, or use Load E2P Model")
@@ -287,7 +347,7 @@ def from_native_model(patcher, lora_path: str | None = None, lora_strength: floa
     task, metadata = None, {}
     if lora_path:
         lora_tensors, metadata = read_safetensors(lora_path)
-        patcher, report = apply_lora(patcher, lora_tensors, lora_strength)
+        patcher, report = apply_lora(patcher, lora_tensors, lora_strength, _lora_source(lora_path))
         notes.append(report.summary())
         task = _task_from_metadata(metadata)
     return _model_from_files(patcher, metadata, task, time_embedding, notes)
