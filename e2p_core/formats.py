@@ -206,6 +206,13 @@ class BflPlan:
     layout: str
     prefix: str
     ignored_keys: list[str]
+    # BFL name -> the names this layout gives its parts in the file (prefix included), for present and absent ones
+    file_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def file_name(self, bfl_name: str) -> str:
+        """What the file calls a BFL tensor (or would call it, when it lacks it), for messages."""
+        parts = self.file_names.get(bfl_name, (self.prefix + bfl_name,))
+        return parts[0] if len(parts) == 1 else f"{' + '.join(parts)} (joined into {bfl_name})"
 
     def source_groups(self) -> list[tuple[str, ...]]:
         """The checkpoint keys each BFL tensor is built from, in rule order."""
@@ -214,6 +221,10 @@ class BflPlan:
     @staticmethod
     def build(rule: Rule, parts: list[torch.Tensor]) -> torch.Tensor:
         """One BFL tensor from its parts: the part itself, or a new tensor for concatenations and half swaps."""
+        if len({tuple(part.shape[1:]) for part in parts}) > 1:
+            shapes = ", ".join(f"{name} {list(part.shape)}" for name, part in zip(rule.parts, parts))
+            raise UnsupportedCheckpoint(f"the tensors joined into {rule.bfl} do not fit together ({shapes}); the "
+                                        "file is damaged or of another architecture")
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         return _swap_halves(tensor) if rule.swap_halves else tensor
 
@@ -243,7 +254,9 @@ def plan_to_bfl(names: Iterable[str]) -> BflPlan:
         return BflPlan(tuple(Rule(k, (original[k],)) for k in stripped), layout, prefix, ignored)
     rules: list[Rule] = []
     used: set[str] = set()
+    file_names: dict[str, tuple[str, ...]] = {}
     for rule in _RULE_BUILDERS[layout](depth, single_depth):
+        file_names[rule.bfl] = tuple(original.get(p, prefix + p) for p in rule.parts)
         present = [p for p in rule.parts if p in stripped]
         if not present:
             continue
@@ -256,7 +269,12 @@ def plan_to_bfl(names: Iterable[str]) -> BflPlan:
     if leftover:
         raise UnsupportedCheckpoint(f"the {layout} checkpoint has {len(leftover)} tensors that are not part of a "
                                     f"FLUX.1 transformer, e.g. {', '.join(leftover[:4])}")
-    return BflPlan(tuple(rules), layout, prefix, ignored)
+    return BflPlan(tuple(rules), layout, prefix, ignored, file_names)
+
+
+def bfl_tensor_names(depth: int, single_depth: int) -> list[str]:
+    """Every tensor of a FLUX.1 transformer with that many double and single blocks, in BFL names."""
+    return [rule.bfl for rule in _diffsynth_rules(depth, single_depth)]
 
 
 def to_bfl(state_dict: dict[str, torch.Tensor]) -> Conversion:

@@ -15,7 +15,9 @@ Touch points and the differences found:
   which would hold a checkpoint twice, so they get one-element stand_ins of each weight's shape and dtype, and
   the weights follow one tensor at a time into the parameters ComfyUI allocated (replacing the stand_ins where
   a dynamic patcher loaded with ``assign``). On CPU both versions allocate those parameters with ``torch.empty``
-  (``comfy.ops`` skips initialisation), so they take memory only as they are written.
+  (``comfy.ops`` skips initialisation), so they take memory only as they are written. Before that, the model
+  is built once on the ``meta`` device (``model_config_from_unet_config``, ``get_model(device="meta")``, same on
+  both) for the weight names and shapes a file must have, so a wrong file is refused before memory is allocated.
 - LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``, ``ModelPatcher.add_patches`` and the
   patcher's ``patches`` (weight name -> list of ``(strength, patch, strength_model, offset, function)``); same on
   both. Key-map targets are a weight name or ``(weight name, (dim, start, length))`` for a slice of a fused
@@ -124,6 +126,23 @@ def _shape_stand_ins(bfl_state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return {name: torch.zeros((), dtype=tensor.dtype).expand(tensor.shape) for name, tensor in bfl_state_dict.items()}
 
 
+def flux_model_weights(bfl_state_dict: dict[str, torch.Tensor], unet_config: dict,
+                       bfl_names: Iterable[str]) -> tuple[dict[str, torch.Size], dict[str, str]]:
+    """What ComfyUI's FLUX model for ``unet_config`` holds, known before any weight memory exists: its weight
+    names and shapes (from the model built on the meta device) and the name each of ``bfl_names`` loads under
+    (:func:`flux_key_renames`). ``bfl_state_dict`` gives the shapes and dtypes detection reads."""
+    import comfy.model_detection
+
+    stand_ins = _shape_stand_ins(bfl_state_dict)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, stand_ins)
+    if model_config is None:
+        raise ComfyCompatError(f"ComfyUI {comfyui_version()} does not know the FLUX model configuration; update "
+                               "ComfyUI")
+    model = model_config.get_model(stand_ins, "", device="meta")
+    shapes = {name: tensor.shape for name, tensor in model.diffusion_model.state_dict().items()}
+    return shapes, flux_key_renames(model_config, list(bfl_names))
+
+
 def load_flux_stock(bfl_state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None):
     """UNETLoader's path: ComfyUI's ``load_diffusion_model_state_dict`` with only the dtype chosen by us.
 
@@ -196,10 +215,6 @@ def load_device():
     import comfy.model_management
 
     return comfy.model_management.get_torch_device()
-
-
-def model_weight_keys(patcher) -> set[str]:
-    return set(patcher.model.diffusion_model.state_dict().keys())
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ import numbers
 import os
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 from .. import formats
 from . import compat
-from ..files import read_safetensors, read_safetensors_layout, stream_safetensors
+from ..files import check_float_tensors, read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
 from ..tasks import (META_REPRESENTATION, META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_NAMES, TASKS,
                      TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK, task_from_file_name, task_spec)
@@ -112,9 +112,15 @@ def _resolve_time_embedding(requested: str, metadata: dict[str, str]) -> str:
     return TIME_EMBEDDING_OFFICIAL
 
 
-def _task_from_metadata(metadata: dict[str, str]) -> str | None:
+def _task_from_metadata(metadata: dict[str, str], path: str) -> str | None:
+    """The task a file's metadata states (None when it states none); a task this pack does not know is refused,
+    since no node here could decode what such weights predict."""
     task = metadata.get(META_TASK)
-    return task if task in TASKS else None
+    if task is None or task in TASKS:
+        return task
+    raise E2PLoadError(f"{os.path.basename(path)}'s metadata names the task {task!r} ({META_TASK}), which this node "
+                       f"pack does not know (it knows {', '.join(TASK_NAMES)}): these weights were trained for "
+                       "something else. Use weights of one of those tasks, or a version of the pack that has it")
 
 
 def check_representation(task: str | None, representation: str | None) -> None:
@@ -141,12 +147,15 @@ def _model_from_files(patcher, metadata: dict[str, str], task: str | None, time_
 
 
 def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: str = "default",
-                       weights: Iterable[tuple[str, torch.Tensor]] | None = None):
-    """ComfyUI FLUX model from BFL tensors through ComfyUI's own loader, with the key set checked strictly
-    (ComfyUI itself only logs missing or unexpected weights).
+                       weights: Iterable[tuple[str, torch.Tensor]] | None = None, source: str = "the checkpoint",
+                       file_name: Callable[[str], str] = str):
+    """ComfyUI FLUX model from BFL tensors through ComfyUI's own loader, with names and shapes checked strictly
+    against the model ComfyUI builds, before any weight memory is allocated (ComfyUI itself only logs missing or
+    unexpected weights, and a wrong shape fails inside torch with no file named).
 
     ``bfl_state_dict`` gives the names, shapes and dtypes (``meta`` tensors are enough); the weights come from
-    ``weights``, (BFL name, tensor) pairs written into the model one at a time, or else from ``bfl_state_dict``."""
+    ``weights``, (BFL name, tensor) pairs written into the model one at a time, or else from ``bfl_state_dict``.
+    ``source`` and ``file_name`` (BFL name -> the file's own name for it) are for the messages."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise E2PLoadError(f"unknown weight dtype '{weight_dtype}'; use one of {', '.join(WEIGHT_DTYPES)}")
     shape = formats.infer_shape(bfl_state_dict)
@@ -154,26 +163,56 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
     if detected is None:
         raise E2PLoadError(f"ComfyUI {compat.comfyui_version()} does not recognise these tensors as a FLUX.1 "
                            "transformer; the file is of another architecture, or ComfyUI needs an update")
+    config = detected if detected.get("num_heads") == shape.num_heads else {**detected, "num_heads": shape.num_heads}
+    known_names = set(bfl_state_dict) | set(formats.bfl_tensor_names(shape.depth, shape.depth_single_blocks))
+    expected, renames = compat.flux_model_weights(bfl_state_dict, config, known_names)
+    _check_against_model(bfl_state_dict, expected, renames, shape, source, file_name)
     dtype = WEIGHT_DTYPES[weight_dtype]
-    if detected.get("num_heads") == shape.num_heads:
+    if config is detected:
         patcher = compat.load_flux_stock(bfl_state_dict, dtype)
     else:
         log.info("Edit2Perceive: ComfyUI detected %s heads for a hidden size of %d; building with %d",
                  detected.get("num_heads"), shape.hidden_size, shape.num_heads)
-        patcher = compat.load_flux_from_config(bfl_state_dict, {**detected, "num_heads": shape.num_heads},
-                                                     dtype)
-    expected = compat.model_weight_keys(patcher)
-    renames = compat.flux_key_renames(patcher.model.model_config, list(bfl_state_dict))
-    given = set(renames.values())
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        raise E2PLoadError(
-            "the checkpoint does not match a FLUX.1 Kontext transformer of its own shape: "
-            + (f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])}) " if missing else "")
-            + (f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
-            + "; the file is incomplete or of another architecture")
+        patcher = compat.load_flux_from_config(bfl_state_dict, config, dtype)
     compat.fill_flux_weights(patcher, bfl_state_dict.items() if weights is None else weights, renames)
     return patcher, shape
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _listed(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _check_against_model(bfl_state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+                         renames: dict[str, str], shape: formats.FluxShape, source: str,
+                         file_name: Callable[[str], str]) -> None:
+    """Refuse tensors that the FLUX model ComfyUI builds for this file lacks, needs or shapes otherwise, named as
+    the file names them."""
+    size = f"hidden size {shape.hidden_size}, {shape.depth} double + {shape.depth_single_blocks} single blocks"
+    bfl_of = {key: name for name, key in renames.items()}
+    given = {renames[name]: name for name in bfl_state_dict}
+    missing = sorted(file_name(bfl_of.get(key, key)) for key in set(expected) - set(given))
+    if missing:
+        raise E2PLoadError(f"{source} lacks {_count(missing, 'tensor')} that a FLUX.1 Kontext transformer of its size "
+                           f"({size}) has: {_listed(missing)}; the file is incomplete (download it again) or of "
+                           "another FLUX variant")
+    unexpected = sorted(file_name(name) for key, name in given.items() if key not in expected)
+    if unexpected:
+        raise E2PLoadError(f"{source} has {_count(unexpected, 'tensor')} that a FLUX.1 Kontext transformer of its size "
+                           f"({size}) does not have: {_listed(unexpected)}; the file is of another architecture or "
+                           "FLUX variant")
+    wrong = [(name, list(bfl_state_dict[name].shape), list(expected[key])) for key, name in sorted(given.items())
+             if tuple(bfl_state_dict[name].shape) != tuple(expected[key])]
+    if wrong:
+        name, found, needed = wrong[0]
+        more = f" ({len(wrong) - 1} more tensors have wrong shapes)" if len(wrong) > 1 else ""
+        raise E2PLoadError(f"{source}: tensor {file_name(name)} has shape {found} where a FLUX.1 Kontext transformer "
+                           f"of this size ({size}) has {needed}{more}. The file is not an Edit2Perceive / FLUX.1 "
+                           "Kontext checkpoint of this architecture, or it is damaged: use the released file (or "
+                           "download it again)")
 
 
 def lora_key_map(patcher) -> dict[str, object]:
@@ -280,11 +319,16 @@ _SHARED_BASES: dict[tuple, tuple[weakref.ref, dict[str, str], list[str]]] = {}
 def load_base_model(path: str, weight_dtype: str = "default") -> tuple[object, dict[str, str], list[str]]:
     """(patcher, file metadata, notes) for a checkpoint, streamed: the file is memory-mapped and converted one
     BFL tensor at a time straight into the model ComfyUI allocated, so no second copy of the weights exists."""
+    name = os.path.basename(path)
     layout, metadata = read_safetensors_layout(path)
-    plan = formats.plan_to_bfl(layout)
-    weights = plan.convert_stream(stream_safetensors(path, plan.source_groups()))
-    patcher, shape = build_flux_patcher(plan.convert(layout), weight_dtype, weights)
-    notes = [f"{os.path.basename(path)}: {plan.layout} layout, hidden {shape.hidden_size}, "
+    try:
+        plan = formats.plan_to_bfl(layout)
+        check_float_tensors(name, layout)
+        weights = plan.convert_stream(stream_safetensors(path, plan.source_groups()))
+        patcher, shape = build_flux_patcher(plan.convert(layout), weight_dtype, weights, name, plan.file_name)
+    except formats.UnsupportedCheckpoint as error:
+        raise formats.UnsupportedCheckpoint(f"{name}: {error}") from None
+    notes = [f"{name}: {plan.layout} layout, hidden {shape.hidden_size}, "
              f"{shape.depth}+{shape.depth_single_blocks} blocks, {shape.num_heads} heads"]
     if plan.ignored_keys:
         notes.append(f"ignored {len(plan.ignored_keys)} unused tensors ({plan.ignored_keys[0]}, ...): "
@@ -324,12 +368,12 @@ def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str
     """An E2P full checkpoint (any layout), or a FLUX.1 Kontext base plus an E2P LoRA."""
     lora_strength = check_lora_strength(lora_strength)
     patcher, metadata, notes = shared_base_model(path, weight_dtype)
-    task = _task_from_metadata(metadata)
+    task = _task_from_metadata(metadata, path)
     if lora_path:
         lora_tensors, lora_metadata = read_safetensors(lora_path)
         patcher, report = apply_lora(patcher, lora_tensors, lora_strength, _lora_source(lora_path))
         notes.append(report.summary())
-        task = _task_from_metadata(lora_metadata) or task
+        task = _task_from_metadata(lora_metadata, lora_path) or task
         metadata = {**metadata, **lora_metadata}
     for line in notes:
         log.info("Edit2Perceive: %s", line)
@@ -349,5 +393,5 @@ def from_native_model(patcher, lora_path: str | None = None, lora_strength: floa
         lora_tensors, metadata = read_safetensors(lora_path)
         patcher, report = apply_lora(patcher, lora_tensors, lora_strength, _lora_source(lora_path))
         notes.append(report.summary())
-        task = _task_from_metadata(metadata)
+        task = _task_from_metadata(metadata, lora_path)
     return _model_from_files(patcher, metadata, task, time_embedding, notes)
