@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 
 from .. import formats
+from ..model_files import KONTEXT_BASE
 from . import compat
 from ..files import read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
@@ -282,7 +283,8 @@ def from_native_model(patcher, lora_path: str | None = None, lora_strength: floa
     """A MODEL from any ComfyUI loader (UNETLoader, GGUF, ...) plus an optional E2P LoRA."""
     if not compat.is_flux1_model(patcher):
         raise E2PLoadError(f"the MODEL input is a {compat.model_family(patcher)} model, not FLUX.1 Kontext; "
-                           "load flux1-kontext-dev (or an E2P checkpoint) with UNETLoader, or use Load E2P Model")
+                           f"load the FLUX.1 Kontext base ({KONTEXT_BASE}) or an E2P checkpoint with UNETLoader, "
+                           "or use Load E2P Model")
     notes = ["native MODEL input"]
     task, metadata = None, {}
     if lora_path:
