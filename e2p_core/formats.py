@@ -246,6 +246,12 @@ class BflPlan:
 def plan_to_bfl(names: Iterable[str]) -> BflPlan:
     """Any supported layout -> BFL names. Unknown keys are an error; known-unused modules are dropped and listed."""
     original, prefix = strip_prefix({name: name for name in names})     # stripped name -> the file's own name
+    if any(name == "scaled_fp8" or name.endswith((".scale_weight", ".weight_scale")) for name in original):
+        raise UnsupportedCheckpoint(
+            "this is a ComfyUI scaled-fp8 file (such as flux1-dev-kontext_fp8_scaled.safetensors, the FLUX.1 Kontext "
+            "base of ComfyUI's own template): its weights carry scales only ComfyUI's loader applies. In ComfyUI, "
+            "load it with UNETLoader (weight_dtype default) and connect its MODEL to E2P Model from MODEL, with the "
+            "task LoRA chosen there; elsewhere use the bf16 FLUX.1 Kontext base")
     ignored = sorted(k for k in original if k.startswith(UNUSED_MODULE_PREFIXES))
     stripped = {k: v for k, v in original.items() if not k.startswith(UNUSED_MODULE_PREFIXES)}
     layout = detect_layout(stripped)

@@ -6,7 +6,8 @@
   the same prediction), and :func:`scaled_bfl_state_dict`, N(0, 1/fan_in) weights whose activations stay finite
   through all 57 blocks of the full 12B shape, for the benchmarks (on a device, in any dtype), or streamed to a
   file of any layout chunk by chunk (:func:`write_scaled_checkpoint`: the 12B model without holding it).
-- LoRAs in the official (kohya), trainer (DiffSynth/peft) and diffusers namings; the FLUX VAE; conditioning.
+- LoRAs in the official (kohya), trainer (DiffSynth/peft) and diffusers namings, and the FLUX.1 Depth [dev] LoRA
+  layout; the FLUX VAE; conditioning.
 - diffusers stand-ins for the trainer tests and the learning check (diffusers is imported inside them only).
 
 Module-level imports are the standard library, torch, numpy and safetensors (the device suite runs on a bare
@@ -283,6 +284,27 @@ def kohya_lora(pairs, alpha: float | None = None) -> dict[str, torch.Tensor]:
         sd[f"{module}.lora_down.weight"] = down
         sd[f"{module}.lora_up.weight"] = up
         sd[f"{module}.alpha"] = torch.tensor(alpha if alpha is not None else down.shape[0], dtype=torch.int64)
+    return sd
+
+
+def control_lora(bfl: dict[str, torch.Tensor], seed: int = 1, rank: int = 4,
+                 scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A FLUX.1 Depth/Canny [dev] LoRA in its release layout (BFL names, lora_A/lora_B): besides the blocks' pairs
+    it widens img_in to twice the patch channels (the guide image's latent is concatenated to the noise), shifts
+    img_in's bias and replaces every query/key norm scale."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, (down, up) in lora_pairs(bfl, rank, seed, scale).items():
+        module = name[:-len(".weight")]
+        sd[f"{module}.lora_A.weight"] = down
+        sd[f"{module}.lora_B.weight"] = up
+    hidden = bfl["img_in.weight"].shape[0]
+    sd["img_in.lora_A.weight"] = torch.randn(rank, 2 * PATCH_CHANNELS, generator=g) * scale
+    sd["img_in.lora_B.weight"] = torch.randn(hidden, rank, generator=g) * scale
+    sd["img_in.lora_B.bias"] = torch.randn(hidden, generator=g) * scale
+    for name, value in bfl.items():
+        if name.endswith(("query_norm.scale", "key_norm.scale")):
+            sd[name] = value + scale * torch.randn(value.shape, generator=g)
     return sd
 
 

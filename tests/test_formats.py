@@ -80,6 +80,18 @@ def test_missing_block_is_reported():
         formats.to_bfl(broken)
 
 
+@pytest.mark.parametrize("scales", [
+    {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), "img_in.scale_weight": torch.ones(())},   # ComfyUI 0.3
+    {"img_in.weight_scale": torch.ones(())},                                                               # ComfyUI 0.4+
+])
+def test_scaled_fp8_files_are_sent_to_comfyuis_loader(bfl, scales):
+    """Read as plain fp8, such a file's weights would be off by their scales: it is refused with the route that
+    works (UNETLoader, then E2P Model from MODEL)."""
+    for prefix in ("", "model.diffusion_model."):
+        with pytest.raises(formats.UnsupportedCheckpoint, match="scaled-fp8 file.*UNETLoader.*E2P Model from MODEL"):
+            formats.to_bfl({f"{prefix}{k}": v for k, v in {**bfl, **scales}.items()})
+
+
 def test_lora_key_normalisation():
     keys = {"pipe.dit.blocks.0.attn.a_to_qkv.lora_A.default.weight": torch.zeros(1),
             "base_model.model.single_blocks.0.to_qkv_mlp.lora_B.default.weight": torch.zeros(1)}

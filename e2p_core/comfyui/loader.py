@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import torch
 
 from .. import formats
+from ..model_files import KONTEXT_BASE
 from . import compat
 from ..files import check_float_tensors, read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
@@ -386,7 +387,8 @@ def from_native_model(patcher, lora_path: str | None = None, lora_strength: floa
     lora_strength = check_lora_strength(lora_strength)
     if not compat.is_flux1_model(patcher):
         raise E2PLoadError(f"the MODEL input is a {compat.model_family(patcher)} model, not FLUX.1 Kontext; "
-                           "load flux1-kontext-dev (or an E2P checkpoint) with UNETLoader, or use Load E2P Model")
+                           f"load the FLUX.1 Kontext base ({KONTEXT_BASE}) or an E2P checkpoint with UNETLoader, "
+                           "or use Load E2P Model")
     notes = ["native MODEL input"]
     task, metadata = None, {}
     if lora_path:
