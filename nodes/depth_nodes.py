@@ -53,6 +53,7 @@ class SqrtDecode:
         }}
 
     def decode(self, sqrt_depth, output, near, far, normalization):
+        representations.require_finite_map(sqrt_depth, "sqrt_depth")
         if far <= near:
             raise ValueError(f"far ({far}) must be larger than near ({near})")
         y = sqrt_depth[..., :3].float().mean(dim=-1).clamp(0.0, 1.0)
@@ -68,11 +69,6 @@ class SqrtDecode:
 
 def apply_colormap(values: torch.Tensor, colormap: str) -> torch.Tensor:
     """Values [..., H, W] in [0, 1] -> RGB [..., H, W, 3] by linear interpolation between colour stops."""
-    invalid = int((~torch.isfinite(values)).sum())
-    if invalid:
-        raise ValueError(f"the map has {invalid} NaN or infinite values (of {values.numel()}), which have no colour; "
-                         "the node that made it produced them: fix its inputs, or colour a finite map (E2PDepth and "
-                         "SqrtDecode's disparity/relative_depth always are)")
     values = values.clamp(0.0, 1.0)
     if colormap == "gray":
         return values[..., None].expand(*values.shape, 3).contiguous()
@@ -99,5 +95,6 @@ class E2PColorizeDepth:
         }}
 
     def colorize(self, depth, colormap, invert):
+        representations.require_finite_map(depth, "depth")
         values = depth[..., :3].float().mean(dim=-1)
         return (apply_colormap(1.0 - values if invert else values, colormap),)

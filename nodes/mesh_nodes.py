@@ -107,6 +107,8 @@ class E2PDepthTo3D:
             raise ValueError(f"unknown normal_convention '{normal_convention}'; choose one of "
                              f"{', '.join(representations.NORMAL_CONVENTIONS)}")
         files.check_filename_prefix(filename_prefix)
+        representations.require_finite_map(depth, "depth")
+        representations.require_finite_map(normal_map, "normal_map")
         batch, height, width = depth.shape[:3]
         meshes = []
         for index in range(batch):

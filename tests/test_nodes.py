@@ -242,6 +242,13 @@ def test_sqrt_decode_and_colorize(installed):
     assert metric[0, 0, 0, 0] == pytest.approx(0.5) and metric[0, -1, -1, 0] == pytest.approx(10.0)
     with pytest.raises(ValueError, match="far"):
         installed.run_node("SqrtDecode", output="disparity", **{**common, "far": 0.1})
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"sqrt_depth has 16 NaN or infinite pixels of 16.*node upstream"):
+            installed.run_node("SqrtDecode", output="disparity", **{**common, "sqrt_depth": torch.full_like(y, bad)})
+    partly = y.clone()
+    partly[0, 1, 2, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"sqrt_depth has 1 NaN or infinite pixels of 16 \(0 NaN, 1 infinite\)"):
+        installed.run_node("SqrtDecode", output="metric_depth", **{**common, "sqrt_depth": partly})
     (colored,) = installed.run_node("E2PColorizeDepth", depth=y, colormap="spectral", invert=False)
     assert colored.shape == y.shape
     assert torch.allclose(colored[0, 0, 0], torch.tensor([158, 1, 66]) / 255.0)
