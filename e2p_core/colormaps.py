@@ -15,6 +15,8 @@ import functools
 
 import torch
 
+from . import representations
+
 # ColorBrewer "Spectral" (11 classes): near = red, far = blue.
 SPECTRAL = [(158, 1, 66), (213, 62, 79), (244, 109, 67), (253, 174, 97), (254, 224, 139), (255, 255, 191),
             (230, 245, 152), (171, 221, 164), (102, 194, 165), (50, 136, 189), (94, 79, 162)]
@@ -97,11 +99,7 @@ def apply_colormap(values: torch.Tensor, colormap: str) -> torch.Tensor:
     """Values [..., H, W] in [0, 1] (clamped) -> RGB [..., H, W, 3] in [0, 1]."""
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
-    invalid = int((~torch.isfinite(values)).sum())
-    if invalid:
-        raise ValueError(f"the map has {invalid} NaN or infinite values (of {values.numel()}), which have no colour; "
-                         "the node that made it produced them: fix its inputs, or colour a finite map (E2PDepth and "
-                         "SqrtDecode's disparity/relative_depth always are)")
+    representations.require_finite_map(values, "the map")
     values = values.clamp(0.0, 1.0)
     if colormap == "gray":
         return values[..., None].expand(*values.shape, 3).contiguous()

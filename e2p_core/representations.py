@@ -21,6 +21,32 @@ import math
 import torch
 
 # ---------------------------------------------------------------------------------------------------------------
+# Maps between nodes
+# ---------------------------------------------------------------------------------------------------------------
+
+def require_finite_map(values: torch.Tensor | None, input_name: str) -> None:
+    """Refuse a map (IMAGE [B, H, W, C] or MASK [B, H, W]) that holds NaN or infinite values; an optional input
+    left unconnected (None) passes.
+
+    Decoding clamps to [0, 1], which keeps NaN as NaN and turns infinity into a plausible far or near end, so
+    such a map would come out as a wrong result that looks like a success. An IMAGE pixel counts once however
+    many of its channels are bad."""
+    if values is None:
+        return
+    bad = ~torch.isfinite(values)
+    if not bad.any():
+        return
+    nan, infinite = torch.isnan(values), torch.isinf(values)
+    if values.dim() == 4:
+        bad, nan, infinite = bad.any(dim=-1), nan.any(dim=-1), infinite.any(dim=-1)
+    raise ValueError(f"{input_name} has {int(bad.sum())} NaN or infinite pixels of {bad.numel()} ({int(nan.sum())} "
+                     f"NaN, {int(infinite.sum())} infinite). E2P Depth, E2P Normal and SqrtDecode never output "
+                     "such values; they come from a node upstream (a division by zero or the log of 0 in an image "
+                     f"math node, an EXR loaded with holes). Fix that node, or fill or clamp the values before "
+                     f"connecting {input_name} here")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Depth
 # ---------------------------------------------------------------------------------------------------------------
 

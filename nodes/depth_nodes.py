@@ -47,6 +47,7 @@ class SqrtDecode:
         }}
 
     def decode(self, sqrt_depth, output, near, far, normalization):
+        representations.require_finite_map(sqrt_depth, "sqrt_depth")
         if far <= near:
             raise ValueError(f"far ({far}) must be larger than near ({near})")
         y = sqrt_depth[..., :3].float().mean(dim=-1).clamp(0.0, 1.0)
@@ -79,5 +80,6 @@ class E2PColorizeDepth:
         }}
 
     def colorize(self, depth, colormap, invert):
+        representations.require_finite_map(depth, "depth")
         values = depth[..., :3].float().mean(dim=-1)
         return (apply_colormap(1.0 - values if invert else values, colormap),)

@@ -108,6 +108,8 @@ class E2PDepthTo3D:
                              f"{', '.join(representations.NORMAL_CONVENTIONS)}")
         output_dir = folder_paths.get_output_directory()
         files.check_filename_prefix(filename_prefix, output_dir)
+        representations.require_finite_map(depth, "depth")
+        representations.require_finite_map(normal_map, "normal_map")
         batch, height, width = depth.shape[:3]
         meshes = []
         for index in range(batch):

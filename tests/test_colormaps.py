@@ -63,6 +63,6 @@ def test_shapes_and_refusals():
     with pytest.raises(ValueError, match="unknown colormap 'jet'; choose one of spectral, gray, turbo"):
         colormaps.apply_colormap(values, "jet")
     values[0, 1, 2] = float("nan")
-    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+    with pytest.raises(ValueError, match="the map has 1 NaN or infinite pixels"):
         colormaps.apply_colormap(values, "viridis")
 

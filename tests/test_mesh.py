@@ -314,7 +314,9 @@ def test_comfy_mesh_flows_into_core_decimate_mesh(comfy_inprocess, scene):
 @pytest.mark.parametrize("change, message", [
     (dict(image="narrow"), "image is 120x96 but the depth map is 128x96"),
     (dict(fov_degrees=0.0), "fov_degrees must be between"),
-    (dict(depth="nan"), "NaN or infinite pixels"),
+    (dict(depth="nan"), "depth has 1 NaN or infinite pixels"),
+    (dict(depth="inf"), r"depth has 1 NaN or infinite pixels of 12288 \(0 NaN, 1 infinite\)"),
+    (dict(normal_map="nan"), "normal_map has 1 NaN or infinite pixels.*Fix that node"),
     (dict(depth_kind="sqrt_depth", near=3.0, far=2.0), "near < far"),
     (dict(image="batch3"), "image has 3 images but depth has 2"),
 ])
@@ -325,10 +327,13 @@ def test_node_explains_bad_input_and_writes_nothing(comfy_inprocess, scene, chan
     elif change.get("image") == "batch3":
         inputs["depth"] = inputs["depth"].expand(2, -1, -1, -1)
         inputs["image"] = inputs["image"].expand(3, -1, -1, -1)
-    elif change.get("depth") == "nan":
+    elif change.get("depth") in ("nan", "inf"):
         inputs["depth"] = inputs["depth"].clone()
-        inputs["depth"][0, 3, 3] = float("nan")
-    inputs.update({k: v for k, v in change.items() if k not in ("image", "depth")})
+        inputs["depth"][0, 3, 3] = float(change["depth"])
+    elif change.get("normal_map") == "nan":
+        inputs["normal_map"] = torch.full_like(inputs["image"], 0.5)
+        inputs["normal_map"][0, 3, 3, 1] = float("nan")
+    inputs.update({k: v for k, v in change.items() if k not in ("image", "depth", "normal_map")})
     with pytest.raises(ValueError, match=message):
         comfy_inprocess.run_node("E2PDepthTo3D", **inputs)
     assert not list(output_path("e2p_test").glob("refused*"))

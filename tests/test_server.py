@@ -135,3 +135,24 @@ def test_errors_are_node_errors_and_the_server_keeps_serving(comfy_server, tiny_
     assert server.system_stats()["system"]
     entry = server.run_prompt(task_prompt("depth"), timeout=300)
     assert saved_image(server, entry).shape == (40, 56, 3)
+
+
+def test_matting_warnings_reach_the_queueing_client_inside_the_node(comfy_server, tiny_files):
+    """Hints that are valid but probably not what was meant run with warnings the user sees: ComfyUI's progress
+    text, sent over the websocket to the client that queued the prompt and drawn by the frontend inside the node.
+    A later clean run replaces them with the plain summary, and the server log holds each warning too."""
+    files, image_path = tiny_files
+    server = comfy_server(prepare=install(files, image_path))
+    warned = task_prompt("matting", points="[[0.5, 0.5]]")
+    warned["7"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 28, "height": 20}}
+    warned["4"]["inputs"]["hint_mask"] = ["7", 0]
+    entry, texts = server.run_prompt_with_node_texts(warned, timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    point_warning = ("the point lies in [0, 1] but coordinates is 'pixels', so the image's top-left pixels are "
+                     "marked; for fractions of the image size set coordinates to 'fractions'")
+    mask_warning = ("hint_mask is 28x20 but the image is 56x40; it was scaled to the image (same aspect ratio). "
+                    "Connect a mask of the image's size to be sure it lines up")
+    assert texts == {"4": [f"Warning: {point_warning}\nWarning: {mask_warning}\nHints: 1 click, a painted mask."]}
+    assert point_warning in server.log_text() and mask_warning in server.log_text()
+    _, texts = server.run_prompt_with_node_texts(task_prompt("matting", points="[[20, 15]]"), timeout=300)
+    assert texts == {"4": ["Hints: 1 click."]}

@@ -37,6 +37,11 @@ Touch points and the differences found:
   backend ComfyUI chose and ``get_attention_function``.
 - Interrupt and progress: ``comfy.model_management.throw_exception_if_processing_interrupted`` and
   ``comfy.utils.ProgressBar``; same on both.
+- Text under a node (warnings the user must see): ``server.PromptServer.instance.send_progress_text(text,
+  node_id, sid)`` with the running node from ``comfy_execution.utils.get_executing_context()`` and the queueing
+  client ``PromptServer.instance.client_id``, as ComfyUI's progress hook addresses it; same on both (core's Get
+  Image Size shows sizes this way). The frontend (1.32 with 0.3.75, 1.49 with 0.33.0) shows the latest text in
+  the node until the next one replaces it.
 - Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags); a script running
   ComfyUI in-process sets them with ``comfy.options.enable_args_parsing`` before ``import comfy.cli_args``.
 - 3D: ``comfy_api.latest.Types.MESH``. 0.3.75's holds vertices and faces only (its SaveGLB writes bare
@@ -392,6 +397,20 @@ def progress_bar(total: int):
     import comfy.utils
 
     return comfy.utils.ProgressBar(total)
+
+
+def show_text_on_node(text: str) -> bool:
+    """Show ``text`` under the running node in the ComfyUI frontend of the client that queued the prompt
+    (replacing what the node showed before). False where there is no server or no running node (scripts,
+    in-process use), where logs are the only channel."""
+    from comfy_execution.utils import get_executing_context
+    from server import PromptServer
+
+    server, context = getattr(PromptServer, "instance", None), get_executing_context()
+    if server is None or context is None:
+        return False
+    server.send_progress_text(text, context.node_id, server.client_id)
+    return True
 
 
 def metadata_disabled() -> bool:
