@@ -98,11 +98,12 @@ def main(argv: list[str] | None = None) -> str:
             raise SystemExit(f"{width}x{height} failed:\n{completed.stderr[-3000:]}")
         results.append(json.loads(lines[-1][len(RESULT_MARKER):]))
         print(f"[bench] {width}x{height}: {results[-1]['seconds']:.1f} s", flush=True)
-    rows = [[f"{r['width']}x{r['height']}", f"{r['width'] * r['height'] / 1e6:.1f}", r["tiles"],
+    rows = [[f"{r['width']}x{r['height']}", f"{r['width'] * r['height'] / 1e6:.1f}", r["tiles"], r["unfitted"],
              report.seconds_text(r["seconds"]), report.gib(r["peak_bytes"] - r["baseline_bytes"]),
              report.gib(r["output_bytes"]), report.gib(r["image_bytes"])] for r in results]
-    table = report.markdown_table(["size", "MP", "tiles", "time, s", "peak RSS above baseline, GiB",
-                                   "of which the result, GiB", "input image (in the baseline), GiB"], rows)
+    table = report.markdown_table(["size", "MP", "tiles", "of which unfitted", "time, s",
+                                   "peak RSS above baseline, GiB", "of which the result, GiB",
+                                   "input image (in the baseline), GiB"], rows)
     threads = f"torch threads per measuring process: {results[0]['threads']}" if results else ""
     text = "\n".join(["", *header, threads, report.load_line(), "", "### Tiled depth by image size (CPU)", "", table])
     print(text, flush=True)

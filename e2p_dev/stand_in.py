@@ -119,10 +119,11 @@ class Call:
 @dataclass
 class TruthPredictor:
     """``e2p_core.tiling.Predictor`` for ``task`` over images whose truths are ``truths`` (SceneTruth, or
-    AnalyticTruth for depth; one per image of the batch it is called with). Each image of each call gets its own distortion: the sqrt depth's percentile
-    normalisation scaled by a factor in 1 +- ``scale_jitter`` about a random pivot and shifted by +- ``shift_jitter``
-    (or one ``fixed_affine`` for all), Gaussian noise of ``noise`` (output units), and a ramp of +- ``tilt`` / 2
-    across the region's width. The uncertainty returned is ``noise`` everywhere (output units; normals: 0)."""
+    AnalyticTruth for depth; one per image of the batch it is called with). Each image of each call gets its own
+    distortion: the sqrt depth's percentile normalisation scaled by a factor in 1 +- ``scale_jitter`` about a random
+    pivot and shifted by +- ``shift_jitter`` (or one ``fixed_affine`` for all), Gaussian noise of ``noise`` (output
+    units), and a ramp of +- ``tilt`` / 2 across the region's width. The uncertainty returned is ``noise``
+    everywhere (output units; normals: 0). ``calls`` records every call's regions and affine maps."""
 
     truths: list
     task: str

@@ -105,6 +105,6 @@ def test_tiling_prints_table(tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stderr[-4000:]
     rows = table_rows(completed.stdout, "### Tiled depth by image size (CPU)")
-    assert [row[:3] for row in rows] == [["320x192", "0.1", "6"], ["100x80", "0.0", "0"]]
+    assert [row[:3] for row in rows] == [["320x192", "0.1", "6"], ["100x80", "0.0", "0"]] and len(rows[0]) == 8
     results = json.loads(json_path.read_text())["results"]
     assert all(result["peak_bytes"] >= result["baseline_bytes"] > 0 for result in results)

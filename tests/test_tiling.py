@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from e2p_core import imaging, metric_alignment, tiling
-from e2p_dev.stand_in import TruthPredictor, moved_scene, render_truth
+from e2p_dev.stand_in import AnalyticTruth, TruthPredictor, moved_scene, render_truth
 
 WIDTH, HEIGHT = 512, 384
 TILE = 128                       # the processing resolution: the tile side and the global pass's long side
@@ -154,6 +154,27 @@ def test_feathering_hides_where_tiles_disagree(truth, monkeypatch):
     monkeypatch.setattr(tiling, "feather_weights", lambda tiles, region: torch.ones(region.height, region.width))
     averaged = seam_ratio_of(stitch(truth, **disagreeing)[0], truth)     # one image: the steps stand out plainly
     assert feathered <= 1.1 < 1.3 < averaged, (feathered, averaged)
+
+
+def test_tiles_without_depth_in_common_show_the_global_pass(caplog):
+    """Tiles of a flat back wall that the global pass clips as its farthest 2 % cannot be aligned (their own map is
+    noise stretched over [0, 1]): they show the global pass, which the log says, and the stitched wall stays the
+    global pass's instead of taking their noise."""
+    scene = AnalyticTruth(HEIGHT, WIDTH, horizon=0.45)
+    stand_in = TruthPredictor([scene], "depth", noise=NOISE, seed=7)
+    passes = []
+
+    def predictor(images, region):
+        passes.append(stand_in(images, region)[0])
+        return passes[-1], torch.zeros(passes[-1].shape)
+
+    result = tiling.predict_tiled(torch.full((1, HEIGHT, WIDTH, 3), 0.5), predictor, "depth",
+                                  processing_resolution=TILE)
+    assert result.unfitted > 0 and f"{result.unfitted} of {result.tiles} tiles show the whole-image pass" in caplog.text
+    assert bool(torch.isfinite(result.prediction).all())
+    wall = slice(0, tiling.plan_tiles(HEIGHT, WIDTH, TILE)[0].height)
+    global_pass = imaging.resize(passes[0][:, None], HEIGHT, WIDTH, "bilinear")[0, 0]
+    assert float((result.prediction[0, wall] - global_pass[wall]).abs().mean()) < NOISE
 
 
 def test_exact_tiles_stitch_exactly(truth):
