@@ -17,7 +17,10 @@ The fit survives what references get wrong:
   whatever the outliers) and then Tukey's biweight IRLS, which gives gross outliers (depth edges the reference
   blurred, regions it got wrong) no weight at all. Residual scales are weighted MADs.
 
-Only torch is needed (no ComfyUI). The fit runs on the CPU in float64; the depth comes back on ``y``'s device.
+The same robust fit, between two relative sqrt-depth maps (``fit_relative_depth``), aligns the tiles of a tiled
+prediction to its whole-image pass (``e2p_core.tiling``) and video frames to the frames before them
+(``e2p_core.temporal``). Only torch is needed (no ComfyUI). The fit runs on the CPU in float64; the depth comes back
+on ``y``'s device.
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ def _as_batch(tensor: torch.Tensor, name: str) -> torch.Tensor:
     return tensor if tensor.dim() == 3 else tensor[None]
 
 
-def _checked_sqrt_depth(sqrt_depth: torch.Tensor) -> torch.Tensor:
+def checked_sqrt_depth(sqrt_depth: torch.Tensor) -> torch.Tensor:
+    """E2PDepth's sqrt depth as a float batch [B, H, W] in [0, 1], or an AlignmentError saying what is wrong."""
     y = _as_batch(sqrt_depth, "sqrt_depth")
+    if y.shape[0] == 0 or y.shape[1] == 0 or y.shape[2] == 0:
+        raise AlignmentError(f"sqrt_depth is empty ({tuple(sqrt_depth.shape)}); give at least one depth map")
     bad = int((~torch.isfinite(y)).sum())
     if bad:
         raise AlignmentError(f"sqrt_depth has {bad} NaN or infinite values (of {y.numel()}); give E2PDepth's "
@@ -75,7 +81,7 @@ def _checked_sqrt_depth(sqrt_depth: torch.Tensor) -> torch.Tensor:
 def align_to_near_far(sqrt_depth: torch.Tensor, near: float, far: float) -> Alignment:
     """The known-range form: the scene's nearest and farthest distances in metres fix ``t = sqrt(near)`` and
     ``s = sqrt(far) - sqrt(near)`` (SqrtDecode's metric_depth)."""
-    y = _checked_sqrt_depth(sqrt_depth)
+    y = checked_sqrt_depth(sqrt_depth)
     if not (math.isfinite(near) and math.isfinite(far) and 0.0 <= near < far):
         raise AlignmentError(f"need 0 <= near < far (metres), got near={near}, far={far}")
     depth = representations.sqrt_depth_to_metric(y, near, far)
@@ -159,6 +165,8 @@ def _weighted_line(y: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> tuple[f
 
 
 def _weighted_median(values: torch.Tensor, weights: torch.Tensor) -> float:
+    if bool((weights == weights[0]).all()):     # equal weights: the same (lower) median by selection, not a sort
+        return float(torch.kthvalue(values, (values.numel() + 1) // 2).values)
     ordered, order = torch.sort(values)
     cumulative = torch.cumsum(weights[order], dim=0)
     index = int(torch.searchsorted(cumulative, 0.5 * cumulative[-1]))
@@ -199,6 +207,38 @@ def robust_sqrt_affine_fit(y: torch.Tensor, z: torch.Tensor, w: torch.Tensor) ->
     return params[0], params[1], float(inliers.to(torch.float64).mean())
 
 
+def unclipped(sqrt_depth: torch.Tensor) -> torch.Tensor:
+    """Where E2P's relative sqrt depth in [0, 1] carries affine information: not at the 0 and 1 its percentile
+    normalisation clips to."""
+    return (sqrt_depth > SATURATION_MARGIN) & (sqrt_depth < 1.0 - SATURATION_MARGIN)
+
+
+def fit_stride(height: int, width: int) -> int:
+    """Step of the regular subgrid a fit samples: at most about MAX_FIT_PIXELS pixels of a height x width map."""
+    return max(1, math.ceil(math.sqrt(height * width / MAX_FIT_PIXELS)))
+
+
+def fit_relative_depth(sqrt_depth: torch.Tensor, target: torch.Tensor,
+                       target_usable: torch.Tensor) -> tuple[float, float, float] | None:
+    """Robust ``target ~ s * sqrt_depth + t`` between two sqrt-space depth maps [H, W] of the same view: a tile onto
+    the upsampled whole-image pass, a video frame onto the frames before it. Fitted on the subgrid over pixels where
+    ``target_usable`` and ``sqrt_depth`` is not clipped; robust weights leave out where the two disagree (edges a
+    coarse map blurred, moving objects). Returns (s, t, inlier fraction), or None when they cannot be aligned:
+    fewer than MIN_FIT_PIXELS such pixels, ``sqrt_depth`` (almost) constant there, or a scale that is not positive
+    (the maps disagree about near and far)."""
+    stride = fit_stride(*sqrt_depth.shape[-2:])
+    values = sqrt_depth[::stride, ::stride].detach().to("cpu", torch.float64)
+    targets = target[::stride, ::stride].detach().to("cpu", torch.float64)
+    fit = unclipped(values) & target_usable[::stride, ::stride].detach().cpu()
+    if int(fit.sum()) < MIN_FIT_PIXELS:
+        return None
+    try:
+        scale, shift, fraction = robust_sqrt_affine_fit(values[fit], targets[fit], torch.ones_like(values[fit]))
+    except AlignmentError:
+        return None
+    return (scale, shift, fraction) if scale > 0 else None
+
+
 def align_to_reference(sqrt_depth: torch.Tensor, reference: torch.Tensor, confidence: torch.Tensor | None = None,
                        valid: torch.Tensor | None = None) -> Alignment:
     """Fit each image's ``sqrt(reference) ~ s * y + t`` robustly and return its metric depth.
@@ -208,7 +248,7 @@ def align_to_reference(sqrt_depth: torch.Tensor, reference: torch.Tensor, confid
     (weights >= 0, any scale, e.g. DA3's raw confidence) and ``valid`` (False where the reference has no depth:
     DA3's ``sky >= 0.5``, MoGe's ``mask == False``) are at the reference's size.
     """
-    y = _checked_sqrt_depth(sqrt_depth)
+    y = checked_sqrt_depth(sqrt_depth)
     batch, height, width = y.shape
     reference, usable, weights, valid = _reference_inputs(reference, confidence, valid, batch, height, width)
     for item in range(reference.shape[0]):
@@ -218,13 +258,13 @@ def align_to_reference(sqrt_depth: torch.Tensor, reference: torch.Tensor, confid
                 f"reference {item} has no usable pixel ({_describe_unusable(reference[item], mask, weights[item])}); "
                 "give depth in metres (e.g. Depth Anything 3's or MoGe's depth) with some valid pixels")
     roots, root_weights, covered = _resample(reference, usable, weights, height, width)
-    stride = max(1, math.ceil(math.sqrt(height * width / MAX_FIT_PIXELS)))
+    stride = fit_stride(height, width)
     y_cpu = y.detach().to("cpu", torch.float64)
     scales, shifts, fractions = [], [], []
     for item in range(batch):
         source = 0 if reference.shape[0] == 1 else item
         values = y_cpu[item, ::stride, ::stride]
-        unsaturated = (values > SATURATION_MARGIN) & (values < 1.0 - SATURATION_MARGIN)
+        unsaturated = unclipped(values)
         fit = covered[source, ::stride, ::stride] & unsaturated
         count = int(fit.sum())
         if count < MIN_FIT_PIXELS:

@@ -50,12 +50,14 @@ def panels(seed: int) -> list[tuple[str, np.ndarray]]:
 
 
 def compose(items: list[tuple[str, np.ndarray]]) -> Image.Image:
-    sheet = Image.new("RGB", (PANEL * len(items), PANEL + CAPTION_HEIGHT), "white")
+    """Captioned panels side by side; every image [H, W, 3] in [0, 1] of one size."""
+    height, width = items[0][1].shape[:2]
+    sheet = Image.new("RGB", (width * len(items), height + CAPTION_HEIGHT), "white")
     draw = ImageDraw.Draw(sheet)
     for column, (caption, image) in enumerate(items):
         tile = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
-        sheet.paste(tile, (column * PANEL, CAPTION_HEIGHT))
-        draw.text((column * PANEL + 6, 5), caption, fill="black")
+        sheet.paste(tile, (column * width, CAPTION_HEIGHT))
+        draw.text((column * width + 6, 5), caption, fill="black")
     return sheet
 
 

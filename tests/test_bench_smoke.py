@@ -185,3 +185,15 @@ def test_scale_loads_and_steps_a_streamed_checkpoint(tmp_path):
     assert [r[3] == "measured" for r in needs] == [True, False, False, False]
     assert report_path.read_text().strip() in completed.stdout
     assert list((tmp_path / "files").iterdir()) == [], "the written checkpoint was not deleted"
+
+
+def test_tiling_prints_table(tmp_path):
+    json_path = tmp_path / "tiling.json"
+    command = [sys.executable, str(REPO_ROOT / "bench" / "tiling.py"), "--sizes", "320x192", "100x80",
+               "--processing-resolution", "128", "--json", str(json_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    rows = table_rows(completed.stdout, "### Tiled depth by image size (CPU)")
+    assert [row[:3] for row in rows] == [["320x192", "0.1", "6"], ["100x80", "0.0", "0"]] and len(rows[0]) == 8
+    results = json.loads(json_path.read_text())["results"]
+    assert all(result["peak_bytes"] >= result["baseline_bytes"] > 0 for result in results)
