@@ -33,6 +33,12 @@ Touch points and the differences found:
   ``comfy.utils.ProgressBar``; same on both.
 - Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags); a script running
   ComfyUI in-process sets them with ``comfy.options.enable_args_parsing`` before ``import comfy.cli_args``.
+- Node definitions: ``comfy_api.latest`` (``io.ComfyNode``, ``io.Schema``, ``ComfyExtension``) on both. 0.33.0's
+  ``io.Schema`` has ``search_aliases`` (words the node search also finds a node by) and an ``io.BoundingBox`` type
+  with a box widget drawn on the image; 0.3.75 has neither. The nodes pass such fields through
+  :func:`optional_schema_fields`. Categories: 0.3.75 files model loaders under ``loaders``, 0.33.0 under
+  ``model/loaders``; only 0.33.0 has geometry estimation (Depth Anything 3, MoGe) and background removal nodes.
+  :func:`stock_node_category` reads where the running version puts one of its own nodes.
 - 3D: ``comfy_api.latest.Types.MESH``. 0.3.75's holds vertices and faces only (its SaveGLB writes bare
   geometry); 0.33.0's also takes uvs, texture, normals, vertex colours and per-item counts for batches of
   different sizes, which its SaveGLB and mesh nodes use. The fields are read from the constructor.
@@ -424,3 +430,41 @@ def _padded_stack(items: list[torch.Tensor], length: int, repeat_last: bool) -> 
         fill = item[-1:].expand(missing, *item.shape[1:]) if repeat_last else item.new_zeros(missing, *item.shape[1:])
         padded.append(torch.cat([item, fill]))
     return torch.stack(padded)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Node definitions (comfy_api.latest.io)
+# ---------------------------------------------------------------------------------------------------------------
+
+# io.Schema fields some tested versions lack (0.3.75: search_aliases). Any other field goes to io.Schema as given,
+# so a misspelt one still fails loudly.
+VERSION_DEPENDENT_SCHEMA_FIELDS = frozenset({"search_aliases"})
+
+
+@functools.cache
+def schema_field_names() -> frozenset[str]:
+    """The fields the running ComfyUI's ``io.Schema`` accepts."""
+    import dataclasses
+
+    from comfy_api.latest import io
+
+    return frozenset(field.name for field in dataclasses.fields(io.Schema))
+
+
+def optional_schema_fields(**fields) -> dict:
+    """The version-dependent ``io.Schema`` fields among ``fields`` that this ComfyUI supports, to pass on as
+    keywords; the others are left out (0.3.75 shows no search aliases, the node is still found by its name)."""
+    unknown = set(fields) - VERSION_DEPENDENT_SCHEMA_FIELDS
+    if unknown:
+        raise ComfyCompatError(f"{sorted(unknown)} are io.Schema fields every tested ComfyUI has; pass them to "
+                               "io.Schema directly")
+    return {name: value for name, value in fields.items() if name in schema_field_names()}
+
+
+def stock_node_category(node_id: str, fallback: str) -> str:
+    """The Add Node menu category the running ComfyUI gives its own node ``node_id`` (``fallback`` where it has no
+    such node), so a pack node can sit beside the host's nodes of the same kind in every version."""
+    import nodes
+
+    node_class = nodes.NODE_CLASS_MAPPINGS.get(node_id)
+    return fallback if node_class is None else node_class.CATEGORY
