@@ -48,11 +48,11 @@ class SqrtDecode(io.ComfyNode):
             **compat.optional_schema_fields(search_aliases=[*DEPTH_ALIASES, "linear depth", "decode", "sqrt"]),
             inputs=[
                 io.Image.Input("sqrt_depth", tooltip="sqrt_depth output of E2PDepth."),
-                io.Combo.Input("output", options=OUTPUTS, default="disparity", tooltip="What to turn sqrt depth into."),
+                compat.combo_input("output", OUTPUTS, default="disparity", tooltip="What to turn sqrt depth into."),
                 *scene_distance_inputs(),
-                io.Combo.Input("normalization", options=NORMALIZATION, default="per_image",
-                               tooltip="Range for disparity/relative_depth: each image's own, or one range for the "
-                                       "whole batch (video: avoids brightness flicker)."),
+                compat.combo_input("normalization", NORMALIZATION, default="per_image",
+                                   tooltip="Range for disparity/relative_depth: each image's own, or one range for the "
+                                           "whole batch (video: avoids brightness flicker)."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The decoded map, 3 equal float channels (metric_depth "
@@ -107,7 +107,7 @@ class E2PColorizeDepth(io.ComfyNode):
             inputs=[
                 io.Image.Input("depth", tooltip="sqrt_depth from E2PDepth, or any output of SqrtDecode except "
                                                 "metric."),
-                io.Combo.Input("colormap", options=COLORMAPS, default="spectral", tooltip="Colour map."),
+                compat.combo_input("colormap", COLORMAPS, default="spectral", tooltip="Colour map."),
                 io.Boolean.Input("invert", default=False, tooltip="Swap the ends (for disparity, near = bright)."),
             ],
             outputs=[io.Image.Output(tooltip="Colour visualisation, [0, 1] RGB.")],

@@ -21,16 +21,16 @@ LOADER_ALIASES = ["edit2perceive", "e2p", "flux kontext", "depth model", "normal
 
 def _common_inputs() -> list:
     return [
-        io.Combo.Input("task", options=[TASK_AUTO, *TASK_NAMES], default=TASK_AUTO,
-                       tooltip="What the weights predict. auto: the file's e2p.task metadata, else depth/normal/"
-                               "matting in the checkpoint or LoRA file name (as in the released files). A choice "
-                               "that contradicts either is refused."),
-        io.Combo.Input("lora", options=model_paths.lora_choices(),
-                       tooltip="An Edit2Perceive LoRA (*_lora.safetensors) from models/loras or models/edit2perceive, "
-                               "or none."),
+        compat.combo_input("task", [TASK_AUTO, *TASK_NAMES], default=TASK_AUTO,
+                           tooltip="What the weights predict. auto: the file's e2p.task metadata, else depth/normal/"
+                                   "matting in the checkpoint or LoRA file name (as in the released files). A choice "
+                                   "that contradicts either is refused."),
+        compat.combo_input("lora", model_paths.lora_choices(),
+                           tooltip="An Edit2Perceive LoRA (*_lora.safetensors) from models/loras or "
+                                   "models/edit2perceive, or none."),
         io.Float.Input("lora_strength", default=1.0, min=-4.0, max=4.0, step=0.05,
                        tooltip="LoRA weight; the official LoRAs are meant for 1.0."),
-        io.Combo.Input("time_embedding", options=TIME_EMBEDDINGS, default="auto", tooltip=TIME_EMBEDDING_TOOLTIP),
+        compat.combo_input("time_embedding", TIME_EMBEDDINGS, default="auto", tooltip=TIME_EMBEDDING_TOOLTIP),
     ]
 
 
@@ -69,13 +69,13 @@ class LoadE2PModel(io.ComfyNode):
                         "task nodes and, as MODEL, the same patched model for stock sampler graphs.",
             **compat.optional_schema_fields(search_aliases=LOADER_ALIASES),
             inputs=[
-                io.Combo.Input("checkpoint", options=model_paths.checkpoint_choices(),
-                               tooltip="From models/edit2perceive or models/diffusion_models: an E2P full checkpoint, "
-                                       "or the FLUX.1 Kontext base (flux1-kontext-dev.safetensors) when a LoRA is "
-                                       "selected."),
-                io.Combo.Input("weight_dtype", options=list(loader.WEIGHT_DTYPES), default="default",
-                               tooltip="Storage precision of the transformer weights. default: what ComfyUI picks for "
-                                       "this device; fp8_e4m3fn halves memory."),
+                compat.combo_input("checkpoint", model_paths.checkpoint_choices(),
+                                   tooltip="From models/edit2perceive or models/diffusion_models: an E2P full "
+                                           "checkpoint, or the FLUX.1 Kontext base (flux1-kontext-dev.safetensors) "
+                                           "when a LoRA is selected."),
+                compat.combo_input("weight_dtype", list(loader.WEIGHT_DTYPES), default="default",
+                                   tooltip="Storage precision of the transformer weights. default: what ComfyUI picks "
+                                           "for this device; fp8_e4m3fn halves memory."),
                 *_common_inputs(),
                 io.Clip.Input("clip", optional=True, tooltip=CLIP_TOOLTIP),
             ],
@@ -97,8 +97,8 @@ class E2PModelFromMODEL(io.ComfyNode):
             node_id="E2PModelFromMODEL",
             display_name="E2P Model from MODEL",
             category=categories.model_loaders(),
-            description="Turns a MODEL from any ComfyUI loader (UNETLoader with fp8, a GGUF loader, ...) holding FLUX.1 "
-                        "Kontext into an Edit2Perceive model, optionally with an E2P LoRA: the low-VRAM route.",
+            description="Turns a MODEL from any ComfyUI loader (UNETLoader with fp8, a GGUF loader, ...) holding "
+                        "FLUX.1 Kontext into an Edit2Perceive model, optionally with an E2P LoRA: the low-VRAM route.",
             **compat.optional_schema_fields(search_aliases=[*LOADER_ALIASES, "gguf", "fp8", "low vram"]),
             inputs=[
                 io.Model.Input("model", tooltip="FLUX.1 Kontext (or an E2P full checkpoint) from a stock loader."),

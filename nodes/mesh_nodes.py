@@ -60,8 +60,8 @@ class E2PDepthTo3D(io.ComfyNode):
                                                 "relative_depth (say which in depth_kind). Same size as image."),
                 io.Image.Input("image", tooltip="The photo the depth was predicted from: the mesh's texture and the "
                                                 "points' colours. Same size as depth."),
-                io.Combo.Input("depth_kind", options=list(mesh.DEPTH_KINDS), default="sqrt_depth",
-                               tooltip=DEPTH_KIND_TOOLTIP),
+                compat.combo_input("depth_kind", list(mesh.DEPTH_KINDS), default="sqrt_depth",
+                                   tooltip=DEPTH_KIND_TOOLTIP),
                 *scene_distance_inputs(),
                 io.Float.Input("fov_degrees", default=60.0, min=mesh.MIN_FOV_DEGREES, max=mesh.MAX_FOV_DEGREES,
                                step=0.5,
@@ -84,10 +84,10 @@ class E2PDepthTo3D(io.ComfyNode):
                 io.Image.Input("normal_map", optional=True,
                                tooltip="E2P Normal's normal_map of the same image: the vertex normals (without it "
                                        "they come from the mesh's own shape)."),
-                io.Combo.Input("normal_convention", options=list(representations.NORMAL_CONVENTIONS),
-                               default="controlnet_bae", optional=True,
-                               tooltip="The convention E2P Normal was set to (leave its flip_x/y/z off when feeding "
-                                       "this node)."),
+                compat.combo_input("normal_convention", list(representations.NORMAL_CONVENTIONS),
+                                   default="controlnet_bae", optional=True,
+                                   tooltip="The convention E2P Normal was set to (leave its flip_x/y/z off when "
+                                           "feeding this node)."),
             ],
             outputs=[
                 io.String.Output(display_name="glb_path", tooltip="The first image's GLB, relative to the output "

@@ -75,14 +75,14 @@ class E2PSaveFloatImage(io.ComfyNode):
                 io.String.Input("filename_prefix", default="edit2perceive/float",
                                 tooltip="File name start, as in Save Image (a '/' makes a subfolder of the output "
                                         "folder)."),
-                io.Combo.Input("file_format", options=FILE_FORMATS, default="png16",
-                               tooltip="png16: 16-bit PNG; values inside [0, 1] are stored as they are (0 -> 0, 1 -> "
-                                       "65535), others map their min..max to 0..65535 (the range is in the file). "
-                                       "exr32: 32-bit float OpenEXR, values stored exactly (metric depth, raw "
-                                       "normals)."),
-                io.Combo.Input("content", options=list(CONTENTS), default="unspecified",
-                               tooltip="What the saved values are; written into the file so other tools know the "
-                                       "convention. Use one save node per kind of result."),
+                compat.combo_input("file_format", FILE_FORMATS, default="png16",
+                                   tooltip="png16: 16-bit PNG; values inside [0, 1] are stored as they are (0 -> 0, 1 "
+                                           "-> 65535), others map their min..max to 0..65535 (the range is in the "
+                                           "file). exr32: 32-bit float OpenEXR, values stored exactly (metric depth, "
+                                           "raw normals)."),
+                compat.combo_input("content", list(CONTENTS), default="unspecified",
+                                   tooltip="What the saved values are; written into the file so other tools know the "
+                                           "convention. Use one save node per kind of result."),
                 io.Image.Input("images", optional=True,
                                tooltip="Float images (normal map, decoded depth...). An image whose three channels "
                                        "are identical (depth) is saved as one gray channel."),

@@ -28,9 +28,9 @@ def _prediction_inputs() -> list:
                      tooltip=f"Long side the model works at (768 = what it was trained at), at least "
                              f"{imaging.MIN_WORKING_SIZE}. 0 = the image's own size. The result is always returned at "
                              "the input size."),
-        io.Combo.Input("resize_mode", options=list(imaging.RESIZE_MODES), default="aspect",
-                       tooltip="aspect: keep the aspect ratio, pad to a multiple of 16. reference: stretch to a square "
-                               "and resize back with nearest, as the official code."),
+        compat.combo_input("resize_mode", list(imaging.RESIZE_MODES), default="aspect",
+                           tooltip="aspect: keep the aspect ratio, pad to a multiple of 16. reference: stretch to a "
+                                   "square and resize back with nearest, as the official code."),
         io.Int.Input("steps", default=1, min=1, max=50,
                      tooltip="Flow steps. 1 is the paper's single deterministic step; the official demo used 4, the "
                              "CLI 8 (10 for matting)."),
@@ -125,11 +125,11 @@ class E2PNormal(io.ComfyNode):
                                                             "3d", "edit2perceive"]),
             inputs=[
                 *_prediction_inputs(),
-                io.Combo.Input("convention", options=list(representations.NORMAL_CONVENTIONS),
-                               default="controlnet_bae",
-                               tooltip="controlnet_bae: +X left, +Y up (ControlNet normalbae, the model's own). "
-                                       "opengl_camera: +X right, +Y up (Marigold, OpenGL). directx: +X right, +Y "
-                                       "down."),
+                compat.combo_input("convention", list(representations.NORMAL_CONVENTIONS),
+                                   default="controlnet_bae",
+                                   tooltip="controlnet_bae: +X left, +Y up (ControlNet normalbae, the model's own). "
+                                           "opengl_camera: +X right, +Y up (Marigold, OpenGL). directx: +X right, +Y "
+                                           "down."),
                 *[io.Boolean.Input(f"flip_{axis}", default=False,
                                    tooltip=f"Negate the {axis.upper()} component after the convention.")
                   for axis in "xyz"],
@@ -187,9 +187,9 @@ class E2PMatting(io.ComfyNode):
                                     "official demo."),
             io.String.Input("box", default="", tooltip="Optional 'x0, y0, x1, y1' around the subject, in the unit set "
                                                        "by coordinates."),
-            io.Combo.Input("coordinates", options=list(hints.COORDINATE_UNITS), default="pixels",
-                           tooltip="Unit of points and box: pixels of the input image (x right, y down from the "
-                                   "top-left corner), or fractions of its width and height in [0, 1]."),
+            compat.combo_input("coordinates", list(hints.COORDINATE_UNITS), default="pixels",
+                               tooltip="Unit of points and box: pixels of the input image (x right, y down from the "
+                                       "top-left corner), or fractions of its width and height in [0, 1]."),
             io.Int.Input("num_points", default=hints.HINT_POINT_COUNT, min=1, max=64,
                          tooltip="Gaussian points drawn inside the marked area (10 as trained)."),
             io.Mask.Input("hint_mask", optional=True,

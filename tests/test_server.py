@@ -139,6 +139,10 @@ def test_three_tasks_through_the_api_match_the_core(server, tiny_files):
 def test_errors_are_node_errors_and_the_server_keeps_serving(server):
     status, reply = server.post_prompt(task_prompt("depth", checkpoint="missing.safetensors"))
     assert status == 400 and "1" in reply["node_errors"]
+    misspelt = task_prompt("depth")
+    misspelt["4"]["inputs"]["resize_mode"] = "stretch"
+    status, reply = server.post_prompt(misspelt)
+    assert status == 400 and "stretch" in reply["node_errors"]["4"]["errors"][0]["details"], "a choice is checked"
     status, reply = server.post_prompt(task_prompt("matting", points="[[20, 15"))
     assert status == 200
     entry = server.wait_for(reply["prompt_id"], timeout=300)

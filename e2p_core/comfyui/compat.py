@@ -38,7 +38,10 @@ Touch points and the differences found:
   with a box widget drawn on the image; 0.3.75 has neither. The nodes pass such fields through
   :func:`optional_schema_fields`. Categories: 0.3.75 files model loaders under ``loaders``, 0.33.0 under
   ``model/loaders``; only 0.33.0 has geometry estimation (Depth Anything 3, MoGe) and background removal nodes.
-  :func:`stock_node_category` reads where the running version puts one of its own nodes.
+  :func:`stock_node_category` reads where the running version puts one of its own nodes. 0.3.75 checks a choice
+  (combo) against its options at ``/prompt`` only in the dict-style form, whose declared type is the list of
+  choices; a V3 ``io.Combo`` value reached the node unchecked. 0.33.0 checks both. :func:`combo_input` declares
+  the list form where ComfyUI needs it.
 - 3D: ``comfy_api.latest.Types.MESH``. 0.3.75's holds vertices and faces only (its SaveGLB writes bare
   geometry); 0.33.0's also takes uvs, texture, normals, vertex colours and per-item counts for batches of
   different sizes, which its SaveGLB and mesh nodes use. The fields are read from the constructor.
@@ -459,6 +462,46 @@ def optional_schema_fields(**fields) -> dict:
         raise ComfyCompatError(f"{sorted(unknown)} are io.Schema fields every tested ComfyUI has; pass them to "
                                "io.Schema directly")
     return {name: value for name, value in fields.items() if name in schema_field_names()}
+
+
+@functools.cache
+def checks_v3_combo_values() -> bool:
+    """Whether ``/prompt`` checks a V3 combo's value against its options. ComfyUI gained that check in the change
+    that also made it look declared input types up in a table of dynamic inputs (``io.DYNAMIC_INPUT_LOOKUP``,
+    December 2025), where a list as a type would not work: 0.33.0 has both, 0.3.75 neither."""
+    from comfy_api.latest import io
+
+    return hasattr(io, "DYNAMIC_INPUT_LOOKUP")
+
+
+def combo_input(input_id: str, options: list, **settings):
+    """A choice input whose wrong values (a model file that is not there, a misspelt choice in an API prompt)
+    ComfyUI refuses at ``/prompt`` with "value not in list", on every version: ``io.Combo.Input`` where ComfyUI
+    checks V3 combos, else the same input declaring the list of choices as its type, the form 0.3.75 checks (and
+    shows exactly as the dict-style nodes did). ``settings``: ``io.Combo.Input``'s keywords."""
+    from comfy_api.latest import io
+
+    combo_class = io.Combo.Input if checks_v3_combo_values() else _listed_combo_input()
+    return combo_class(input_id, options=options, **settings)
+
+
+@functools.cache
+def _listed_combo_input():
+    from comfy_api.latest import io
+
+    class ListedComboInput(io.Combo.Input):
+        """A combo declared as ``[choices, {settings}]``, the dict-style form."""
+
+        def get_io_type(self):
+            return list(self.options)
+
+        def as_dict(self):
+            settings = super().as_dict()
+            settings.pop("options", None)
+            settings.pop("multiselect", None)
+            return settings
+
+    return ListedComboInput
 
 
 def stock_node_category(node_id: str, fallback: str) -> str:
