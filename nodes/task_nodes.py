@@ -151,6 +151,26 @@ class E2PNormal(io.ComfyNode):
         return io.NodeOutput(representations.normals_to_rgb(converted), uncertainty)
 
 
+def _hint_inputs() -> list:
+    """Where the user marks the subject (the widgets in saved workflows' order, then the optional mask)."""
+    return [
+        io.String.Input("points", default="", multiline=True,
+                        tooltip="JSON list of clicks on the subject: [[x, y], ...] or [{\"x\":..,\"y\":..}] from a "
+                                "points editor, in the unit set by coordinates. Each click marks a disc as in the "
+                                "official demo."),
+        io.String.Input("box", default="", tooltip="Optional 'x0, y0, x1, y1' around the subject, in the unit set "
+                                                   "by coordinates."),
+        compat.combo_input("coordinates", list(hints.COORDINATE_UNITS), default="pixels",
+                           tooltip="Unit of points and box: pixels of the input image (x right, y down from the "
+                                   "top-left corner), or fractions of its width and height in [0, 1]."),
+        io.Int.Input("num_points", default=hints.HINT_POINT_COUNT, min=1, max=64,
+                     tooltip="Gaussian points drawn inside the marked area (10 as trained)."),
+        io.Mask.Input("hint_mask", optional=True,
+                      tooltip="Painted area on the subject (white = foreground), e.g. from the mask editor; "
+                              "widened as in the official demo."),
+    ]
+
+
 class E2PMatting(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -164,7 +184,7 @@ class E2PMatting(io.ComfyNode):
             **compat.optional_schema_fields(search_aliases=["matte", "matting", "alpha", "alpha matte",
                                                             "background removal", "remove background", "cut out",
                                                             "cutout", "mask", "rgba", "edit2perceive"]),
-            inputs=[*_prediction_inputs(), *cls._hint_inputs(), *_throughput_inputs(ALPHA_UNCERTAINTY)],
+            inputs=[*_prediction_inputs(), *_hint_inputs(), *_throughput_inputs(ALPHA_UNCERTAINTY)],
             outputs=[
                 io.Mask.Output(display_name="alpha", tooltip="Alpha matte in [0, 1] at the input size."),
                 io.Image.Output(display_name="rgba", tooltip="The image with the matte as its alpha channel (save as "
@@ -176,26 +196,6 @@ class E2PMatting(io.ComfyNode):
                 _uncertainty_output(ALPHA_UNCERTAINTY),
             ],
         )
-
-    @staticmethod
-    def _hint_inputs() -> list:
-        """Where the user marks the subject (the widgets in saved workflows' order, then the optional mask)."""
-        return [
-            io.String.Input("points", default="", multiline=True,
-                            tooltip="JSON list of clicks on the subject: [[x, y], ...] or [{\"x\":..,\"y\":..}] from a "
-                                    "points editor, in the unit set by coordinates. Each click marks a disc as in the "
-                                    "official demo."),
-            io.String.Input("box", default="", tooltip="Optional 'x0, y0, x1, y1' around the subject, in the unit set "
-                                                       "by coordinates."),
-            compat.combo_input("coordinates", list(hints.COORDINATE_UNITS), default="pixels",
-                               tooltip="Unit of points and box: pixels of the input image (x right, y down from the "
-                                       "top-left corner), or fractions of its width and height in [0, 1]."),
-            io.Int.Input("num_points", default=hints.HINT_POINT_COUNT, min=1, max=64,
-                         tooltip="Gaussian points drawn inside the marked area (10 as trained)."),
-            io.Mask.Input("hint_mask", optional=True,
-                          tooltip="Painted area on the subject (white = foreground), e.g. from the mask editor; "
-                                  "widened as in the official demo."),
-        ]
 
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
