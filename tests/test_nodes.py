@@ -85,7 +85,8 @@ def test_nodes_are_v3_nodes_with_tooltips_everywhere(installed):
 
 def test_model_folder_lists_only_safetensors(installed):
     (installed.models_dir / "edit2perceive" / "README.txt").write_text("put weights here")
-    choices = installed.node_info("LoadE2PModel")["input"]["required"]["checkpoint"][1]["options"]
+    spec = installed.node_info("LoadE2PModel")["input"]["required"]["checkpoint"]
+    choices = spec[0] if isinstance(spec[0], list) else spec[1]["options"]   # 0.3.75: the list form, see compat
     assert "tiny_e2p.safetensors" in choices and "README.txt" not in choices
 
 

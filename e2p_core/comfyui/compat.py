@@ -467,11 +467,21 @@ def optional_schema_fields(**fields) -> dict:
 @functools.cache
 def checks_v3_combo_values() -> bool:
     """Whether ``/prompt`` checks a V3 combo's value against its options. ComfyUI gained that check in the change
-    that also made it look declared input types up in a table of dynamic inputs (``io.DYNAMIC_INPUT_LOOKUP``,
-    December 2025), where a list as a type would not work: 0.33.0 has both, 0.3.75 neither."""
-    from comfy_api.latest import io
+    that also made it look declared input types up in a table of dynamic inputs (``DYNAMIC_INPUT_LOOKUP`` in
+    ``comfy_api.latest._io``, December 2025), where a list as a type would fail: 0.33.0 has both, 0.3.75 neither.
+    Only a ComfyUI older than 0.4 without that table counts as not checking, so a later release that moved the
+    table never gets list types."""
+    internals = importlib.import_module("comfy_api.latest._io")
+    return hasattr(internals, "DYNAMIC_INPUT_LOOKUP") or not _older_than((0, 4, 0))
 
-    return hasattr(io, "DYNAMIC_INPUT_LOOKUP")
+
+def _older_than(version: tuple[int, ...]) -> bool:
+    """Whether the running ComfyUI's version is below ``version`` (False when it cannot be read)."""
+    try:
+        running = tuple(int(part) for part in comfyui_version().split(".")[:len(version)])
+    except ValueError:
+        return False
+    return running < version
 
 
 def combo_input(input_id: str, options: list, **settings):
