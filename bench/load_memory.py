@@ -21,10 +21,10 @@ import json
 import math
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_MARKER = "E2P_LOAD_MEMORY_RESULT "
-FILE_DTYPE = torch.bfloat16
-SAFETENSORS_DTYPE_NAMES = {torch.bfloat16: "BF16"}
 
 # Target file size (GB) -> (hidden, double blocks, single blocks) of a FLUX.1 Kontext-shaped transformer of about
 # that size in bf16.
@@ -51,35 +49,8 @@ LORA_RANK = 64                       # the official LoRAs' rank
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Files: written tensor by tensor, so the writer never holds a whole model
+# Files: streamed tensor by tensor (e2p_dev.tiny_models), so the writer never holds a whole model
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], make, metadata: dict[str, str]) -> int:
-    """A safetensors file of bf16 tensors ``make(name, shape)``, produced one at a time; returns its size."""
-    header, offset = {}, 0
-    for name, dims in shapes.items():
-        size = math.prod(dims) * FILE_DTYPE.itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPE_NAMES[FILE_DTYPE], "shape": list(dims),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = metadata
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as stream:
-        stream.write(struct.pack("<Q", len(encoded)))
-        stream.write(encoded)
-        for name, dims in shapes.items():
-            stream.write(make(name, dims).to(FILE_DTYPE).reshape(-1).view(torch.uint8).numpy().data)
-    return path.stat().st_size
-
-
-def random_tensor(generator: torch.Generator):
-    def make(name: str, dims: tuple[int, ...]) -> torch.Tensor:
-        scale = 1.0 / math.sqrt(dims[-1]) if len(dims) == 2 else 0.02
-        return torch.empty(dims, dtype=torch.float32).normal_(0.0, scale, generator=generator)
-    return make
 
 
 def size_shape(size: str) -> DitShape:
@@ -93,24 +64,15 @@ def size_shape(size: str) -> DitShape:
     return DitShape(f"{size} GB", hidden=hidden, depth=depth, single_depth=single_depth)
 
 
-def layout_shapes(shape: DitShape, layout: str) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the transformer in ``layout`` (``meta`` tensors: nothing is allocated)."""
-    from e2p_core import formats
-    from e2p_dev.tiny_models import bfl_tensor_shapes
-
-    bfl = {name: torch.empty(dims, dtype=FILE_DTYPE, device="meta")
-           for name, dims in bfl_tensor_shapes(shape.flux).items()}
-    return {name: tuple(tensor.shape) for name, tensor in formats.from_bfl(bfl, layout).items()}
-
-
 def write_checkpoint(path: Path, shape: DitShape, layout: str, seed: int) -> int:
-    return write_safetensors(path, layout_shapes(shape, layout), random_tensor(torch.Generator().manual_seed(seed)),
-                             {"e2p.task": "depth"})
+    from e2p_dev.tiny_models import write_scaled_checkpoint
+
+    return write_scaled_checkpoint(str(path), shape.flux, layout, seed, {"e2p.task": "depth"})
 
 
 def write_kohya_lora(path: Path, shape: DitShape, task: str, seed: int) -> int:
     """A rank-64 LoRA on every linear layer of the blocks, under the kohya names the official LoRAs use."""
-    from e2p_dev.tiny_models import bfl_tensor_shapes
+    from e2p_dev.tiny_models import bfl_tensor_shapes, normal_chunks, write_streamed_safetensors
 
     shapes = {}
     for name, dims in bfl_tensor_shapes(shape.flux).items():
@@ -119,11 +81,13 @@ def write_kohya_lora(path: Path, shape: DitShape, task: str, seed: int) -> int:
             shapes[f"{module}.lora_down.weight"] = (LORA_RANK, dims[1])
             shapes[f"{module}.lora_up.weight"] = (dims[0], LORA_RANK)
             shapes[f"{module}.alpha"] = ()
-    random = random_tensor(torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
 
-    def make(name, dims):
-        return torch.tensor(float(LORA_RANK)) if name.endswith(".alpha") else random(name, dims) * 0.1
-    return write_safetensors(path, shapes, make, {"e2p.task": task})
+    def chunks(name, dims):
+        if name.endswith(".alpha"):
+            return normal_chunks(dims, float(LORA_RANK), 0.0, generator)
+        return normal_chunks(dims, 0.0, 0.1 / math.sqrt(dims[-1]), generator)
+    return write_streamed_safetensors(str(path), shapes, chunks, {"e2p.task": task})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,16 +117,24 @@ def settled_rss() -> int:
     return memory_sampling.current_rss_bytes()
 
 
-def measure_load(args) -> dict:
-    loader = boot(args.code_root)
-    result = {"rss_after_import": settled_rss(), "file_bytes": args.checkpoint.stat().st_size}
+def measured_load(loader, checkpoint: Path, weight_dtype: str):
+    """(the loaded E2P model, numbers): RSS after import, peak while loading and after, the weights held, seconds."""
+    result = {"rss_after_import": settled_rss(), "file_bytes": checkpoint.stat().st_size}
+    started = time.perf_counter()
     with memory_sampling.RssSampler() as sampler:
-        e2p = loader.load_e2p_checkpoint(str(args.checkpoint), args.weight_dtype)
+        e2p = loader.load_e2p_checkpoint(str(checkpoint), weight_dtype)
+    result["load_s"] = time.perf_counter() - started
     result["rss_peak_load"] = sampler.peak
     result["rss_after_load"] = settled_rss()
-    model = e2p.patcher.model.diffusion_model
-    result["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
-    result["weight_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    parameters = list(e2p.patcher.model.diffusion_model.parameters())
+    result["parameters"] = sum(p.numel() for p in parameters)
+    result["weight_bytes"] = sum(p.numel() * p.element_size() for p in parameters)
+    result["weight_dtype"] = str(parameters[0].dtype).replace("torch.", "")
+    return e2p, result
+
+
+def measure_load(args) -> dict:
+    _, result = measured_load(boot(args.code_root), args.checkpoint, args.weight_dtype)
     result["ru_maxrss"] = memory_sampling.peak_rss_bytes()
     return result
 
@@ -223,12 +195,21 @@ def run_child(mode: str, code_root: Path, checkpoint: Path, weight_dtype: str, l
                "--checkpoint", str(checkpoint), "--weight-dtype", weight_dtype]
     if loras:
         command += ["--loras", *map(str, loras)]
+    return child_result(command, f"the {mode} child ({code_root})")
+
+
+def child_result(command: list[str], what: str) -> dict:
+    """The JSON a child process printed after RESULT_MARKER; its stderr tail in the error when it printed none."""
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
             return json.loads(line[len(RESULT_MARKER):])
-    raise RuntimeError(f"the {mode} child ({code_root}) failed (exit {completed.returncode}):\n"
-                       f"{completed.stderr[-3000:]}")
+    if completed.returncode < 0:
+        how = f"was killed by signal {-completed.returncode}" + \
+            (" (the kernel's out-of-memory killer sends SIGKILL)" if completed.returncode == -9 else "")
+    else:
+        how = f"failed (exit {completed.returncode})"
+    raise RuntimeError(f"{what} {how}:\n{completed.stderr[-3000:]}")
 
 
 def alternating(variants: list[str], repeat: int) -> list[str]:
@@ -407,13 +388,7 @@ def main(argv: list[str] | None = None) -> str:
                    "LoadE2PModel nodes in one workflow), then after one 1-step prediction per task (latent "
                    "16×16, 8 text tokens): on CPU ComfyUI applies a LoRA by computing patched copies of the weights "
                    "it changes, and keeps the model loaded with the last task's patches."]
-    report_text = "\n".join(["", *header, "", *tables])
-    print(report_text, flush=True)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report_text.lstrip("\n") + "\n")
-        print(f"[bench] report written to {args.output}", flush=True)
-    return report_text
+    return report.publish(header, tables, args.output)
 
 
 if __name__ == "__main__":

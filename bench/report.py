@@ -79,6 +79,17 @@ def load_line() -> str:
     return "load average at end (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def publish(header: list[str], tables: list[str], output: Path | None) -> str:
+    """Print the header and tables; also write them as Markdown to ``output`` when given. Returns the text."""
+    report_text = "\n".join(["", *header, "", *tables])
+    print(report_text, flush=True)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(report_text.lstrip("\n") + "\n")
+        print(f"[bench] report written to {output}", flush=True)
+    return report_text
+
+
 def save_json(path: Path | None, payload: dict) -> None:
     if path is None:
         return

@@ -8,6 +8,7 @@ attributes.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 
@@ -209,21 +210,22 @@ def check_file_format(file_format: str) -> str:
 
 
 def check_savable(data: np.ndarray, file_format: str) -> None:
-    """Raise what encoding would raise (shape, emptiness, no finite value, NaN/inf in png16), without encoding, so a
-    saver can refuse a whole batch before it creates any file."""
+    """Raise what encoding would raise (shape, emptiness, NaN/inf in png16), without encoding, so a saver can refuse
+    a whole batch before it creates any file. exr32 takes every float value, NaN and infinities included, even a map
+    that holds nothing else: the file stores exactly what it is given."""
     _as_planar(data)
-    finite_range(data)
     if check_file_format(file_format) == "png16" and not np.all(np.isfinite(np.asarray(data, dtype=np.float64))):
         raise ValueError(PNG16_NON_FINITE)
 
 
 def float_file_metadata(data: np.ndarray, content: str, channels: str, file_format: str) -> dict[str, str]:
-    """What a float file says about itself: content and its meaning, channels, value range and how to decode
-    (for png16 also the range the codes stand for, see :func:`png16_range`)."""
+    """What a float file says about itself: content and its meaning, channels, value range (of the finite values;
+    ``nan`` when an exr32 map has none) and how to decode (for png16 also the range the codes stand for, see
+    :func:`png16_range`)."""
     check_file_format(file_format)
     if content not in CONTENTS:
         raise ValueError(f"unknown content '{content}'; choose one of {', '.join(CONTENTS)}")
-    low, high = finite_range(data)
+    low, high = finite_range(data) if np.isfinite(data).any() else (math.nan, math.nan)
     metadata = {META_CONTENT: content, META_DESCRIPTION: CONTENTS[content], META_CHANNELS: channels,
                 META_VALUE_MIN: repr(low), META_VALUE_MAX: repr(high)}
     if file_format == "png16":

@@ -16,7 +16,7 @@ model converted from any layout holds bit-identical tensors. Torch only: the tra
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import torch
@@ -206,6 +206,13 @@ class BflPlan:
     layout: str
     prefix: str
     ignored_keys: list[str]
+    # BFL name -> the names this layout gives its parts in the file (prefix included), for present and absent ones
+    file_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def file_name(self, bfl_name: str) -> str:
+        """What the file calls a BFL tensor (or would call it, when it lacks it), for messages."""
+        parts = self.file_names.get(bfl_name, (self.prefix + bfl_name,))
+        return parts[0] if len(parts) == 1 else f"{' + '.join(parts)} (joined into {bfl_name})"
 
     def source_groups(self) -> list[tuple[str, ...]]:
         """The checkpoint keys each BFL tensor is built from, in rule order."""
@@ -214,6 +221,10 @@ class BflPlan:
     @staticmethod
     def build(rule: Rule, parts: list[torch.Tensor]) -> torch.Tensor:
         """One BFL tensor from its parts: the part itself, or a new tensor for concatenations and half swaps."""
+        if len({tuple(part.shape[1:]) for part in parts}) > 1:
+            shapes = ", ".join(f"{name} {list(part.shape)}" for name, part in zip(rule.parts, parts))
+            raise UnsupportedCheckpoint(f"the tensors joined into {rule.bfl} do not fit together ({shapes}); the "
+                                        "file is damaged or of another architecture")
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         return _swap_halves(tensor) if rule.swap_halves else tensor
 
@@ -235,6 +246,12 @@ class BflPlan:
 def plan_to_bfl(names: Iterable[str]) -> BflPlan:
     """Any supported layout -> BFL names. Unknown keys are an error; known-unused modules are dropped and listed."""
     original, prefix = strip_prefix({name: name for name in names})     # stripped name -> the file's own name
+    if any(name == "scaled_fp8" or name.endswith((".scale_weight", ".weight_scale")) for name in original):
+        raise UnsupportedCheckpoint(
+            "this is a ComfyUI scaled-fp8 file (such as flux1-dev-kontext_fp8_scaled.safetensors, the FLUX.1 Kontext "
+            "base of ComfyUI's own template): its weights carry scales only ComfyUI's loader applies. In ComfyUI, "
+            "load it with UNETLoader (weight_dtype default) and connect its MODEL to E2P Model from MODEL, with the "
+            "task LoRA chosen there; elsewhere use the bf16 FLUX.1 Kontext base")
     ignored = sorted(k for k in original if k.startswith(UNUSED_MODULE_PREFIXES))
     stripped = {k: v for k, v in original.items() if not k.startswith(UNUSED_MODULE_PREFIXES)}
     layout = detect_layout(stripped)
@@ -243,7 +260,9 @@ def plan_to_bfl(names: Iterable[str]) -> BflPlan:
         return BflPlan(tuple(Rule(k, (original[k],)) for k in stripped), layout, prefix, ignored)
     rules: list[Rule] = []
     used: set[str] = set()
+    file_names: dict[str, tuple[str, ...]] = {}
     for rule in _RULE_BUILDERS[layout](depth, single_depth):
+        file_names[rule.bfl] = tuple(original.get(p, prefix + p) for p in rule.parts)
         present = [p for p in rule.parts if p in stripped]
         if not present:
             continue
@@ -256,7 +275,12 @@ def plan_to_bfl(names: Iterable[str]) -> BflPlan:
     if leftover:
         raise UnsupportedCheckpoint(f"the {layout} checkpoint has {len(leftover)} tensors that are not part of a "
                                     f"FLUX.1 transformer, e.g. {', '.join(leftover[:4])}")
-    return BflPlan(tuple(rules), layout, prefix, ignored)
+    return BflPlan(tuple(rules), layout, prefix, ignored, file_names)
+
+
+def bfl_tensor_names(depth: int, single_depth: int) -> list[str]:
+    """Every tensor of a FLUX.1 transformer with that many double and single blocks, in BFL names."""
+    return [rule.bfl for rule in _diffsynth_rules(depth, single_depth)]
 
 
 def to_bfl(state_dict: dict[str, torch.Tensor]) -> Conversion:
@@ -360,10 +384,103 @@ def infer_shape(bfl_state_dict: dict[str, torch.Tensor]) -> FluxShape:
 LORA_PREFIXES = ("base_model.model.", "pipe.dit.", "dit.")
 
 
-def lora_module_names(lora_state_dict: dict[str, torch.Tensor]) -> set[str]:
-    """The module names a LoRA file adapts (what precedes ``.lora_A``/``.lora_down``/...)."""
-    pattern = re.compile(r"^(.*?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(\.default)?(\.weight)?$")
-    return {m.group(1) for k in lora_state_dict if (m := pattern.match(k))}
+_LORA_TENSOR = re.compile(r"^(.*?)\.(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)(\.default)?(\.weight)?$")
+_DOWN_OF_UP = {"lora_B": "lora_A", "lora_up": "lora_down", "lora.up": "lora.down"}
+
+
+def _shape(tensor_or_shape) -> str:
+    return str(tuple(int(size) for size in getattr(tensor_or_shape, "shape", tensor_or_shape)))
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).replace("torch.", "")
+
+
+@dataclass
+class LoraModule:
+    """One layer a LoRA file adapts (``W += alpha / rank * up @ down``): (file key, tensor) of each part."""
+
+    name: str
+    down: tuple[str, torch.Tensor] | None = None
+    up: tuple[str, torch.Tensor] | None = None
+    alpha: tuple[str, torch.Tensor] | None = None
+    doubled: set[str] = field(default_factory=set)     # keys of a half the file holds twice
+
+    @property
+    def has_half(self) -> bool:
+        return self.up is not None or self.down is not None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down[1].shape[0])
+
+    def defects(self) -> list[str]:
+        """What makes this module unusable on any model, where ComfyUI would fail, skip the layer with only a log
+        line, or patch garbage: a half missing or given twice, halves named in two styles, values that are not
+        floating point, halves that are not two matrices of one rank, an alpha that is not one finite number."""
+        found = []
+        if self.doubled:
+            found.append(f"holds one half twice ({', '.join(sorted(self.doubled))})")
+        if self.up is None or self.down is None:
+            present = ", ".join(key for key, _ in filter(None, (self.down, self.up, self.alpha)))
+            missing = ("lora_up/lora_down" if self.up is None and self.down is None
+                       else "lora_up (lora_B)" if self.up is None else "lora_down (lora_A)")
+            return found + [f"has {present} without its {missing}"]
+        (down_key, down), (up_key, up) = self.down, self.up
+        up_match, down_match = _LORA_TENSOR.match(up_key), _LORA_TENSOR.match(down_key)
+        if _DOWN_OF_UP[up_match.group(2)] != down_match.group(2) or up_match.group(4) != down_match.group(4):
+            found.append(f"pairs {up_key} with {down_key}, names of two different styles")
+        found += [f"{key} holds {_dtype(tensor)} values, not floating point"
+                  for key, tensor in (self.down, self.up) if not tensor.is_floating_point()]
+        if down.dim() != 2 or up.dim() != 2:
+            found.append(f"lora_up is {_shape(up)} and lora_down {_shape(down)}, not two matrices")
+        elif up.shape[1] != down.shape[0]:
+            found.append(f"lora_up {_shape(up)} has rank {up.shape[1]} but lora_down {_shape(down)} rank "
+                         f"{down.shape[0]}")
+        elif down.shape[0] == 0:
+            found.append("has rank 0")
+        if self.alpha is not None:
+            key, alpha = self.alpha
+            if alpha.numel() != 1 or alpha.dtype == torch.bool or alpha.is_complex():
+                found.append(f"{key} is a {_dtype(alpha)} tensor of shape {_shape(alpha)}, not one number")
+            elif not torch.isfinite(alpha.double()).all():
+                found.append(f"{key} is {alpha.item()}")
+        return found
+
+    def target_defect(self, target_shape: tuple[int, ...]) -> str | None:
+        """Why this sound pair cannot patch a weight (or a fused weight's slice) of ``target_shape``; None if it
+        fits."""
+        (_, down), (_, up) = self.down, self.up
+        if len(target_shape) != 2:
+            return f"patches a weight of shape {_shape(target_shape)}, which is not a linear layer's"
+        out_features, in_features = target_shape
+        if up.shape[0] == out_features and down.shape[1] == in_features:
+            return None
+        return (f"lora_up is {_shape(up)} and lora_down {_shape(down)} where its layer's {_shape(target_shape)} "
+                f"weight needs lora_up ({out_features}, {self.rank}) and lora_down ({self.rank}, {in_features})")
+
+
+def lora_modules(lora_state_dict: dict[str, torch.Tensor]) -> dict[str, LoraModule]:
+    """The modules a LoRA file adapts (what precedes ``.lora_A``/``.lora_down``/...) with their halves and alpha.
+    An ``alpha`` whose module has no half is a module too, so that it is reported rather than ignored."""
+    modules: dict[str, LoraModule] = {}
+    alphas = {}
+    for key, tensor in lora_state_dict.items():
+        match = _LORA_TENSOR.match(key)
+        if match is None:
+            if key.endswith(".alpha"):
+                alphas[key[:-len(".alpha")]] = (key, tensor)
+            continue
+        module = modules.setdefault(match.group(1), LoraModule(match.group(1)))
+        half = "up" if match.group(2) in _DOWN_OF_UP else "down"
+        if getattr(module, half) is not None:
+            module.doubled.update((getattr(module, half)[0], key))
+        else:
+            setattr(module, half, (key, tensor))
+    for name, alpha in alphas.items():
+        modules.setdefault(name, LoraModule(name)).alpha = alpha
+    return modules
+
 
 
 def normalize_lora_keys(lora_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

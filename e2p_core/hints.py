@@ -10,13 +10,17 @@ that the official training and evaluation build from an alpha matte. Only torch 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from . import imaging
+from . import imaging, representations
+
+log = logging.getLogger("edit2perceive")
 
 REFERENCE_RESOLUTION = 768            # the official hint sizes are given at 768 x 768
 HINT_POINT_COUNT = 10
@@ -60,23 +64,29 @@ def gaussian_point_map(points_yx: np.ndarray, height: int, width: int, sigma: fl
 
 
 def sample_hint_points(region: np.ndarray, num_points: int = HINT_POINT_COUNT, threshold: float = HINT_THRESHOLD,
-                       seed: int = HINT_SEED) -> np.ndarray:
+                       seed: int = HINT_SEED, keep_small_region: bool = False) -> np.ndarray:
     """Points [N, 2] (y, x) drawn from pixels where ``region > threshold``, as the official sampler does.
 
-    Returns an empty array when the region has fewer than ``num_points`` pixels (the official rule: no hint).
+    A region of fewer than ``num_points`` pixels gives no points (the official rule, which the ground-truth point
+    maps follow), or with ``keep_small_region`` one point on each of its pixels: a user's tiny box or stroke is
+    still a hint, not silently none.
     """
     ys, xs = np.nonzero(np.asarray(region) > threshold)
     if len(ys) < num_points:
+        if keep_small_region:
+            return np.stack([ys, xs], axis=1).astype(np.int64)
         return np.zeros((0, 2), dtype=np.int64)
     chosen = np.random.RandomState(seed).choice(len(ys), size=num_points, replace=False)
     return np.stack([ys[chosen], xs[chosen]], axis=1)
 
 
 def hint_map_from_region(region: np.ndarray, sigma: float, num_points: int = HINT_POINT_COUNT,
-                         threshold: float = HINT_THRESHOLD, seed: int = HINT_SEED) -> np.ndarray:
-    """Region mask [H, W] in [0, 1] -> point map [H, W] in [0, 1] (all zero when the region is too small)."""
+                         threshold: float = HINT_THRESHOLD, seed: int = HINT_SEED,
+                         keep_small_region: bool = False) -> np.ndarray:
+    """Region mask [H, W] in [0, 1] -> point map [H, W] in [0, 1] (see :func:`sample_hint_points` for a region
+    smaller than ``num_points``)."""
     region = np.asarray(region, dtype=np.float32)
-    points = sample_hint_points(region, num_points, threshold, seed)
+    points = sample_hint_points(region, num_points, threshold, seed, keep_small_region)
     return gaussian_point_map(points, region.shape[0], region.shape[1], sigma)
 
 
@@ -120,7 +130,8 @@ def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def box_region(box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
-    """A filled rectangle (x0, y0, x1, y1) in pixels, clipped to the image."""
+    """A filled rectangle between the corners (x0, y0) and (x1, y1), in pixels and in either order, clipped to the
+    image."""
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         raise ValueError(f"box values must be finite numbers, got {box}")
@@ -160,8 +171,9 @@ def build_hint_map(height: int, width: int, clicks_xy: np.ndarray | None = None,
     """User hints at the working resolution -> the point map the model was trained on.
 
     Clicks (integer x, y) become discs as in the official app; ``region`` is any already-marked area (a widened
-    painted mask, a box). Then ``num_points`` Gaussian points are drawn inside the union. With no usable hint the
-    map is all zero, which the official code also feeds (the model then mattes the salient object on its own).
+    painted mask, a box). Then ``num_points`` Gaussian points are drawn inside the union; a union of fewer pixels
+    gets a point on each. With nothing marked the map is all zero, which the official code also feeds (the model
+    then mattes the salient object on its own).
     """
     scale = HintScale(long_side or max(height, width))
     marked = np.zeros((height, width), dtype=np.float32)
@@ -172,7 +184,7 @@ def build_hint_map(height: int, width: int, clicks_xy: np.ndarray | None = None,
         if region.shape != (height, width):
             raise ValueError(f"hint region is {region.shape[1]}x{region.shape[0]} but the image is {width}x{height}")
         marked = np.maximum(marked, region)
-    return hint_map_from_region(marked, scale.sigma, num_points=num_points, seed=seed)
+    return hint_map_from_region(marked, scale.sigma, num_points=num_points, seed=seed, keep_small_region=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,16 +202,18 @@ def _check_fractions(values: np.ndarray, what: str) -> None:
                          "image size, or set coordinates to 'pixels'")
 
 
-def parse_points(text: str, width: int, height: int, coordinates: str = "pixels") -> np.ndarray:
-    """Parse a JSON list of points into integer pixel (x, y) coordinates.
+def _in_unit_square(values: np.ndarray | None) -> bool:
+    return values is not None and values.size > 0 and values.min() >= 0.0 and values.max() <= 1.0
 
-    Accepted: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` (the KJNodes points editor) or ``{"points": [...]}``,
-    in pixels of the input image or, with ``coordinates="fractions"``, fractions of its width and height.
+
+def read_points(text: str) -> np.ndarray:
+    """A JSON list of points -> float (x, y) [N, 2] as written, in no unit yet.
+
+    Accepted: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` (the KJNodes points editor) or ``{"points": [...]}``.
     """
-    _check_units(coordinates)
     text = (text or "").strip()
     if not text:
-        return np.zeros((0, 2), dtype=np.int64)
+        return np.zeros((0, 2), dtype=np.float64)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -224,11 +238,17 @@ def parse_points(text: str, width: int, height: int, coordinates: str = "pixels"
         raise ValueError("point coordinates must be numbers")
     if not np.all(np.isfinite(array)):
         raise ValueError("point coordinates must be finite numbers (not NaN or infinity)")
+    return array
+
+
+def points_to_pixels(points: np.ndarray, width: int, height: int, coordinates: str = "pixels") -> np.ndarray:
+    """Points from :func:`read_points` in ``coordinates`` -> integer pixel (x, y) of the input image."""
+    _check_units(coordinates)
     if coordinates == "fractions":
-        _check_fractions(array, "points")
+        _check_fractions(points, "points")
         size = np.array([width, height], dtype=np.float64)
-        return np.minimum(np.floor(array * size), size - 1).astype(np.int64)
-    pixels = np.floor(array)
+        return np.minimum(np.floor(points * size), size - 1).astype(np.int64)
+    pixels = np.floor(points)
     outside = (pixels[:, 0] < 0) | (pixels[:, 0] >= width) | (pixels[:, 1] < 0) | (pixels[:, 1] >= height)
     if outside.any():
         bad = pixels[outside][0]
@@ -237,10 +257,14 @@ def parse_points(text: str, width: int, height: int, coordinates: str = "pixels"
     return pixels.astype(np.int64)
 
 
-def parse_box(text: str, width: int, height: int, coordinates: str = "pixels"):
-    """'x0, y0, x1, y1' -> (x0, y0, x1, y1) in pixels of the input image, or None for an empty text. The box must
-    overlap the image; the part outside it is ignored."""
-    _check_units(coordinates)
+def parse_points(text: str, width: int, height: int, coordinates: str = "pixels") -> np.ndarray:
+    """Parse a JSON list of points (see :func:`read_points`) into integer pixel (x, y) coordinates, from pixels of
+    the input image or, with ``coordinates="fractions"``, fractions of its width and height."""
+    return points_to_pixels(read_points(text), width, height, coordinates)
+
+
+def read_box(text: str) -> np.ndarray | None:
+    """'x0, y0, x1, y1' -> four finite floats as written (no unit yet), or None for an empty text."""
     text = (text or "").strip()
     if not text:
         return None
@@ -252,12 +276,28 @@ def parse_box(text: str, width: int, height: int, coordinates: str = "pixels"):
         raise ValueError(f"box must be four numbers 'x0, y0, x1, y1', got {len(values)}")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"box values must be finite numbers (not NaN or infinity), got '{text[:80]}'")
+    return values
+
+
+def box_to_pixels(values: np.ndarray, width: int, height: int,
+                  coordinates: str = "pixels") -> tuple[float, float, float, float]:
+    """A box from :func:`read_box` in ``coordinates`` -> (x0, y0, x1, y1) in pixels of the input image. The two
+    corners may come in either order; the box must overlap the image, and the part outside it is ignored."""
+    _check_units(coordinates)
     if coordinates == "fractions":
         _check_fractions(values, "box")
         values = values * np.array([width, height, width, height], dtype=np.float64)
     box = tuple(float(v) for v in values)
     box_region(box, height, width)
     return box
+
+
+def parse_box(text: str, width: int, height: int, coordinates: str = "pixels"):
+    """'x0, y0, x1, y1' -> (x0, y0, x1, y1) in pixels of the input image, or None for an empty text (see
+    :func:`box_to_pixels`)."""
+    _check_units(coordinates)
+    values = read_box(text)
+    return None if values is None else box_to_pixels(values, width, height, coordinates)
 
 
 @dataclass(frozen=True)
@@ -268,27 +308,106 @@ class MattingHints:
     mask: np.ndarray | None = None               # [H, W] painted/selected area, > 0 = foreground
     box: tuple[float, float, float, float] | None = None   # (x0, y0, x1, y1) pixels
 
+    @property
+    def painted(self) -> bool:
+        return self.mask is not None and bool(np.any(np.asarray(self.mask) > 0))
+
+    @property
+    def marks_anything(self) -> bool:
+        return (self.clicks_xy is not None and len(self.clicks_xy) > 0) or self.box is not None or self.painted
+
+
+class UserHints(NamedTuple):
+    """The matting node's hints: one MattingHints per image, and the warnings the user is to see (each also
+    logged when it is found)."""
+
+    per_image: list[MattingHints]
+    warnings: tuple[str, ...] = ()
+
+    def report(self) -> str:
+        """The text the node shows under itself: the warnings, then which hints the model gets."""
+        first = self.per_image[0] if self.per_image else MattingHints()
+        parts = []
+        if first.clicks_xy is not None and len(first.clicks_xy):
+            parts.append(f"{len(first.clicks_xy)} click{'s' if len(first.clicks_xy) > 1 else ''}")
+        if first.box is not None:
+            parts.append("a box")
+        if any(item.painted for item in self.per_image):
+            parts.append("a painted mask")
+        status = f"Hints: {', '.join(parts)}." if parts else "No hints: the model mattes the salient object."
+        return "\n".join([*(f"Warning: {warning}" for warning in self.warnings), status])
+
+
+def _mask_at_image_size(mask: torch.Tensor, height: int, width: int, warnings: list[str]) -> torch.Tensor:
+    """Masks [N, h, w] -> [N, height, width]: scaled (with a warning) when only the size differs, refused when
+    the aspect ratio does, since stretching would move the painted area off the subject. Unpainted masks have no
+    size to match (Load Image gives a 64x64 one for an image without alpha)."""
+    mask_height, mask_width = mask.shape[-2:]
+    if (mask_height, mask_width) == (height, width):
+        return mask
+    if not bool((mask > 0).any()):
+        return mask.new_zeros(mask.shape[0], height, width)
+    # The image scaled by any factor, each side rounded (or cut) to whole pixels, is at most one pixel per side off
+    # its exact aspect ratio: |w_m * h - h_m * w| <= h + w, with (h, w) the larger of the two sizes.
+    if abs(mask_width * height - mask_height * width) > max(height + width, mask_height + mask_width):
+        raise ValueError(f"hint_mask is {mask_width}x{mask_height} but the image is {width}x{height}, another "
+                         "aspect ratio: stretching it would move the painted area off the subject. Paint the mask on "
+                         "this image (the mask editor of the Load Image that gives it), or crop and scale the mask "
+                         "exactly as the image was")
+    warnings.append(f"hint_mask is {mask_width}x{mask_height} but the image is {width}x{height}; it was scaled to "
+                    "the image (same aspect ratio). Connect a mask of the image's size to be sure it lines up")
+    # Shrinking by area keeps every painted pixel above 0 (painted), where nearest could skip a thin stroke.
+    mode = "area" if mask_height * mask_width > height * width else "nearest-exact"
+    return torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width), mode=mode)[:, 0]
+
+
+def _pixel_unit_warnings(points: np.ndarray, box: np.ndarray | None) -> list[str]:
+    """Points or a box given in pixels that all lie in [0, 1] are valid pixels at the top-left corner, but far more
+    likely fractions of the image typed with the wrong unit."""
+    warnings = []
+    if _in_unit_square(points):
+        subject = f"all {len(points)} points lie" if len(points) > 1 else "the point lies"
+        warnings.append(f"{subject} in [0, 1] but coordinates is 'pixels', so the image's top-left pixels are "
+                        "marked; for fractions of the image size set coordinates to 'fractions'")
+    if _in_unit_square(box):
+        warnings.append("the box lies in [0, 1] but coordinates is 'pixels', so it marks only the image's top-left "
+                        "pixel; for fractions of the image size set coordinates to 'fractions'")
+    return warnings
+
 
 def matting_hints(images: torch.Tensor, points: str = "", box: str = "", coordinates: str = "pixels",
-                  hint_mask: torch.Tensor | None = None) -> list[MattingHints]:
-    """One MattingHints per image from the matting node's inputs (points JSON, box text, painted MASK); points and
-    box are in ``coordinates`` (pixels or fractions of the input size); a single mask is shared by every image."""
+                  hint_mask: torch.Tensor | None = None) -> UserHints:
+    """The matting node's inputs (points JSON, box text, painted MASK) -> one MattingHints per image and the
+    warnings to show. Points and box are in ``coordinates`` (pixels or fractions of the input size); a single mask
+    is shared by every image. A hint that would reach the model as no hint at all is refused."""
     batch, height, width = images.shape[0], images.shape[1], images.shape[2]
-    clicks = parse_points(points, width, height, coordinates)
-    box_pixels = parse_box(box, width, height, coordinates)
+    _check_units(coordinates)
+    raw_points, raw_box = read_points(points), read_box(box)
+    clicks = points_to_pixels(raw_points, width, height, coordinates)
+    box_pixels = None if raw_box is None else box_to_pixels(raw_box, width, height, coordinates)
+    warnings = _pixel_unit_warnings(raw_points, raw_box) if coordinates == "pixels" else []
     masks = [None] * batch
     if hint_mask is not None:
+        representations.require_finite_map(hint_mask, "hint_mask")
         mask = hint_mask if hint_mask.dim() == 3 else hint_mask[None]
         if mask.shape[0] not in (1, batch):
             raise ValueError(f"hint_mask has {mask.shape[0]} masks for {batch} images; give one, or one per image")
-        if mask.shape[-2:] != (height, width):
-            mask = torch.nn.functional.interpolate(mask[:, None].float(), size=(height, width),
-                                                   mode="nearest-exact")[:, 0]
+        mask = _mask_at_image_size(mask, height, width, warnings)
         masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
-        if not len(clicks) and box_pixels is None and not any(np.any(m > 0) for m in masks):
-            raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the subject "
-                             "in the mask editor, add points, or disconnect hint_mask to matte the salient object")
-    return [MattingHints(clicks if len(clicks) else None, masks[i], box_pixels) for i in range(batch)]
+        unpainted = [i + 1 for i, item in enumerate(masks) if not np.any(item > 0)]
+        if not len(clicks) and box_pixels is None and unpainted:
+            if len(unpainted) == batch:
+                raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the "
+                                 "subject in the mask editor, add points, or disconnect hint_mask to matte the "
+                                 "salient object")
+            raise ValueError(f"hint_mask is empty (nothing painted) for image{'s' if len(unpainted) > 1 else ''} "
+                             f"{', '.join(map(str, unpainted[:10]))}{' ...' if len(unpainted) > 10 else ''} of "
+                             f"{batch} and there are no points or box, so those would get no hint: paint the "
+                             "subject in every mask, or add points or a box for all images")
+    for warning in warnings:
+        log.warning("E2P Matting: %s", warning)
+    return UserHints([MattingHints(clicks if len(clicks) else None, masks[i], box_pixels) for i in range(batch)],
+                     tuple(warnings))
 
 
 def input_to_canvas_coords(points_xy, canvas: imaging.Canvas) -> np.ndarray:
@@ -302,10 +421,11 @@ def input_to_canvas_coords(points_xy, canvas: imaging.Canvas) -> np.ndarray:
 def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: int,
                        seed: int = HINT_SEED) -> np.ndarray:
     """The hint point map at the padded canvas size (zeros in the padding), following the official app:
-    a painted mask is widened at its own resolution and resized as Pillow NEAREST does; clicks and box are rescaled."""
+    a painted mask is widened at its own resolution and resized as Pillow NEAREST does; clicks and box are rescaled.
+    Hints that mark no pixel at the working size are refused rather than fed as no hint."""
     height, width = canvas.content_height, canvas.content_width
     region = np.zeros((height, width), dtype=np.float32)
-    if hints.mask is not None and np.any(np.asarray(hints.mask) > 0):
+    if hints.painted:
         widened = dilate_mask(hints.mask, HINT_BRUSH_DILATION)
         resized = imaging.nearest_resize(torch.from_numpy(widened), height, width).numpy()
         region = np.maximum(region, resized)
@@ -318,6 +438,10 @@ def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: 
         clicks = input_to_canvas_coords(hints.clicks_xy, canvas)
     content = build_hint_map(height, width, clicks_xy=clicks, region=region, long_side=canvas.long_side,
                              num_points=num_points, seed=seed)
+    if hints.marks_anything and not content.any():
+        raise ValueError(f"the hints mark no pixel at the {width}x{height} working size: the painted area is too "
+                         "small to survive scaling the mask down to it. Paint a larger area, raise "
+                         "processing_resolution, or add points or a box")
     padded = np.zeros((canvas.padded_height, canvas.padded_width), dtype=np.float32)
     padded[:height, :width] = content
     return padded

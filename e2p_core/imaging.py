@@ -112,7 +112,9 @@ def nearest_resize(bchw: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return bchw.index_select(-2, rows).index_select(-1, columns)
 
 
-def _resize(bchw: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+def resize(bchw: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, height, width]: ``nearest`` as Pillow picks, else bilinear (antialiased when
+    shrinking)."""
     if bchw.shape[-2:] == (height, width):
         return bchw
     if mode == "nearest":
@@ -122,7 +124,7 @@ def _resize(bchw: torch.Tensor, height: int, width: int, mode: str) -> torch.Ten
 
 def to_canvas(images: torch.Tensor, canvas: Canvas, pad_mode: str = "replicate") -> torch.Tensor:
     """[B, H, W, C] at input size -> [B, padded H, padded W, C]."""
-    bchw = _resize(images.movedim(-1, 1).float(), canvas.content_height, canvas.content_width, "bilinear")
+    bchw = resize(images.movedim(-1, 1).float(), canvas.content_height, canvas.content_width, "bilinear")
     pad_h = canvas.padded_height - canvas.content_height
     pad_w = canvas.padded_width - canvas.content_width
     if pad_h or pad_w:
@@ -137,5 +139,5 @@ def from_canvas(prediction: torch.Tensor, canvas: Canvas) -> torch.Tensor:
     """[B, padded H, padded W, C] -> [B, H, W, C] at input size (bilinear, or nearest in reference mode)."""
     cropped = prediction[:, :canvas.content_height, :canvas.content_width, :]
     mode = "nearest" if canvas.mode == "reference" else "bilinear"
-    return _resize(cropped.movedim(-1, 1), canvas.height, canvas.width, mode).movedim(1, -1)
+    return resize(cropped.movedim(-1, 1), canvas.height, canvas.width, mode).movedim(1, -1)
 

@@ -1,4 +1,4 @@
-"""Depth (+ image, + normals) to a textured triangle mesh and a point cloud, written as GLB and PLY.
+"""Depth (+ image, + normals) to a textured triangle mesh and a point cloud, encoded as GLB and PLY.
 
 The geometry is a pinhole back-projection of a depth map: pixel centre (c + 0.5, r + 0.5) at planar depth z lies
 at ``z * ((c + 0.5 - W / 2) / f, (r + 0.5 - H / 2) / f, 1)`` in OpenCV camera space, with the focal length f from
@@ -11,7 +11,7 @@ quad is dropped when one of its triangles is seen more obliquely than ``max_view
 on every full-resolution pixel quad, before any stride is applied, so a coarse mesh cuts the same edges as a fine
 one.
 
-Only numpy, torch and Pillow (all shipped with ComfyUI) are used: the writers encode GLB and PLY themselves.
+Only numpy, torch and Pillow (all shipped with ComfyUI) are used: GLB and PLY are encoded here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from . import representations
-from .files import atomic_write
 
 DEPTH_KINDS = ("sqrt_depth", "metric_depth", "relative_depth")
 MIN_FOV_DEGREES = 1.0
@@ -357,17 +356,3 @@ def ply_bytes(mesh: DepthMesh, comment: str = "") -> bytes:
     rows = np.empty(len(mesh.vertices), dtype=record)
     rows["position"], rows["normal"], rows["color"] = mesh.vertices, mesh.normals, mesh.colors
     return ("\n".join(lines) + "\n").encode("ascii") + rows.tobytes()
-
-
-def write_glb(path: str, mesh: DepthMesh, extras: dict | None = None) -> None:
-    data = glb_bytes(mesh, extras)
-    with atomic_write(path, suffix=".glb") as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-
-
-def write_ply(path: str, mesh: DepthMesh, comment: str = "") -> None:
-    data = ply_bytes(mesh, comment)
-    with atomic_write(path, suffix=".ply") as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(data)

@@ -18,11 +18,21 @@ CHECKPOINT_FOLDERS = (PACK_FOLDER, "diffusion_models")
 LORA_FOLDERS = (PACK_FOLDER, "loras")
 
 HF = "https://huggingface.co"
+# Repositories that answer a download without a login and licence click with HTTP 401 (the frontend's "download
+# missing models" then fails): never a source here.
+GATED_REPOSITORIES = ("black-forest-labs/",)
+# Every source is a public repository. Where ComfyUI's own workflow templates use a file, it comes from the same
+# repository under the same name, so a user who has run that template already has it.
 E2P_SOURCE = f"{HF}/Seq2Tri/Edit2Perceive"
-KONTEXT_SOURCE = f"{HF}/black-forest-labs/FLUX.1-Kontext-dev"
+KONTEXT_SOURCE = f"{HF}/Comfy-Org/flux1-kontext-dev_ComfyUI"            # core's FLUX.1 Kontext [dev] template
+VAE_SOURCE = f"{HF}/Comfy-Org/Lumina_Image_2.0_Repackaged"             # the FLUX ae.safetensors core's templates use
 TEXT_ENCODER_SOURCE = f"{HF}/comfyanonymous/flux_text_encoders"
+FLUX_DEV_SOURCE = f"{HF}/Comfy-Org/flux1-dev"                          # core's FLUX.1 Depth [dev] LoRA template
 SD15_SOURCE = f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive"
 CONTROLNET_SOURCE = f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors"
+
+# The FLUX.1 Kontext [dev] base the task LoRAs are applied to (scaled fp8: load it with UNETLoader).
+KONTEXT_BASE = "flux1-dev-kontext_fp8_scaled.safetensors"
 
 
 @dataclass(frozen=True)
@@ -32,24 +42,28 @@ class ModelFile:
     name: str
     folder: str
     source: str
+    repository_folder: str = ""     # where the file lies inside its repository ("" for the top level)
 
     @property
     def url(self) -> str:
         """Direct download link (Hugging Face's resolve URL of the file on the main branch)."""
-        return f"{self.source}/resolve/main/{self.name}"
+        path = f"{self.repository_folder}/{self.name}" if self.repository_folder else self.name
+        return f"{self.source}/resolve/main/{path}"
 
 
-def _files(folder: str, source: str, *names: str) -> dict[str, ModelFile]:
-    return {name: ModelFile(name, folder, source) for name in names}
+def _files(folder: str, source: str, *names: str, repository_folder: str = "") -> dict[str, ModelFile]:
+    return {name: ModelFile(name, folder, source, repository_folder) for name in names}
 
 
 MODEL_FILES: dict[str, ModelFile] = {
     **_files(PACK_FOLDER, E2P_SOURCE, "depth.safetensors", "normal.safetensors", "matting.safetensors",
              "depth_lora.safetensors", "normal_lora.safetensors", "matting_lora.safetensors"),
-    **_files("diffusion_models", KONTEXT_SOURCE, "flux1-kontext-dev.safetensors"),
-    **_files("vae", KONTEXT_SOURCE, "ae.safetensors"),
+    **_files("diffusion_models", KONTEXT_SOURCE, KONTEXT_BASE, repository_folder="split_files/diffusion_models"),
+    **_files("vae", VAE_SOURCE, "ae.safetensors", repository_folder="split_files/vae"),
     **_files("text_encoders", TEXT_ENCODER_SOURCE, "clip_l.safetensors", "t5xxl_fp16.safetensors",
              "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"),
+    **_files("diffusion_models", FLUX_DEV_SOURCE, "flux1-dev-fp8.safetensors"),
+    **_files("loras", FLUX_DEV_SOURCE, "flux1-depth-dev-lora.safetensors", repository_folder="split_files/loras"),
     **_files("checkpoints", SD15_SOURCE, "v1-5-pruned-emaonly-fp16.safetensors"),
     **_files("controlnet", CONTROLNET_SOURCE, "control_v11f1p_sd15_depth_fp16.safetensors",
              "control_v11p_sd15_normalbae_fp16.safetensors"),

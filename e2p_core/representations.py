@@ -21,6 +21,32 @@ import math
 import torch
 
 # ---------------------------------------------------------------------------------------------------------------
+# Maps between nodes
+# ---------------------------------------------------------------------------------------------------------------
+
+def require_finite_map(values: torch.Tensor | None, input_name: str) -> None:
+    """Refuse a map (IMAGE [B, H, W, C] or MASK [B, H, W]) that holds NaN or infinite values; an optional input
+    left unconnected (None) passes.
+
+    Decoding clamps to [0, 1], which keeps NaN as NaN and turns infinity into a plausible far or near end, so
+    such a map would come out as a wrong result that looks like a success. An IMAGE pixel counts once however
+    many of its channels are bad."""
+    if values is None:
+        return
+    bad = ~torch.isfinite(values)
+    if not bad.any():
+        return
+    nan, infinite = torch.isnan(values), torch.isinf(values)
+    if values.dim() == 4:
+        bad, nan, infinite = bad.any(dim=-1), nan.any(dim=-1), infinite.any(dim=-1)
+    raise ValueError(f"{input_name} has {int(bad.sum())} NaN or infinite pixels of {bad.numel()} ({int(nan.sum())} "
+                     f"NaN, {int(infinite.sum())} infinite). E2P Depth, E2P Normal and SqrtDecode never output "
+                     "such values; they come from a node upstream (a division by zero or the log of 0 in an image "
+                     f"math node, an EXR loaded with holes). Fix that node, or fill or clamp the values before "
+                     f"connecting {input_name} here")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Depth
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -73,6 +99,13 @@ def decode_depth(decoded_rgb: torch.Tensor, channel_axis: int = -1) -> torch.Ten
     return ((torch.clamp(decoded_rgb, -1.0, 1.0) + 1.0) / 2.0).mean(dim=channel_axis)
 
 
+def sqrt_affine_to_metric(sqrt_depth: torch.Tensor, scale, shift) -> torch.Tensor:
+    """Sqrt-space depth -> metres when ``sqrt(depth) = shift + scale * y`` (``scale``, ``shift``: numbers or tensors
+    that broadcast). A negative root has no depth in front of the camera: it gives 0, not its square."""
+    root = (shift + sqrt_depth * scale).clamp(min=0.0)
+    return root * root
+
+
 def sqrt_depth_to_metric(sqrt_depth: torch.Tensor, near: float, far: float) -> torch.Tensor:
     """Sqrt-space depth in [0, 1] -> metres, given the scene's near and far distance.
 
@@ -80,8 +113,7 @@ def sqrt_depth_to_metric(sqrt_depth: torch.Tensor, near: float, far: float) -> t
     """
     if not (near >= 0.0 and far > near):
         raise ValueError(f"need 0 <= near < far, got near={near}, far={far}")
-    root = math.sqrt(near) + sqrt_depth * (math.sqrt(far) - math.sqrt(near))
-    return root * root
+    return sqrt_affine_to_metric(sqrt_depth, math.sqrt(far) - math.sqrt(near), math.sqrt(near))
 
 
 def metric_to_sqrt_depth(depth: torch.Tensor, near: float, far: float) -> torch.Tensor:

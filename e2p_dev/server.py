@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ SERVER_STARTUP_TIMEOUT_S = 120.0
 SERVER_STOP_GRACE_S = 10.0
 HTTP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.2
+PROGRESS_TEXT_EVENT = 3      # ComfyUI's BinaryEventTypes.TEXT: text shown under a node
 # Environment for servers that must not reach the internet (tests, the workflow build).
 OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
 
@@ -70,6 +72,15 @@ class HttpReply:
 
     def json(self) -> Any:
         return json.loads(self.content)
+
+
+def parse_progress_text(message: bytes) -> tuple[str | None, str]:
+    """A binary websocket message -> (node id, text) when it is a progress text (event 3: node id length, node id,
+    UTF-8 text), else (None, "")."""
+    if len(message) < 8 or struct.unpack(">I", message[:4])[0] != PROGRESS_TEXT_EVENT:
+        return None, ""
+    (length,) = struct.unpack(">I", message[4:8])
+    return message[8:8 + length].decode(), message[8 + length:].decode()
 
 
 def free_local_port() -> int:
@@ -349,20 +360,63 @@ class ComfyServer:
             time.sleep(POLL_INTERVAL_S)
         raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f}s.\n{self.log_tail()}")
 
+    def queue_prompt(self, api_prompt: dict) -> str:
+        """POST /prompt and return the prompt id; raises PromptRefused with ComfyUI's validation errors."""
+        status_code, reply = self.post_prompt(api_prompt)
+        if status_code != 200:
+            raise PromptRefused("ComfyUI refused the prompt:\n" + describe_refusal(reply), reply)
+        return reply["prompt_id"]
+
+    def _succeeded(self, entry: dict) -> dict:
+        status = entry.get("status") or {}
+        if status.get("status_str") != "success":
+            raise PromptFailed(f"the prompt failed:\n{describe_failure(status)}\n{self.log_tail()}", entry)
+        return entry
+
     def run_prompt(self, api_prompt: dict, timeout: float = 120.0,
                    report_progress: Callable[[float], None] | None = None) -> dict:
         """Queues a prompt, waits for it and returns its history entry.
 
         Raises PromptRefused (with ComfyUI's validation errors) or PromptFailed (with the failing node).
         """
-        status_code, reply = self.post_prompt(api_prompt)
-        if status_code != 200:
-            raise PromptRefused("ComfyUI refused the prompt:\n" + describe_refusal(reply), reply)
-        entry = self.wait_for(reply["prompt_id"], timeout, report_progress)
-        status = entry.get("status") or {}
-        if status.get("status_str") != "success":
-            raise PromptFailed(f"the prompt failed:\n{describe_failure(status)}\n{self.log_tail()}", entry)
-        return entry
+        return self._succeeded(self.wait_for(self.queue_prompt(api_prompt), timeout, report_progress))
+
+    def run_prompt_with_node_texts(self, api_prompt: dict,
+                                   timeout: float = 120.0) -> tuple[dict, dict[str, list[str]]]:
+        """:meth:`run_prompt`, also returning the texts ComfyUI showed under nodes while the prompt ran: node id ->
+        texts in the order sent. They are the progress-text messages the server's websocket sends the queueing
+        client, which the frontend draws inside the node. Needs aiohttp, which ComfyUI's own server runs on."""
+        import asyncio
+
+        import aiohttp
+
+        async def follow() -> tuple[str, dict[str, list[str]]]:
+            texts: dict[str, list[str]] = {}
+            async with aiohttp.ClientSession(trust_env=False) as session:
+                async with session.ws_connect(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}") as socket:
+                    prompt_id = await asyncio.to_thread(self.queue_prompt, api_prompt)
+                    deadline = time.monotonic() + timeout
+                    while True:
+                        message = await socket.receive(timeout=max(deadline - time.monotonic(), 0.001))
+                        if message.type == aiohttp.WSMsgType.BINARY:
+                            node, text = parse_progress_text(message.data)
+                            if node is not None:
+                                texts.setdefault(node, []).append(text)
+                        elif message.type == aiohttp.WSMsgType.TEXT:
+                            event = json.loads(message.data)
+                            data = event.get("data") or {}
+                            # ComfyUI announces "executing" with no node once a prompt is over, failed or not.
+                            if event.get("type") == "executing" and data.get("node") is None \
+                                    and data.get("prompt_id") == prompt_id:
+                                return prompt_id, texts
+                        else:
+                            raise ServerError(f"the websocket closed while prompt {prompt_id} ran.\n{self.log_tail()}")
+
+        try:
+            prompt_id, texts = asyncio.run(follow())
+        except asyncio.TimeoutError:
+            raise ServerError(f"a prompt did not finish within {timeout:.0f}s.\n{self.log_tail()}") from None
+        return self._succeeded(self.wait_for(prompt_id, timeout)), texts
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         status, content = self._post("/interrupt", {"prompt_id": prompt_id} if prompt_id else {})

@@ -5,11 +5,22 @@ all of them from tensor names and shapes, so each file here is built from ComfyU
 written in the real single-file layout: the UNet is cut down to one level (still 320 channels and a 768-wide
 cross attention, which is what makes ComfyUI call it SD1.5); CLIP-L and the VAE have their fixed real
 architectures with random values, stored in fp16 to keep the files small.
+
+The FLUX.1 [dev] workflow loads the FLUX text encoders (clip_l + t5xxl) with DualCLIPLoader. ComfyUI builds T5-XXL
+(4.7B parameters) from a fixed config, which its ``model_options["t5xxl_model_config"]`` entry overrides: the T5
+stand-in is built with the small config below, and the workflow server hands ComfyUI the same override
+(e2p_dev.workflows.environment), so it loads through the real DualCLIPLoader. CLIP-L is the SD1.5 one.
 """
 
 from __future__ import annotations
 
 import torch
+
+from e2p_dev.tiny_models import CONTEXT_DIM
+
+# Override of ComfyUI's t5xxl config: one layer, the tiny FLUX's text width; the vocabulary stays (the real
+# tokenizer produces its ids).
+T5XXL_STAND_IN_CONFIG = {"num_layers": 1, "d_model": CONTEXT_DIM, "d_ff": 64, "num_heads": 2, "d_kv": 32}
 
 # The smallest UNet ComfyUI still detects as SD1.5 (supported_models.SD15 pins these two numbers).
 SD15_UNET_CONFIG = {
@@ -58,6 +69,18 @@ def clip_l_state_dict(seed: int = 12) -> dict[str, torch.Tensor]:
     values = {k: v for k, v in values.items() if k.startswith("transformer.")}
     values["transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     return values
+
+
+def flux_text_encoder_state_dicts(seed: int = 14) -> dict[str, dict[str, torch.Tensor]]:
+    """clip_l.safetensors and t5xxl_fp16.safetensors stand-ins in their released layouts (``text_model.*``;
+    ``encoder.*`` + ``shared.weight``), fp16; T5 sized by T5XXL_STAND_IN_CONFIG."""
+    import comfy.text_encoders.sd3_clip
+
+    with torch.device("meta"):
+        t5 = comfy.text_encoders.sd3_clip.T5XXLModel(device="meta", model_options={
+            "t5xxl_model_config": dict(T5XXL_STAND_IN_CONFIG)})
+    clip = {k[len("transformer."):]: v for k, v in clip_l_state_dict(seed).items()}
+    return {"clip_l.safetensors": _half(clip), "t5xxl_fp16.safetensors": _half(_randomized(t5.transformer, seed + 1))}
 
 
 def sd_vae_state_dict(seed: int = 13) -> dict[str, torch.Tensor]:

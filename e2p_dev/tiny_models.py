@@ -4,8 +4,10 @@
   depth (head size stays 128, as FLUX RoPE needs). Two initialisations fill it: :func:`bfl_state_dict`, the tests'
   tiny seeded model (one set of weights written as every format a user can have, so loading them all must give
   the same prediction), and :func:`scaled_bfl_state_dict`, N(0, 1/fan_in) weights whose activations stay finite
-  through all 57 blocks of the full 12B shape, for the benchmarks (on a device, in any dtype).
-- LoRAs in the official (kohya), trainer (DiffSynth/peft) and diffusers namings; the FLUX VAE; conditioning.
+  through all 57 blocks of the full 12B shape, for the benchmarks (on a device, in any dtype), or streamed to a
+  file of any layout chunk by chunk (:func:`write_scaled_checkpoint`: the 12B model without holding it).
+- LoRAs in the official (kohya), trainer (DiffSynth/peft) and diffusers namings, and the FLUX.1 Depth [dev] LoRA
+  layout; the FLUX VAE; conditioning.
 - diffusers stand-ins for the trainer tests and the learning check (diffusers is imported inside them only).
 
 Module-level imports are the standard library, torch, numpy and safetensors (the device suite runs on a bare
@@ -15,13 +17,17 @@ machine); ComfyUI is imported only by :func:`flux_vae_state_dict` and :func:`cac
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
 
 import torch
 from safetensors.torch import save_file
 
 from e2p_core import formats
+from e2p_core.files import atomic_write
 
 # float32 rounding differs with the BLAS kernel and thread count, so predictions are compared relative to their
 # scale (tiny-model latents reach ~60): largest absolute difference / largest expected magnitude.
@@ -134,24 +140,31 @@ def bfl_state_dict(depth: int = 1, single_depth: int = 1, seed: int = 0, guidanc
 SMALL_GAIN_LAYERS = ("_mod.lin.weight", "modulation.lin.weight", "adaLN_modulation.1.weight")
 
 
+def scaled_init(bfl_name: str, dims: tuple[int, ...]) -> tuple[float, float]:
+    """(mean, spread) of one BFL tensor in the benchmarks' initialisation: weights N(0, 1/fan_in) (modulation
+    layers x 0.1), biases zero, norm scales one. Activations stay finite through every block of the full shape
+    (inf/NaN or denormals would change the speed a benchmark measures)."""
+    if bfl_name.endswith(".bias"):
+        return 0.0, 0.0
+    if bfl_name.endswith(".scale"):
+        return 1.0, 0.0
+    gain = 0.1 if bfl_name.endswith(SMALL_GAIN_LAYERS) else 1.0
+    return 0.0, gain / dims[1] ** 0.5
+
+
 def scaled_bfl_state_dict(shape: FluxShape, seed: int, dtype: torch.dtype = torch.bfloat16,
                           device: str = "cpu") -> dict[str, torch.Tensor]:
-    """BFL-named random weights of any size, drawn on ``device`` and returned on the CPU in ``dtype``.
-
-    Weights N(0, 1/fan_in) (modulation layers x 0.1), biases zero, norm scales one: activations stay finite
-    through every block of the full shape (inf/NaN or denormals would change the speed a benchmark measures).
-    """
+    """BFL-named random weights of any size (:func:`scaled_init`), drawn on ``device`` and returned on the CPU in
+    ``dtype``."""
     generator = torch.Generator(device=device).manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     for name, dims in bfl_tensor_shapes(shape).items():
-        if name.endswith(".bias"):
-            sd[name] = torch.zeros(dims, dtype=dtype)
-        elif name.endswith(".scale"):
-            sd[name] = torch.ones(dims, dtype=dtype)
+        mean, spread = scaled_init(name, dims)
+        if spread == 0.0:
+            sd[name] = torch.full(dims, mean, dtype=dtype)
         else:
-            gain = 0.1 if name.endswith(SMALL_GAIN_LAYERS) else 1.0
             weight = torch.randn(dims, generator=generator, device=device, dtype=torch.float32)
-            sd[name] = (weight * (gain / dims[1] ** 0.5)).to(dtype).cpu()
+            sd[name] = (weight * spread).to(dtype).cpu()
     return sd
 
 
@@ -163,6 +176,79 @@ def write(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
 
 def in_layout(bfl: dict[str, torch.Tensor], layout: str, prefix: str = "") -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in formats.from_bfl(bfl, layout).items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files larger than memory: written tensor by tensor, chunk by chunk
+# ---------------------------------------------------------------------------------------------------------------
+
+SAFETENSORS_DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+CHUNK_ELEMENTS = 1 << 24     # 64 MiB of float32 while a chunk is drawn
+
+
+def write_streamed_safetensors(path: str, shapes: dict[str, tuple[int, ...]],
+                               tensor_chunks: Callable[[str, tuple[int, ...]], Iterable[torch.Tensor]],
+                               metadata: dict[str, str] | None = None, dtype: torch.dtype = torch.bfloat16) -> int:
+    """A safetensors file of ``dtype`` tensors written without holding them: the header first, its offsets computed
+    from ``shapes``, then each tensor's data as ``tensor_chunks(name, dims)`` yields it (pieces whose elements, in
+    order, fill the tensor). Memory stays at one chunk, so the 12B model can be written on a machine that could
+    not hold it. Published atomically (no half-written file is left); returns the file's size in bytes."""
+    if dtype not in SAFETENSORS_DTYPE_NAMES:
+        raise ValueError(f"no safetensors name for {dtype}; use one of {list(SAFETENSORS_DTYPE_NAMES)}")
+    header: dict[str, object] = {}
+    offset = 0
+    for name, dims in shapes.items():
+        size = math.prod(dims) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPE_NAMES[dtype], "shape": list(dims),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)        # the format allows trailing spaces; aligned data follows
+    with atomic_write(path) as temporary, open(temporary, "wb") as stream:
+        stream.write(struct.pack("<Q", len(encoded)))
+        stream.write(encoded)
+        for name, dims in shapes.items():
+            written = 0
+            for chunk in tensor_chunks(name, dims):
+                data = chunk.detach().to(dtype).reshape(-1)
+                written += data.numel()
+                stream.write(data.view(torch.uint8).numpy().data)
+            if written != math.prod(dims):
+                raise ValueError(f"{name}: {written} values were produced for shape {list(dims)}")
+    return os.path.getsize(path)
+
+
+def normal_chunks(dims: tuple[int, ...], mean: float, spread: float, generator: torch.Generator,
+                  chunk_elements: int = CHUNK_ELEMENTS) -> Iterator[torch.Tensor]:
+    """N(mean, spread) values (all ``mean`` when ``spread`` is 0) for a tensor of ``dims``, a chunk at a time."""
+    total = math.prod(dims)
+    for start in range(0, total, chunk_elements):
+        count = min(chunk_elements, total - start)
+        if spread == 0.0:
+            yield torch.full((count,), mean)
+        else:
+            yield torch.empty(count).normal_(mean, spread, generator=generator)
+
+
+def layout_tensor_shapes(shape: FluxShape, layout: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the transformer in ``layout`` (converted as ``meta`` tensors: nothing is allocated)."""
+    bfl = {name: torch.empty(dims, device="meta") for name, dims in bfl_tensor_shapes(shape).items()}
+    return {name: tuple(tensor.shape) for name, tensor in formats.from_bfl(bfl, layout).items()}
+
+
+def write_scaled_checkpoint(path: str, shape: FluxShape, layout: str, seed: int,
+                            metadata: dict[str, str] | None = None, dtype: torch.dtype = torch.bfloat16) -> int:
+    """A random transformer of ``shape`` (:func:`scaled_init`) in ``layout``'s key names, streamed to ``path``
+    chunk by chunk: any size, up to the full 12B shape, in a few hundred MB of memory. Returns its size in bytes."""
+    shapes = layout_tensor_shapes(shape, layout)
+    bfl_names = {part: rule.bfl for rule in formats.plan_to_bfl(shapes).rules for part in rule.parts}
+    generator = torch.Generator().manual_seed(seed)
+
+    def chunks(name: str, dims: tuple[int, ...]) -> Iterator[torch.Tensor]:
+        return normal_chunks(dims, *scaled_init(bfl_names[name], dims), generator)
+    return write_streamed_safetensors(path, shapes, chunks, metadata, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,6 +284,27 @@ def kohya_lora(pairs, alpha: float | None = None) -> dict[str, torch.Tensor]:
         sd[f"{module}.lora_down.weight"] = down
         sd[f"{module}.lora_up.weight"] = up
         sd[f"{module}.alpha"] = torch.tensor(alpha if alpha is not None else down.shape[0], dtype=torch.int64)
+    return sd
+
+
+def control_lora(bfl: dict[str, torch.Tensor], seed: int = 1, rank: int = 4,
+                 scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A FLUX.1 Depth/Canny [dev] LoRA in its release layout (BFL names, lora_A/lora_B): besides the blocks' pairs
+    it widens img_in to twice the patch channels (the guide image's latent is concatenated to the noise), shifts
+    img_in's bias and replaces every query/key norm scale."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, (down, up) in lora_pairs(bfl, rank, seed, scale).items():
+        module = name[:-len(".weight")]
+        sd[f"{module}.lora_A.weight"] = down
+        sd[f"{module}.lora_B.weight"] = up
+    hidden = bfl["img_in.weight"].shape[0]
+    sd["img_in.lora_A.weight"] = torch.randn(rank, 2 * PATCH_CHANNELS, generator=g) * scale
+    sd["img_in.lora_B.weight"] = torch.randn(hidden, rank, generator=g) * scale
+    sd["img_in.lora_B.bias"] = torch.randn(hidden, generator=g) * scale
+    for name, value in bfl.items():
+        if name.endswith(("query_norm.scale", "key_norm.scale")):
+            sd[name] = value + scale * torch.randn(value.shape, generator=g)
     return sd
 
 

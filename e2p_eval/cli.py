@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from e2p_core.files import atomic_write_text
+from e2p_core.files import atomic_write_text, explain_os_error
 
 from . import protocol as protocols
 from .datasets import DATASETS, DatasetError
@@ -218,5 +218,8 @@ def main(argv: list[str] | None = None, predictor=None) -> int:
             command_report(args)
     except (ValueError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:          # an output that cannot be written (--out, --metrics-dir, --output, --plot)
+        print(f"error: {explain_os_error(error)}", file=sys.stderr)
         return 2
     return 0

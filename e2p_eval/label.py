@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from e2p_core import float_files, representations
-from e2p_core.files import TEMPORARY_PREFIX, atomic_write_bytes, atomic_write_text, fsync_folder
+from e2p_core.files import TEMPORARY_PREFIX, atomic_write_bytes, atomic_write_text, explain_os_error, fsync_folder
 from e2p_core.tasks import TASK_NAMES, task_spec
 
 from .cli import add_model_args, prediction_settings
@@ -133,7 +133,6 @@ def prepare_run(out_dir: str, run: dict, retry_failed: bool) -> tuple[list[int],
         items = read_items_file(out_dir)
     else:      # a first run, or earlier ones that recorded nothing (a mistyped model path, say): start afresh
         items = list_items(run["input"])
-        os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, ITEMS_FILE),
                           "".join(json.dumps(item.to_json()) + "\n" for item in items))
         atomic_write_text(run_file, json.dumps(run, indent=2) + "\n")
@@ -336,6 +335,8 @@ def run_labelling(args, predictor=None) -> dict | None:
             pending, item_count = prepare_run(args.out, run, args.retry_failed)
         except ValueError as error:
             problem = str(error)
+        except OSError as error:       # an unusable --out: every process stops with the message, none waits
+            problem = explain_os_error(error)
     problem, pending, item_count = broadcast_object_list([problem, pending, item_count])
     if problem is not None:
         raise ValueError(problem)
@@ -409,6 +410,9 @@ def main(argv: list[str] | None = None, predictor=None) -> int:
         run_labelling(args, predictor)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {explain_os_error(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 from ..e2p_core import representations
+from ..e2p_core.colormaps import COLORMAPS, apply_colormap
 from ..e2p_core.comfyui import compat
 from . import categories
 
 OUTPUTS = ["disparity", "relative_depth", "metric_depth"]
 NORMALIZATION = ["per_image", "whole_batch"]
-
-# ColorBrewer "Spectral" (11 classes), the colour map of the official visualisations: near = red, far = blue.
-SPECTRAL = [(158, 1, 66), (213, 62, 79), (244, 109, 67), (253, 174, 97), (254, 224, 139), (255, 255, 191),
-            (230, 245, 152), (171, 221, 164), (102, 194, 165), (50, 136, 189), (94, 79, 162)]
-COLORMAPS = ["spectral", "gray"]
 
 
 DEPTH_ALIASES = ["depth", "depth map", "disparity", "inverse depth", "metric depth", "controlnet", "edit2perceive"]
@@ -63,6 +58,7 @@ class SqrtDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, sqrt_depth, output, near, far, normalization) -> io.NodeOutput:
+        representations.require_finite_map(sqrt_depth, "sqrt_depth")
         if far <= near:
             raise ValueError(f"far ({far}) must be larger than near ({near})")
         y = sqrt_depth[..., :3].float().mean(dim=-1).clamp(0.0, 1.0)
@@ -76,23 +72,6 @@ class SqrtDecode(io.ComfyNode):
         return io.NodeOutput(value[..., None].expand(*value.shape, 3).contiguous(), value)
 
 
-def apply_colormap(values: torch.Tensor, colormap: str) -> torch.Tensor:
-    """Values [..., H, W] in [0, 1] -> RGB [..., H, W, 3] by linear interpolation between colour stops."""
-    invalid = int((~torch.isfinite(values)).sum())
-    if invalid:
-        raise ValueError(f"the map has {invalid} NaN or infinite values (of {values.numel()}), which have no colour; "
-                         "the node that made it produced them: fix its inputs, or colour a finite map (E2PDepth and "
-                         "SqrtDecode's disparity/relative_depth always are)")
-    values = values.clamp(0.0, 1.0)
-    if colormap == "gray":
-        return values[..., None].expand(*values.shape, 3).contiguous()
-    stops = torch.tensor(SPECTRAL, dtype=torch.float32, device=values.device) / 255.0
-    position = values * (len(stops) - 1)
-    lower = position.floor().long().clamp(max=len(stops) - 2)
-    fraction = (position - lower)[..., None]
-    return stops[lower] * (1 - fraction) + stops[lower + 1] * fraction
-
-
 class E2PColorizeDepth(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -100,14 +79,16 @@ class E2PColorizeDepth(io.ComfyNode):
             node_id="E2PColorizeDepth",
             display_name="E2P Colorize Depth",
             category=categories.geometry_estimation(),
-            description="Colours a depth-like map for viewing (Spectral as in the paper's figures: near red, far "
-                        "blue).",
+            description="Colours a depth-like map for viewing: Spectral as in the paper's figures (near red, far "
+                        "blue), gray, or matplotlib's turbo, inferno, magma, plasma and viridis.",
             **compat.optional_schema_fields(search_aliases=["depth", "colormap", "colorize", "false color",
                                                             "visualize depth", "heatmap", "edit2perceive"]),
             inputs=[
                 io.Image.Input("depth", tooltip="sqrt_depth from E2PDepth, or any output of SqrtDecode except "
                                                 "metric."),
-                compat.combo_input("colormap", COLORMAPS, default="spectral", tooltip="Colour map."),
+                compat.combo_input("colormap", COLORMAPS, default="spectral", tooltip=(
+                    "Colour map. spectral: the paper's (near red, far blue); gray; turbo, inferno, magma, plasma, "
+                    "viridis: matplotlib's (low values dark).")),
                 io.Boolean.Input("invert", default=False, tooltip="Swap the ends (for disparity, near = bright)."),
             ],
             outputs=[io.Image.Output(tooltip="Colour visualisation, [0, 1] RGB.")],
@@ -115,5 +96,6 @@ class E2PColorizeDepth(io.ComfyNode):
 
     @classmethod
     def execute(cls, depth, colormap, invert) -> io.NodeOutput:
+        representations.require_finite_map(depth, "depth")
         values = depth[..., :3].float().mean(dim=-1)
         return io.NodeOutput(apply_colormap(1.0 - values if invert else values, colormap))

@@ -111,7 +111,10 @@ class E2PDepthTo3D(io.ComfyNode):
         if normal_convention not in representations.NORMAL_CONVENTIONS:
             raise ValueError(f"unknown normal_convention '{normal_convention}'; choose one of "
                              f"{', '.join(representations.NORMAL_CONVENTIONS)}")
-        files.check_filename_prefix(filename_prefix)
+        output_dir = folder_paths.get_output_directory()
+        files.check_filename_prefix(filename_prefix, output_dir)
+        representations.require_finite_map(depth, "depth")
+        representations.require_finite_map(normal_map, "normal_map")
         batch, height, width = depth.shape[:3]
         meshes = []
         for index in range(batch):
@@ -129,23 +132,23 @@ class E2PDepthTo3D(io.ComfyNode):
             except mesh.MeshInputError as error:
                 raise ValueError(f"image {index + 1} of {batch}: {error}" if batch > 1 else str(error)) from None
 
-        output_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width,
                                                                               height)
         extras = cls._extras(cls.hidden.prompt, cls.hidden.extra_pnginfo, depth_kind, near, far, fov_degrees,
                              max_view_angle)
         glb_paths, ply_paths, entries = [], [], []
-        for index, item in enumerate(meshes):
-            stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_"
-            info = dict(extras, edit2perceive=dict(extras["edit2perceive"], stride=item.stride,
-                                                   focal_px=item.focal))
-            mesh.write_glb(os.path.join(folder, f"{stem}.glb"), item, info)
-            mesh.write_ply(os.path.join(folder, f"{stem}.ply"), item, PLY_COMMENT)
-            glb_relative, glb_entry = _paths_entry(subfolder, f"{stem}.glb")
-            ply_relative, _ = _paths_entry(subfolder, f"{stem}.ply")
-            glb_paths.append(glb_relative)
-            ply_paths.append(ply_relative)
-            entries.append(glb_entry)
+        with files.FileBatch() as saving:             # every GLB and PLY of the call, or none
+            for index, item in enumerate(meshes):
+                stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_"
+                info = dict(extras, edit2perceive=dict(extras["edit2perceive"], stride=item.stride,
+                                                       focal_px=item.focal))
+                saving.write_bytes(os.path.join(folder, f"{stem}.glb"), mesh.glb_bytes(item, info))
+                saving.write_bytes(os.path.join(folder, f"{stem}.ply"), mesh.ply_bytes(item, PLY_COMMENT))
+                glb_relative, glb_entry = _paths_entry(subfolder, f"{stem}.glb")
+                ply_relative, _ = _paths_entry(subfolder, f"{stem}.ply")
+                glb_paths.append(glb_relative)
+                ply_paths.append(ply_relative)
+                entries.append(glb_entry)
         result = (glb_paths[0], ply_paths[0])
         if compat.has_native_mesh():
             result += (cls._native(meshes),)

@@ -39,7 +39,7 @@ def _channel_planes(image: torch.Tensor) -> tuple[np.ndarray, str]:
 
 def _preview(data: np.ndarray) -> Image.Image:
     """An 8-bit view of a float map for the frontend (browsers cannot show EXR)."""
-    low, high = float_files.png16_range(data)
+    low, high = float_files.png16_range(data) if np.isfinite(data).any() else (0.0, 1.0)
     scaled = np.clip((np.nan_to_num(data, nan=low, posinf=high, neginf=low) - low) / max(high - low, 1e-12), 0, 1)
     return Image.fromarray(np.rint(scaled * 255.0).astype(np.uint8))
 
@@ -111,34 +111,33 @@ class E2PSaveFloatImage(io.ComfyNode):
                       for index in range(masks.shape[0])]
         if not items:
             raise ValueError("nothing to save: the connected batch is empty (0 images)")
-        files.check_filename_prefix(filename_prefix)
+        output_dir = folder_paths.get_output_directory()
+        files.check_filename_prefix(filename_prefix, output_dir)
         for index, suffix, data, _ in items:
             try:
                 float_files.check_savable(data, file_format)
             except ValueError as error:
                 raise ValueError(f"{'mask' if suffix else 'image'} {index + 1}: {error}; nothing was saved") from None
         height, width = items[0][2].shape[:2]
-        output_dir = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width,
                                                                               height)
         graph_metadata = workflow_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)
         saved, previews = [], []
-        for index, suffix, data, channels in items:
-            metadata = float_files.float_file_metadata(data, content, channels, file_format)
-            metadata.update(graph_metadata)
-            stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_{suffix}"
-            path = os.path.join(folder, f"{stem}.{float_files.FILE_FORMATS[file_format]}")
-            files.atomic_write_bytes(path, float_files.encode_float_file(data, file_format, metadata))
-            entry = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
-            saved.append(entry)
-            previews.append(entry if file_format == "png16" else cls._write_preview(data, stem))
+        with files.FileBatch() as batch:              # all files and previews of the call, or none
+            for index, suffix, data, channels in items:
+                metadata = float_files.float_file_metadata(data, content, channels, file_format)
+                metadata.update(graph_metadata)
+                stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_{suffix}"
+                path = os.path.join(folder, f"{stem}.{float_files.FILE_FORMATS[file_format]}")
+                batch.write_bytes(path, float_files.encode_float_file(data, file_format, metadata))
+                entry = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
+                saved.append(entry)
+                previews.append(entry if file_format == "png16" else cls._write_preview(batch, data, stem))
         return io.NodeOutput(ui={"images": previews, "files": saved})
 
     @staticmethod
-    def _write_preview(data: np.ndarray, stem: str) -> dict[str, str]:
-        temp_dir = folder_paths.get_temp_directory()
-        os.makedirs(temp_dir, exist_ok=True)
+    def _write_preview(batch: files.FileBatch, data: np.ndarray, stem: str) -> dict[str, str]:
         filename = f"{stem.rstrip('_')}_preview_{os.urandom(4).hex()}.png"
-        with files.atomic_write(os.path.join(temp_dir, filename), suffix=".png") as temporary:
-            _preview(data).save(temporary, compress_level=1)
+        temporary = batch.temporary(os.path.join(folder_paths.get_temp_directory(), filename), suffix=".png")
+        _preview(data).save(temporary, compress_level=1)
         return {"filename": filename, "subfolder": "", "type": "temp"}

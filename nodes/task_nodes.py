@@ -158,8 +158,8 @@ def _hint_inputs() -> list:
                         tooltip="JSON list of clicks on the subject: [[x, y], ...] or [{\"x\":..,\"y\":..}] from a "
                                 "points editor, in the unit set by coordinates. Each click marks a disc as in the "
                                 "official demo."),
-        io.String.Input("box", default="", tooltip="Optional 'x0, y0, x1, y1' around the subject, in the unit set "
-                                                   "by coordinates."),
+        io.String.Input("box", default="", tooltip="Optional 'x0, y0, x1, y1' around the subject: two opposite "
+                                                   "corners in either order, in the unit set by coordinates."),
         compat.combo_input("coordinates", list(hints.COORDINATE_UNITS), default="pixels",
                            tooltip="Unit of points and box: pixels of the input image (x right, y down from the "
                                    "top-left corner), or fractions of its width and height in [0, 1]."),
@@ -200,9 +200,11 @@ class E2PMatting(io.ComfyNode):
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
                 coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1) -> io.NodeOutput:
-        image_hints = hints.matting_hints(image, points, box, coordinates, hint_mask)
+        user_hints = hints.matting_hints(image, points, box, coordinates, hint_mask)
+        compat.show_text_on_node(user_hints.report())
         alpha, hint_maps, uncertainty = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode,
-                                             steps, seed, ensemble_size, frames_per_pass, image_hints, num_points)
+                                             steps, seed, ensemble_size, frames_per_pass, user_hints.per_image,
+                                             num_points)
         rgb = image[..., :3].float().clamp(0.0, 1.0)
         rgba = torch.cat([rgb, alpha[..., None]], dim=-1)
         hint_preview = hint_maps[..., None].expand(*hint_maps.shape, 3).contiguous()

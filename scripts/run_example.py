@@ -26,14 +26,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from e2p_core.model_files import INPUT_FOLDERS  # noqa: E402
+from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE  # noqa: E402
 from e2p_dev.comfy_runtime import DEFAULT_CACHE_DIR, HarnessSetupError  # noqa: E402
 from e2p_dev.example_run import RunFailed, UserActionNeeded  # noqa: E402
 from e2p_dev.example_run.demo import (DEMO_LABEL, DEMO_RESOLUTION, DEMO_SUBFOLDER, adapt_for_demo,  # noqa: E402
                                       write_demo_weights)
 from e2p_dev.example_run.missing_files import missing_files_message  # noqa: E402
-from e2p_dev.example_run.workflow import (KONTEXT_BASE, enable_text_encoders, full_checkpoint_loaders,  # noqa: E402
-                                          missing_files, place_input_images, tasks_without_cached_conditioning,
+from e2p_dev.example_run.workflow import (enable_text_encoders, full_checkpoint_loaders, missing_files,  # noqa: E402
+                                          place_input_images, tasks_without_cached_conditioning,
                                           to_api_prompt, use_base_and_loras)
 from e2p_dev.server import ComfyServer, PromptFailed, PromptRefused, ServerError, describe_failure, \
     describe_refusal  # noqa: E402
@@ -72,9 +72,8 @@ def use_cpu(demo: bool) -> bool:
     print("No GPU found: ComfyUI runs on the CPU and holds the 12B transformer in float32 there, about 44 GiB of RAM "
           "per distinct model (loading streams the file, so it needs only about one tensor more; "
           "bench/results/load_memory_2026-11-28.md). The quickstart's three full checkpoints are three models "
-          "(about 133 GiB); with the Kontext base and the three task LoRAs the loaders share one model, plus about "
-          "as much again for the LoRA-patched weights of the task running (about 90 GiB). weight_dtype bf16 halves "
-          "this, fp8_e4m3fn quarters it. Each image takes many minutes.")
+          "(about 133 GiB; weight_dtype bf16 halves this, fp8_e4m3fn quarters it); with the scaled-fp8 Kontext base "
+          "and the three task LoRAs the tasks share one base model instead. Each image takes many minutes.")
     return True
 
 

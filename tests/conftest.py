@@ -80,6 +80,20 @@ def comfy_inprocess(comfy_core: comfy_runtime.InProcessComfy) -> comfy_runtime.I
 
 
 @pytest.fixture
+def save_folders(comfy_inprocess: comfy_runtime.InProcessComfy, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """ComfyUI's output and temp folders moved into this test's tmp dir (output created, temp not), so a test sees
+    exactly what the saves it ran left behind."""
+    import folder_paths
+
+    output, temp = tmp_path / "output", tmp_path / "temp"
+    output.mkdir()
+    monkeypatch.setattr(folder_paths, "output_directory", str(output))
+    monkeypatch.setattr(folder_paths, "temp_directory", str(temp))
+    return output, temp
+
+
+@pytest.fixture
 def comfy_server(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
     """Factory: `comfy_server(prepare=None, **options)` starts a ComfyUI server and returns its client.
 

@@ -126,3 +126,124 @@ def test_training_checkpoint_is_fsynced_before_its_folder_is_renamed(tmp_path, f
     assert fsync_log[latest_at - 1][0] == "fsync" and fsync_log[latest_at + 1] == ("fsync", root)
     assert checkpoint.latest_checkpoint(str(tmp_path)) == final
     assert sorted(os.listdir(root)) == [checkpoint.LATEST_FILE, os.path.basename(final)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FileBatch: all files of a save or none, created with the process umask
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_error_while_writing_the_second_file_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        with files.FileBatch() as batch:
+            batch.write_bytes(str(tmp_path / "a.bin"), b"a")
+            batch.write_bytes(str(tmp_path / "preview" / "a.png"), b"p")
+            raise RuntimeError("encoder failed")
+    assert [path.name for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+def test_failure_publishing_the_second_file_takes_back_the_first(tmp_path, monkeypatch):
+    """A rename that fails after the first file is in place: the first is removed again, a file it had replaced
+    comes back, and no temporary file stays."""
+    (tmp_path / "a.bin").write_bytes(b"earlier a")
+    real_replace, renames = os.replace, []
+
+    def replace_failing_at_b(source, target):
+        if os.path.basename(target) == "b.bin":
+            raise OSError(5, "Input/output error")
+        renames.append(os.path.basename(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_failing_at_b)
+    with pytest.raises(files.FileSaveError, match=r"cannot save .*b\.bin: .*Input/output error"):
+        with files.FileBatch() as batch:
+            batch.write_bytes(str(tmp_path / "a.bin"), b"new a")
+            batch.write_bytes(str(tmp_path / "b.bin"), b"new b")
+    assert "a.bin" in renames, "the first file was published before the second failed"
+    assert sorted(os.listdir(tmp_path)) == ["a.bin"] and (tmp_path / "a.bin").read_bytes() == b"earlier a"
+
+
+def test_batch_replaces_earlier_files_when_it_succeeds(tmp_path):
+    for name in ("a.bin", "b.bin"):
+        (tmp_path / name).write_bytes(b"earlier")
+    with files.FileBatch() as batch:
+        batch.write_bytes(str(tmp_path / "a.bin"), b"new a")
+        batch.write_bytes(str(tmp_path / "b.bin"), b"new b")
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == {"a.bin": b"new a", "b.bin": b"new b"}
+
+
+def test_folder_at_the_second_target_is_named_and_nothing_is_left(tmp_path):
+    (tmp_path / "b.bin").mkdir()
+    with pytest.raises(files.FileSaveError) as raised:
+        with files.FileBatch() as batch:
+            batch.write_bytes(str(tmp_path / "a.bin"), b"a")
+            batch.write_bytes(str(tmp_path / "b.bin"), b"b")
+    assert str(raised.value) == (f"cannot save {tmp_path / 'b.bin'}: {tmp_path / 'b.bin'} is a folder where a file is "
+                                 "needed; move or rename that folder, or choose another name")
+    assert os.listdir(tmp_path) == ["b.bin"] and os.listdir(tmp_path / "b.bin") == []
+
+
+def test_file_in_place_of_a_folder_is_named_and_nothing_is_left(tmp_path):
+    (tmp_path / "previews").write_bytes(b"not a folder")
+    with pytest.raises(files.FileSaveError) as raised:
+        with files.FileBatch() as batch:
+            batch.write_bytes(str(tmp_path / "a.bin"), b"a")
+            batch.write_bytes(str(tmp_path / "previews" / "sub" / "a.png"), b"p")
+    assert str(raised.value) == (f"cannot save {tmp_path / 'previews' / 'sub' / 'a.png'}: {tmp_path / 'previews'} is "
+                                 "a file where a folder is needed; move or rename that file, or choose another place")
+    assert sorted(os.listdir(tmp_path)) == ["previews"]
+
+
+def test_same_target_twice_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="saved twice"):
+        with files.FileBatch() as batch:
+            batch.write_bytes(str(tmp_path / "a.bin"), b"1")
+            batch.write_bytes(str(tmp_path / "a.bin"), b"2")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("error, message", [
+    (PermissionError(13, "Permission denied", "/srv/out/a.png"),
+     "permission denied for /srv/out/a.png; give this user access to it, or choose another place"),
+    (OSError(30, "Read-only file system", "/mnt/ro/a.png"), "/mnt/ro/a.png is on a read-only file system"),
+    (OSError(28, "No space left on device"), "no space left for /out/a.png (disk full or quota reached)"),
+    (OSError(5, "Input/output error", "/out/a.png"), "/out/a.png: Input/output error"),
+])
+def test_os_errors_are_explained_in_one_line(error, message):
+    explained = files.explain_os_error(error, "/out/a.png")
+    assert explained.startswith(message) and "\n" not in explained and "Errno" not in explained
+
+
+def test_prefix_whose_folder_is_a_file_is_refused_with_the_file_named(tmp_path):
+    (tmp_path / "depth").write_bytes(b"a file, not a folder")
+    with pytest.raises(ValueError) as raised:
+        files.check_filename_prefix("depth/run1/frame", str(tmp_path))
+    assert str(raised.value) == (f"filename_prefix 'depth/run1/frame' saves into the folder 'depth/run1', but "
+                                 f"{tmp_path / 'depth'} is a file; choose another filename_prefix, or move or rename "
+                                 "that file")
+    assert files.check_filename_prefix("other/frame", str(tmp_path)) == "other/frame"
+    assert files.check_filename_prefix("frame", str(tmp_path)) == "frame"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_files_are_created_with_the_process_umask(tmp_path, mask):
+    """Every writer gives what ``open`` gives ComfyUI's own savers, 0o666 less the umask (mkstemp gave 0o600)."""
+    from PIL import Image
+
+    from e2p_eval.predict import save_prediction
+
+    previous = os.umask(mask)
+    try:
+        files.atomic_write_bytes(str(tmp_path / "bytes.bin"), b"x")
+        files.atomic_write_text(str(tmp_path / "text.txt"), "x")
+        save_conditioning(str(tmp_path / "cond.safetensors"), torch.ones(1, 2, 3), torch.ones(1, 4), {})
+        save_prediction(str(tmp_path / "pred.npy"), np.ones((2, 2)))
+        with files.FileBatch() as batch:
+            batch.write_bytes(str(tmp_path / "batch" / "a.exr"), b"a")
+            Image.new("RGB", (2, 2)).save(batch.temporary(str(tmp_path / "batch" / "a.png"), suffix=".png"))
+    finally:
+        os.umask(previous)
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert len(written) == 6
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == \
+        {path.name: oct(0o666 & ~mask) for path in written}

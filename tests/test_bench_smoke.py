@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end at the smallest size and print their tables.
+"""The benchmark scripts run end to end at the smallest size and print their tables, and the streamed writer of
+random checkpoints writes valid files without holding them.
 
 Each script is its own process (ComfyUI's flags are fixed per process), on the ``smoke`` model shape at 64 x 64
 pixels with one timed run; the weight files are written once into a shared folder. Numbers are not checked, only
@@ -13,6 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
+
+from bench import memory_sampling
+from bench.shapes import DitShape
+from e2p_core import formats
+from e2p_dev import tiny_models as tm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALLEST = ["--device", "cpu", "--shape", "smoke", "--resolutions", "64", "--warmup", "0", "--repeats", "1"]
@@ -96,3 +104,84 @@ def test_dit_options_prints_table(work_dir):
     assert [row[1] for row in rows] == ["default", "attention pytorch", "weights bf16"]
     assert rows[0][3] == "1.00x"
     assert len(raw["runs"]["64"]["weights bf16"]) == 1
+
+
+def read_back(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata()
+
+
+@pytest.mark.parametrize("layout", ["diffsynth", "bfl", "diffusers"])
+def test_streamed_checkpoint_is_a_valid_file_of_the_layout(tmp_path, layout):
+    shape = tm.FluxShape(hidden=256, depth=2, single_depth=1)
+    path = tmp_path / "e2p.safetensors"
+    size = tm.write_scaled_checkpoint(str(path), shape, layout, seed=4, metadata={"e2p.task": "depth"})
+    tensors, metadata = read_back(path)
+    assert size == path.stat().st_size and metadata == {"e2p.task": "depth"}
+    assert {name: tuple(t.shape) for name, t in tensors.items()} == tm.layout_tensor_shapes(shape, layout)
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    bfl = formats.to_bfl(tensors)
+    assert bfl.layout == layout
+    for name, tensor in bfl.state_dict.items():
+        mean, spread = tm.scaled_init(name, tuple(tensor.shape))
+        if spread == 0.0:
+            assert torch.equal(tensor.float(), torch.full(tensor.shape, mean)), name
+        else:
+            assert abs(tensor.float().std().item() / spread - 1) < 0.1, name
+    assert [p.name for p in tmp_path.iterdir()] == ["e2p.safetensors"]
+
+
+def test_streamed_checkpoint_depends_on_its_seed_only(tmp_path):
+    shape = tm.FluxShape(hidden=128)
+    paths = [tmp_path / f"{index}.safetensors" for index in range(3)]
+    for path, seed in zip(paths, (1, 1, 2)):
+        tm.write_scaled_checkpoint(str(path), shape, "diffsynth", seed=seed)
+    first, again, other = (path.read_bytes() for path in paths)
+    assert first == again and first != other
+
+
+def test_streamed_writer_joins_chunks_and_refuses_a_wrong_count(tmp_path):
+    expected = {"a": torch.randn(5, 7), "b": torch.randn(11), "c": torch.tensor(3.0)}
+
+    def pieces(name, dims):
+        return torch.split(expected[name].reshape(-1), 3)
+    path = tmp_path / "joined.safetensors"
+    tm.write_streamed_safetensors(str(path), {k: tuple(v.shape) for k, v in expected.items()}, pieces,
+                                  dtype=torch.float32)
+    tensors, _ = read_back(path)
+    assert all(torch.equal(tensors[name], tensor) for name, tensor in expected.items())
+
+    short = tmp_path / "short.safetensors"
+    with pytest.raises(ValueError, match="b: 9 values were produced for shape \\[11\\]"):
+        tm.write_streamed_safetensors(str(short), {"b": (11,)}, lambda name, dims: [torch.zeros(9)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joined.safetensors"], "a partial file was left"
+
+
+def test_streamed_writer_holds_one_chunk_not_the_file(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    shapes = {f"w{index}": (4096, 4096) for index in range(4)}          # 128 MiB of bf16
+    with memory_sampling.RssSampler() as sampler:
+        baseline = memory_sampling.current_rss_bytes()
+        size = tm.write_streamed_safetensors(
+            str(tmp_path / "big.safetensors"), shapes,
+            lambda name, dims: tm.normal_chunks(dims, 0.0, 0.02, generator, chunk_elements=1 << 20))
+    assert size > 128 * 2**20
+    assert sampler.peak - baseline < 32 * 2**20, "the writer held much more than one 4 MiB chunk"
+
+
+def test_scale_loads_and_steps_a_streamed_checkpoint(tmp_path):
+    report_path = tmp_path / "scale.md"
+    command = [sys.executable, str(REPO_ROOT / "bench" / "scale.py"), "--hidden", "256", "--blocks", "1", "1",
+               "--resolution", "64", "--work-dir", str(tmp_path / "files"), "--output", str(report_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    [row] = table_rows(completed.stdout, "### Loading and one step on the CPU (weight_dtype fp8_e4m3fn)")
+    parameters = DitShape("smoke", hidden=256, depth=1, single_depth=1).parameters
+    assert row[0] == f"{parameters / 1e6:.1f} M"
+    assert row[2] == "fp8_e4m3fn (float8_e4m3fn)" and row[10] == "yes"
+    assert float(row[5]) >= 0 and float(row[6]) >= 0
+    needs = table_rows(completed.stdout, "### Host RAM to load the model and run one step, by weight_dtype")
+    assert [r[0] for r in needs] == ["fp8_e4m3fn", "bf16", "fp16", "fp32"]
+    assert [r[3] == "measured" for r in needs] == [True, False, False, False]
+    assert report_path.read_text().strip() in completed.stdout
+    assert list((tmp_path / "files").iterdir()) == [], "the written checkpoint was not deleted"

@@ -41,14 +41,14 @@ def test_stock_loader_is_used_where_detection_describes_the_model(checkpoint, mo
 
 def test_key_check_compares_after_comfyui_renames(tmp_path):
     """0.33.0 renames attention norms .scale -> .weight on load: a complete file passes, and a missing norm is
-    reported under the name ComfyUI loads it as."""
+    reported under the name the file would give it."""
     from e2p_core.comfyui import loader
 
     weights = tm.bfl_state_dict(seed=32)
     del weights["double_blocks.0.txt_attn.norm.key_norm.scale"]
     path = tm.write(str(tmp_path / "incomplete.safetensors"), weights)
-    with pytest.raises(loader.E2PLoadError, match=r"1 weights missing \(e\.g\. double_blocks\.0\.txt_attn\.norm"
-                                                  r"\.key_norm\.(scale|weight)\)"):
+    with pytest.raises(loader.E2PLoadError, match=r"incomplete\.safetensors lacks 1 tensor .* has: "
+                                                  r"double_blocks\.0\.txt_attn\.norm\.key_norm\.scale;"):
         loader.load_e2p_checkpoint(path, "fp32")
 
 

@@ -209,3 +209,93 @@ def test_node_errors_say_what_to_connect(save_node):
     with pytest.raises(ValueError, match="alpha"):
         run_save(save_node, filename_prefix="x", file_format="png16", content="unspecified",
                  images=torch.rand(1, 4, 4, 4))
+
+
+def test_exr32_stores_nan_and_infinities_even_a_map_of_nothing_else(tmp_path):
+    """As the README says: exr32 keeps every float value; png16, which cannot, refuses with a pointer to exr32."""
+    mixed = np.array([[np.nan, np.inf], [-np.inf, 0.25]], dtype=np.float32)
+    for data, value_range in ((mixed, ("0.25", "0.25")), (np.full((2, 3), np.nan, np.float32), ("nan", "nan"))):
+        float_files.check_savable(data, "exr32")
+        metadata = float_files.float_file_metadata(data, "metric_depth", float_files.CHANNELS_GRAY_MASK, "exr32")
+        assert (metadata[float_files.META_VALUE_MIN], metadata[float_files.META_VALUE_MAX]) == value_range
+        path = tmp_path / "map.exr"
+        path.write_bytes(float_files.encode_float_file(data, "exr32", metadata))
+        channels, header = read_exr(str(path))
+        assert np.array_equal(channels["Y"], data, equal_nan=True)
+        assert header[float_files.META_VALUE_MIN] == value_range[0]
+        with pytest.raises(ValueError, match=r"16-bit PNG cannot hold NaN .*exr32"):
+            float_files.check_savable(data, "png16")
+
+
+def test_node_saves_an_all_nan_map_as_exr32_with_a_preview(comfy_inprocess):
+    import folder_paths
+
+    before = set(os.listdir(folder_paths.get_temp_directory()))
+    comfy_inprocess.run_node("E2PSaveFloatImage", filename_prefix="float_nan/all_nan", file_format="exr32",
+                             content="unspecified", mask=torch.full((1, 6, 8), float("nan")))
+    folder = os.path.join(folder_paths.get_output_directory(), "float_nan")
+    (name,) = os.listdir(folder)
+    channels, header = read_exr(os.path.join(folder, name))
+    assert np.isnan(channels["Y"]).all() and header[float_files.META_VALUE_MAX] == "nan"
+    (preview,) = set(os.listdir(folder_paths.get_temp_directory())) - before
+    with Image.open(os.path.join(folder_paths.get_temp_directory(), preview)) as image:
+        assert image.size == (8, 6)
+
+
+def files_under(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder) for root, _, names in os.walk(folder)
+                  for name in names)
+
+
+def two_item_save(prefix):
+    """Two EXR images, so each has a file in output/ and a preview in temp/."""
+    return dict(filename_prefix=prefix, file_format="exr32", content="unspecified",
+                images=torch.rand(2, 6, 8, 3, generator=torch.Generator().manual_seed(9)))
+
+
+def test_folder_at_the_second_target_fails_the_save_and_leaves_nothing(comfy_inprocess, save_folders):
+    """%batch_num% keeps ComfyUI's counter from seeing the folder, so the second image's name is the folder's."""
+    output, temp = save_folders
+    blocker = output / "run" / "depth1_00002_.exr"
+    blocker.mkdir(parents=True)
+    with pytest.raises(OSError) as raised:
+        comfy_inprocess.run_node("E2PSaveFloatImage", **two_item_save("run/depth%batch_num%"))
+    assert str(raised.value) == (f"cannot save {blocker}: {blocker} is a folder where a file is needed; move or "
+                                 "rename that folder, or choose another name")
+    assert files_under(output) == [] and files_under(temp) == []
+
+
+def test_temp_folder_that_cannot_be_made_fails_the_save_and_leaves_nothing(comfy_inprocess, save_folders,
+                                                                         monkeypatch):
+    import folder_paths
+
+    output, temp = save_folders
+    temp.write_bytes(b"a file where ComfyUI's temp folder should be")
+    with pytest.raises(OSError, match=f"{temp} is a file where a folder is needed; move or rename that file"):
+        comfy_inprocess.run_node("E2PSaveFloatImage", **two_item_save("run/depth"))
+    assert files_under(output) == []
+    monkeypatch.setattr(folder_paths, "temp_directory", str(temp.parent / "usable_temp"))
+    comfy_inprocess.run_node("E2PSaveFloatImage", **two_item_save("run/depth"))
+    assert files_under(output) == ["run/depth_00001_.exr", "run/depth_00002_.exr"], "the counter did not advance"
+
+
+def test_prefix_whose_folder_is_a_file_is_explained(comfy_inprocess, save_folders):
+    output, _ = save_folders
+    (output / "renders").write_bytes(b"a file")
+    with pytest.raises(ValueError, match=f"'renders/day1', but {output / 'renders'} is a file; choose another "
+                                         "filename_prefix"):
+        comfy_inprocess.run_node("E2PSaveFloatImage", **two_item_save("renders/day1/depth"))
+    assert files_under(output) == ["renders"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_saved_files_and_previews_follow_the_umask(comfy_inprocess, save_folders, mask):
+    output, temp = save_folders
+    previous = os.umask(mask)
+    try:
+        comfy_inprocess.run_node("E2PSaveFloatImage", **two_item_save("run/depth"))
+    finally:
+        os.umask(previous)
+    saved = [output / name for name in files_under(output)] + [temp / name for name in files_under(temp)]
+    assert len(saved) == 4
+    assert {oct(path.stat().st_mode & 0o777) for path in saved} == {oct(0o666 & ~mask)}

@@ -80,11 +80,42 @@ def test_missing_block_is_reported():
         formats.to_bfl(broken)
 
 
+@pytest.mark.parametrize("scales", [
+    {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), "img_in.scale_weight": torch.ones(())},   # ComfyUI 0.3
+    {"img_in.weight_scale": torch.ones(())},                                                               # ComfyUI 0.4+
+])
+def test_scaled_fp8_files_are_sent_to_comfyuis_loader(bfl, scales):
+    """Read as plain fp8, such a file's weights would be off by their scales: it is refused with the route that
+    works (UNETLoader, then E2P Model from MODEL)."""
+    for prefix in ("", "model.diffusion_model."):
+        with pytest.raises(formats.UnsupportedCheckpoint, match="scaled-fp8 file.*UNETLoader.*E2P Model from MODEL"):
+            formats.to_bfl({f"{prefix}{k}": v for k, v in {**bfl, **scales}.items()})
+
+
 def test_lora_key_normalisation():
     keys = {"pipe.dit.blocks.0.attn.a_to_qkv.lora_A.default.weight": torch.zeros(1),
             "base_model.model.single_blocks.0.to_qkv_mlp.lora_B.default.weight": torch.zeros(1)}
     normalized = formats.normalize_lora_keys(keys)
     assert set(normalized) == {"blocks.0.attn.a_to_qkv.lora_A.weight", "single_blocks.0.to_qkv_mlp.lora_B.weight"}
-    assert formats.lora_module_names(normalized) == {"blocks.0.attn.a_to_qkv", "single_blocks.0.to_qkv_mlp"}
+    assert set(formats.lora_modules(normalized)) == {"blocks.0.attn.a_to_qkv", "single_blocks.0.to_qkv_mlp"}
     block_layers = [m for m in formats.diffsynth_lora_targets(19, 38) if m.startswith(("blocks.", "single_blocks."))]
     assert len(block_layers) == 304   # the official LoRA adapts the 304 Linear layers of the 19 + 38 blocks
+
+
+@pytest.mark.parametrize("up,down", [("lora_up.weight", "lora_down.weight"), ("lora_B.weight", "lora_A.weight"),
+                                     ("lora.up.weight", "lora.down.weight"), ("lora_B", "lora_A")])
+def test_lora_halves_pair_in_every_naming_comfyui_reads(up, down):
+    lora = {f"layer.{up}": torch.zeros(8, 2), f"layer.{down}": torch.zeros(2, 5), "layer.alpha": torch.tensor(2.0)}
+    module = formats.lora_modules(lora)["layer"]
+    assert module.defects() == [] and module.rank == 2
+    assert module.target_defect((8, 5)) is None
+    assert "needs lora_up (8, 2) and lora_down (2, 6)" in module.target_defect((8, 6))
+
+
+def test_lora_halves_of_two_namings_or_given_twice_are_defects():
+    mixed = formats.lora_modules({"layer.lora_up.weight": torch.zeros(8, 2), "layer.lora_A.weight": torch.zeros(2, 5)})
+    assert mixed["layer"].defects() == ["pairs layer.lora_up.weight with layer.lora_A.weight, names of two "
+                                        "different styles"]
+    twice = formats.lora_modules({"layer.lora_up.weight": torch.zeros(8, 2), "layer.lora_B.weight": torch.zeros(8, 2),
+                                  "layer.lora_down.weight": torch.zeros(2, 5)})
+    assert twice["layer"].defects() == ["holds one half twice (layer.lora_B.weight, layer.lora_up.weight)"]

@@ -45,7 +45,7 @@ def record_decoded_normals(monkeypatch) -> list[torch.Tensor]:
 
 
 def run(e2p, vae, images, task, **options):
-    hints = matting_hints(images, "[[20, 24]]") if task == "matting" else None
+    hints = matting_hints(images, "[[20, 24]]").per_image if task == "matting" else None
     with torch.inference_mode():
         return pipeline.predict_task(e2p.patcher, vae, e2p.cond, e2p.pooled, images, task,
                                      processing_resolution=64, seed=42, hints=hints, **options)

@@ -3,6 +3,7 @@ points and boxes in stated units."""
 
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import gaussian_filter
 
 from e2p_core import hints
@@ -113,3 +114,124 @@ def test_ground_truth_point_map_is_gen_points_at_20px():
     ours = hints.ground_truth_point_map(alpha)
     np.testing.assert_allclose(ours, official_gen_points(alpha, radius=20), rtol=0, atol=3e-7)
     assert np.count_nonzero(ours == 1.0) == 10
+
+
+# --- hints that would reach the model as no hint, or not as meant ---------------------------------------------
+
+
+def test_a_region_smaller_than_num_points_gets_a_point_on_each_pixel():
+    """The official sampler draws num_points without replacement and so drops a smaller region (the ground truth
+    keeps that rule, above); a user's small box or stroke still marks its pixels."""
+    region = np.zeros((32, 40), dtype=np.float32)
+    region[5, 7] = region[20, 30] = region[25, 3] = 1.0
+    point_map = hints.build_hint_map(32, 40, region=region, num_points=10)
+    peaks = np.argwhere(point_map == 1.0)
+    assert sorted(map(tuple, peaks)) == [(5, 7), (20, 30), (25, 3)]
+    assert not hints.hint_map_from_region(region, sigma=3.0).any()      # the official rule, unchanged
+
+
+def test_one_pixel_box_marks_that_pixel_at_the_working_size():
+    canvas = hints.imaging.plan_canvas(40, 50, 64)
+    point_map = hints.hint_map_on_canvas(hints.MattingHints(box=hints.parse_box("0, 0, 1, 1", 50, 40)), canvas, 10)
+    assert point_map.max() == 1.0 and point_map[0, 0] == 1.0
+    assert np.count_nonzero(point_map == 1.0) == 1
+
+
+def test_a_painted_area_lost_in_the_downscale_is_refused():
+    """A 16:1 image at processing_resolution 64 is read every 100th pixel; a dot in the corner, widened by 40 px,
+    falls between those samples."""
+    canvas = hints.imaging.plan_canvas(400, 6400, 64)
+    mask = np.zeros((400, 6400), dtype=np.float32)
+    mask[0, 0] = 1.0
+    with pytest.raises(ValueError, match="mark no pixel at the 64x4 working size.*Paint a larger area"):
+        hints.hint_map_on_canvas(hints.MattingHints(mask=mask), canvas, 10)
+    mask[50, 50] = 1.0
+    assert hints.hint_map_on_canvas(hints.MattingHints(mask=mask), canvas, 10).max() == 1.0
+
+
+def image(height=40, width=50, batch=1):
+    return torch.zeros(batch, height, width, 3)
+
+
+@pytest.mark.parametrize("points,box,coordinates,expected", [
+    ("[[0.5, 0.5]]", "", "pixels", ["the point lies in [0, 1]"]),
+    ("[[0, 0], [1, 0.25]]", "0, 0, 1, 1", "pixels", ["all 2 points lie in [0, 1]", "the box lies in [0, 1]"]),
+    ("[[0, 0], [2, 1]]", "0, 0, 1, 2", "pixels", []),
+    ("[[0.5, 0.5]]", "0, 0, 1, 1", "fractions", []),
+])
+def test_pixel_coordinates_that_look_like_fractions_are_warned_about(points, box, coordinates, expected, caplog):
+    with caplog.at_level("WARNING", logger="edit2perceive"):
+        user_hints = hints.matting_hints(image(), points, box, coordinates)
+    assert [w[:len(e)] for w, e in zip(user_hints.warnings, expected)] == expected
+    assert len(user_hints.warnings) == len(expected)
+    for warning in user_hints.warnings:
+        assert "set coordinates to 'fractions'" in warning and warning in caplog.text
+        assert f"Warning: {warning}" in user_hints.report()
+
+
+def test_hint_mask_of_another_size_is_scaled_when_the_aspect_ratio_matches():
+    mask = torch.zeros(1, 20, 25)
+    mask[0, 5:10, 5:10] = 1.0
+    user_hints = hints.matting_hints(image(40, 50), hint_mask=mask)
+    scaled = user_hints.per_image[0].mask
+    assert scaled.shape == (40, 50) and scaled[10:20, 10:20].all() and scaled.sum() == 100
+    assert user_hints.warnings == ("hint_mask is 25x20 but the image is 50x40; it was scaled to the image (same "
+                                   "aspect ratio). Connect a mask of the image's size to be sure it lines up",)
+    # A larger mask shrinks without losing a thin stroke; rounded or cut sizes of the same picture (1 px per side)
+    # still count as the same aspect ratio.
+    stroke = torch.zeros(1, 160, 200)
+    stroke[0, 81, 30:170] = 1.0
+    shrunk = hints.matting_hints(image(40, 50), hint_mask=stroke).per_image[0]
+    assert shrunk.painted and np.array_equal(np.nonzero(shrunk.mask.any(axis=1))[0], [20])
+    assert len(hints.matting_hints(image(1080, 1920), hint_mask=torch.ones(1, 287, 513)).warnings) == 1
+    assert hints.matting_hints(image(40, 50), hint_mask=torch.ones(1, 40, 50)).warnings == ()
+
+
+def test_unpainted_mask_of_any_size_is_no_paint_and_no_warning():
+    """Load Image gives an all-zero 64x64 mask for an image without alpha, whatever the image's size."""
+    user_hints = hints.matting_hints(image(40, 50), "[[10, 10]]", hint_mask=torch.zeros(1, 64, 64))
+    assert user_hints.warnings == () and user_hints.per_image[0].mask.shape == (40, 50)
+    assert not user_hints.per_image[0].painted
+    with pytest.raises(ValueError, match="hint_mask is empty"):
+        hints.matting_hints(image(40, 50), hint_mask=torch.zeros(1, 64, 64))
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 40), (1, 30, 50), (1, 100, 60)])
+def test_hint_mask_of_another_aspect_ratio_is_refused(shape):
+    with pytest.raises(ValueError, match=rf"hint_mask is {shape[2]}x{shape[1]} but the image is 50x40, another "
+                                         "aspect ratio.*Paint the mask on this image"):
+        hints.matting_hints(image(40, 50), hint_mask=torch.ones(shape))
+
+
+def test_a_batch_where_some_masks_are_unpainted_is_refused_without_other_hints():
+    masks = torch.zeros(3, 40, 50)
+    masks[1, 10:20, 10:20] = 1.0
+    with pytest.raises(ValueError, match="empty \\(nothing painted\\) for images 1, 3 of 3"):
+        hints.matting_hints(image(batch=3), hint_mask=masks)
+    with_box = hints.matting_hints(image(batch=3), box="5, 5, 20, 20", hint_mask=masks)
+    assert [item.painted for item in with_box.per_image] == [False, True, False]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_hint_mask_is_refused(bad):
+    mask = torch.zeros(1, 40, 50)
+    mask[0, 3, 4] = bad
+    with pytest.raises(ValueError, match="hint_mask has 1 NaN or infinite pixels of 2000"):
+        hints.matting_hints(image(), hint_mask=mask)
+
+
+def test_report_says_which_hints_the_model_gets():
+    assert hints.matting_hints(image()).report() == "No hints: the model mattes the salient object."
+    mask = torch.zeros(1, 40, 50)
+    mask[0, 1, 1] = 1.0
+    report = hints.matting_hints(image(), "[[10, 10], [20, 20]]", "5, 5, 30, 30", hint_mask=mask).report()
+    assert report == "Hints: 2 clicks, a box, a painted mask."
+
+
+def test_box_corners_may_come_in_either_order():
+    """Documented: a box is two opposite corners; dragged from the bottom right they give the same box."""
+    expected = hints.box_region(hints.parse_box("10, 5, 30, 20", 50, 40), 40, 50)
+    for text in ("30, 20, 10, 5", "30, 5, 10, 20", "10, 20, 30, 5"):
+        assert np.array_equal(hints.box_region(hints.parse_box(text, 50, 40), 40, 50), expected)
+    assert np.array_equal(hints.box_region(hints.parse_box("0.6, 0.5, 0.2, 0.125", 50, 40, "fractions"), 40, 50),
+                          expected)

@@ -8,20 +8,11 @@ import pytest
 import torch
 
 from e2p_dev import tiny_models as tm
+from e2p_dev.weight_files import LeavesAMark
 from e2p_core import files, formats, imaging
 from e2p_core.comfyui import loader
 
 pytestmark = pytest.mark.usefixtures("comfy_inprocess")
-
-
-class LeavesAMark:
-    """Unpickling this writes a marker file: proof that a loader unpickled (and so could run) a file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +24,7 @@ def test_truncated_file(tmp_path, good_file):
     data = open(good_file, "rb").read()
     truncated = tmp_path / "depth.safetensors"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(files.WeightFileError, match="truncated or corrupt: download it again"):
+    with pytest.raises(files.WeightFileError, match="is truncated: its data ends at byte .*; download it again"):
         loader.load_e2p_checkpoint(str(truncated))
 
 

@@ -80,16 +80,6 @@ def test_lora_on_base_equals_merged_weights(tmp_path, weights, inputs, merged_re
     assert scaled_error(latent, base_reference) > 100 * RELATIVE_TOLERANCE
 
 
-def test_lora_report_counts_modules(tmp_path, weights):
-    from e2p_core.comfyui import loader
-
-    bfl, pairs = weights
-    base = tm.write(str(tmp_path / "kontext.safetensors"), bfl)
-    lora_path = tm.write(str(tmp_path / "lora.safetensors"), tm.kohya_lora(pairs))
-    e2p = loader.load_e2p_checkpoint(base, "fp32", lora_path)
-    assert f"LoRA: {len(pairs)} of {len(pairs)} modules applied" in e2p.description
-
-
 def test_fp8_file_loads_like_its_dequantised_weights(tmp_path, weights, inputs):
     fp8 = {k: v.to(torch.float8_e4m3fn) for k, v in weights[0].items()}
     dequantised = {k: v.to(torch.float32) for k, v in fp8.items()}

@@ -5,6 +5,7 @@ and PLY files an independent reader (trimesh) parses, and through the node in Co
 from __future__ import annotations
 
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def test_depth_kinds_are_checked():
 def test_glb_is_read_back_by_trimesh(scene, tmp_path):
     built = mesh.depth_to_mesh(scene["depth"], scene["image"], FOV, normals=scene["normals"], stride=2)
     path = tmp_path / "scene.glb"
-    mesh.write_glb(str(path), built, {"note": "test"})
+    path.write_bytes(mesh.glb_bytes(built, {"note": "test"}))
     data = path.read_bytes()
     magic, version, length = struct.unpack("<III", data[:12])
     assert (magic, version, length) == (mesh.GLB_MAGIC, 2, len(data))
@@ -201,36 +202,11 @@ def test_glb_is_read_back_by_trimesh(scene, tmp_path):
 def test_ply_point_cloud_is_read_back_by_trimesh(scene, tmp_path):
     built = mesh.depth_to_mesh(scene["depth"], scene["image"], FOV, stride=4)
     path = tmp_path / "scene.ply"
-    mesh.write_ply(str(path), built, "synthetic scene\nsecond line")
+    path.write_bytes(mesh.ply_bytes(built, "synthetic scene\nsecond line"))
     cloud = trimesh.load(str(path), process=False)
     assert isinstance(cloud, trimesh.PointCloud)
     assert np.array_equal(cloud.vertices, built.vertices.astype(np.float64))
     assert np.array_equal(np.asarray(cloud.colors)[:, :3], scene["rgb"][built.pixels[:, 0], built.pixels[:, 1]])
-
-
-def test_a_failed_write_leaves_no_file(scene, tmp_path, monkeypatch):
-    """A write that dies half-way (disk full) leaves neither the target nor the partial temporary file."""
-    built = mesh.depth_to_mesh(scene["depth"], scene["image"], FOV, stride=8)
-
-    class DiskFull:
-        def __init__(self, path, mode):
-            self.handle = open(path, mode)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc_info):
-            self.handle.close()
-
-        def write(self, data):
-            self.handle.write(data[: len(data) // 2])
-            raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(mesh, "open", DiskFull, raising=False)
-    for write in (mesh.write_glb, mesh.write_ply):
-        with pytest.raises(OSError, match="No space left"):
-            write(str(tmp_path / "scene.out"), built)
-    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,7 +314,9 @@ def test_comfy_mesh_flows_into_core_decimate_mesh(comfy_inprocess, scene):
 @pytest.mark.parametrize("change, message", [
     (dict(image="narrow"), "image is 120x96 but the depth map is 128x96"),
     (dict(fov_degrees=0.0), "fov_degrees must be between"),
-    (dict(depth="nan"), "NaN or infinite pixels"),
+    (dict(depth="nan"), "depth has 1 NaN or infinite pixels"),
+    (dict(depth="inf"), r"depth has 1 NaN or infinite pixels of 12288 \(0 NaN, 1 infinite\)"),
+    (dict(normal_map="nan"), "normal_map has 1 NaN or infinite pixels.*Fix that node"),
     (dict(depth_kind="sqrt_depth", near=3.0, far=2.0), "near < far"),
     (dict(image="batch3"), "image has 3 images but depth has 2"),
 ])
@@ -349,10 +327,39 @@ def test_node_explains_bad_input_and_writes_nothing(comfy_inprocess, scene, chan
     elif change.get("image") == "batch3":
         inputs["depth"] = inputs["depth"].expand(2, -1, -1, -1)
         inputs["image"] = inputs["image"].expand(3, -1, -1, -1)
-    elif change.get("depth") == "nan":
+    elif change.get("depth") in ("nan", "inf"):
         inputs["depth"] = inputs["depth"].clone()
-        inputs["depth"][0, 3, 3] = float("nan")
-    inputs.update({k: v for k, v in change.items() if k not in ("image", "depth")})
+        inputs["depth"][0, 3, 3] = float(change["depth"])
+    elif change.get("normal_map") == "nan":
+        inputs["normal_map"] = torch.full_like(inputs["image"], 0.5)
+        inputs["normal_map"][0, 3, 3, 1] = float("nan")
+    inputs.update({k: v for k, v in change.items() if k not in ("image", "depth", "normal_map")})
     with pytest.raises(ValueError, match=message):
         comfy_inprocess.run_node("E2PDepthTo3D", **inputs)
     assert not list(output_path("e2p_test").glob("refused*"))
+
+
+def test_folder_at_the_second_target_fails_the_node_and_leaves_nothing(comfy_inprocess, scene, save_folders):
+    """Image 1's GLB and PLY are written when image 2's GLB name turns out to be a folder: none of them stays.
+    (%batch_num% keeps ComfyUI's counter from seeing the folder.)"""
+    output, _ = save_folders
+    blocker = output / "meshes" / "scene1_00002_.glb"
+    blocker.mkdir(parents=True)
+    inputs = node_inputs(scene, filename_prefix="meshes/scene%batch_num%", stride=8)
+    inputs.update(depth=inputs["depth"].expand(2, -1, -1, -1), image=inputs["image"].expand(2, -1, -1, -1))
+    with pytest.raises(OSError, match=f"cannot save {blocker}: {blocker} is a folder where a file is needed"):
+        comfy_inprocess.run_node("E2PDepthTo3D", **inputs)
+    assert [path for path in output.rglob("*") if path.is_file()] == []
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_glb_and_ply_follow_the_umask(comfy_inprocess, scene, save_folders, mask):
+    output, _ = save_folders
+    previous = os.umask(mask)
+    try:
+        comfy_inprocess.run_node("E2PDepthTo3D", **node_inputs(scene, stride=8))
+    finally:
+        os.umask(previous)
+    written = [path for path in output.rglob("*") if path.is_file()]
+    assert sorted(path.suffix for path in written) == [".glb", ".ply"]
+    assert {oct(path.stat().st_mode & 0o777) for path in written} == {oct(0o666 & ~mask)}

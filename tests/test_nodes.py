@@ -7,6 +7,7 @@ import torch
 
 from e2p_dev import tiny_models as tm
 from e2p_core import representations
+from e2p_core.colormaps import COLORMAPS, apply_colormap
 from e2p_core.comfyui import conditioning
 from e2p_core.tasks import META_TASK, task_spec
 
@@ -170,6 +171,8 @@ def test_matting_node_outputs_and_hints(installed, vae):
     ({"box": "5, 5, 5, 20"}, "no area"), ({"box": "1, 2"}, "four numbers"),
     ({"hint_mask": torch.ones(3, 48, 64)}, "3 masks for 2 images"),
     ({"hint_mask": torch.zeros(1, 48, 64)}, "hint_mask is empty"),
+    ({"hint_mask": torch.ones(1, 48, 48)}, "hint_mask is 48x48 but the image is 64x48, another aspect ratio"),
+    ({"box": "50, 40, 10, 5", "hint_mask": torch.full((1, 48, 64), float("nan"))}, "hint_mask has 3072 NaN"),
 ])
 def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
     e2p, _, _ = load(installed, "matting")
@@ -177,6 +180,56 @@ def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
     options.update(inputs)
     with pytest.raises(ValueError, match=message):
         installed.run_node("E2PMatting", **task_inputs(e2p, vae, image_batch(2, 48, 64)), num_points=10, **options)
+
+
+class RecordingPromptServer:
+    """Stands in for ComfyUI's PromptServer.instance: records what is sent under which node and to whom."""
+
+    client_id = "the-queueing-client"
+
+    def __init__(self):
+        self.texts = []
+
+    def send_progress_text(self, text, node_id, sid=None):
+        self.texts.append((node_id, text, sid))
+
+
+def test_matting_shows_its_warnings_and_hints_under_the_node(installed, vae, monkeypatch):
+    """Under a running node (ComfyUI's executing context) the node's report goes to the queueing client through
+    PromptServer.send_progress_text; tests/test_server.py follows it over a real websocket."""
+    from comfy_execution.utils import CurrentNodeContext
+    from server import PromptServer
+
+    recorder = RecordingPromptServer()
+    monkeypatch.setattr(PromptServer, "instance", recorder, raising=False)
+    e2p, _, _ = load(installed, "matting")
+    common = task_inputs(e2p, vae, image_batch(1, 48, 64), num_points=10, coordinates="pixels")
+    with CurrentNodeContext("prompt-1", "17"):
+        hint_map = installed.run_node("E2PMatting", **common, points="", box="0, 0, 1, 1",
+                                      hint_mask=torch.ones(1, 24, 32))[3]
+        installed.run_node("E2PMatting", **common, points="[[20, 24]]", box="")
+    assert hint_map.max() > 0.5
+    (node, warned, sid), (_, clean, _) = recorder.texts
+    assert node == "17" and sid == "the-queueing-client"
+    assert warned.splitlines() == [
+        "Warning: the box lies in [0, 1] but coordinates is 'pixels', so it marks only the image's top-left pixel; "
+        "for fractions of the image size set coordinates to 'fractions'",
+        "Warning: hint_mask is 32x24 but the image is 64x48; it was scaled to the image (same aspect ratio). "
+        "Connect a mask of the image's size to be sure it lines up",
+        "Hints: a box, a painted mask."]
+    assert clean == "Hints: 1 click."
+    installed.run_node("E2PMatting", **common, points="", box="")
+    assert len(recorder.texts) == 2, "outside a running node nothing is sent"
+
+
+def test_tiny_box_is_a_hint_not_none(installed, vae):
+    """Box 0,0,1,1 in pixels covers one pixel: before, fewer pixels than num_points gave an all-zero hint map."""
+    e2p, _, _ = load(installed, "matting")
+    common = task_inputs(e2p, vae, image_batch(1, 48, 64), num_points=10, points="", coordinates="pixels")
+    boxed = installed.run_node("E2PMatting", **common, box="0, 0, 1, 1")
+    none = installed.run_node("E2PMatting", **common, box="")
+    assert boxed[3][0, 0, 0, 0] > 0.5 and none[3].max() == 0
+    assert not torch.equal(boxed[0], none[0])
 
 
 def test_empty_mask_with_points_is_fine(installed, vae):
@@ -272,6 +325,23 @@ def test_sqrt_decode_and_colorize(installed):
     assert metric[0, 0, 0, 0] == pytest.approx(0.5) and metric[0, -1, -1, 0] == pytest.approx(10.0)
     with pytest.raises(ValueError, match="far"):
         installed.run_node("SqrtDecode", output="disparity", **{**common, "far": 0.1})
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"sqrt_depth has 16 NaN or infinite pixels of 16.*node upstream"):
+            installed.run_node("SqrtDecode", output="disparity", **{**common, "sqrt_depth": torch.full_like(y, bad)})
+    partly = y.clone()
+    partly[0, 1, 2, 0] = float("-inf")
+    with pytest.raises(ValueError, match=r"sqrt_depth has 1 NaN or infinite pixels of 16 \(0 NaN, 1 infinite\)"):
+        installed.run_node("SqrtDecode", output="metric_depth", **{**common, "sqrt_depth": partly})
     (colored,) = installed.run_node("E2PColorizeDepth", depth=y, colormap="spectral", invert=False)
     assert colored.shape == y.shape
     assert torch.allclose(colored[0, 0, 0], torch.tensor([158, 1, 66]) / 255.0)
+
+
+def test_colorize_offers_every_map_and_keeps_spectral_as_default(installed):
+    node = installed.node_class_mappings["E2PColorizeDepth"]
+    kind, options = node.INPUT_TYPES()["required"]["colormap"]
+    choices = kind if isinstance(kind, list) else options["options"]      # dict-style or V3 COMBO
+    assert list(choices) == COLORMAPS and options["default"] == "spectral"
+    depth = torch.linspace(0, 1, 12).reshape(1, 3, 4, 1).expand(1, 3, 4, 3)
+    (colored,) = installed.run_node("E2PColorizeDepth", depth=depth, colormap="turbo", invert=True)
+    assert torch.equal(colored, apply_colormap(1.0 - depth[..., 0], "turbo"))

@@ -106,3 +106,17 @@ def test_limits_are_explained():
     thin = imaging.plan_canvas(64, 4096, 768, "aspect")
     assert (thin.content_height, thin.padded_height, thin.padded_width) == (12, 16, 768)
     assert imaging.plan_canvas(64, 4096, 768, "reference").padded_width == 768
+
+
+def test_non_finite_maps_are_refused_counting_pixels():
+    image = torch.rand(2, 4, 5, 3)
+    image[0, 1, 1] = float("nan")                  # all three channels of one pixel: one pixel
+    image[1, 2, 3, 0], image[1, 2, 3, 2] = float("inf"), float("nan")
+    with pytest.raises(ValueError, match=r"^sqrt_depth has 2 NaN or infinite pixels of 40 \(2 NaN, 1 infinite\)"):
+        rep.require_finite_map(image, "sqrt_depth")
+    mask = torch.zeros(1, 4, 5)
+    mask[0, 0, :2] = float("-inf")
+    with pytest.raises(ValueError, match=r"^hint_mask has 2 NaN or infinite pixels of 20 \(0 NaN, 2 infinite\)"):
+        rep.require_finite_map(mask, "hint_mask")
+    rep.require_finite_map(torch.rand(1, 4, 5, 3), "depth")
+    rep.require_finite_map(None, "normal_map")      # an optional input left unconnected

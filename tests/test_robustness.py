@@ -198,7 +198,7 @@ def test_sd15_model_with_an_e2p_lora_is_named(installed):
 def test_colorize_refuses_non_finite_values(installed, bad):
     depth = torch.rand(1, 8, 8, 3)
     depth[0, 2, 3] = bad
-    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+    with pytest.raises(ValueError, match="depth has 1 NaN or infinite pixels"):
         installed.run_node("E2PColorizeDepth", depth=depth, colormap="spectral", invert=False)
 
 

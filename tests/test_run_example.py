@@ -13,6 +13,7 @@ import png
 import pytest
 from PIL import Image
 
+from e2p_core.model_files import KONTEXT_BASE, MODEL_FILES
 from e2p_dev.comfy_runtime import REPO_ROOT, comfyui_dir
 from e2p_dev.example_run import UserActionNeeded, demo, missing_files, workflow
 from e2p_dev.example_run.scene import render_example_scene
@@ -23,7 +24,7 @@ QUICKSTART = REPO_ROOT / "example_workflows" / "e2p_quickstart.json"
 DEMO_LABEL = "DEMO — random weights, not real predictions"
 RUN_TIMEOUT_S = 900
 FOLDER_OF = {"ae.safetensors": "vae", "clip_l.safetensors": "text_encoders", "t5xxl_fp16.safetensors": "text_encoders"}
-SOURCE_OF = {"ae.safetensors": "black-forest-labs/FLUX.1-Kontext-dev",
+SOURCE_OF = {"ae.safetensors": "Comfy-Org/Lumina_Image_2.0_Repackaged",
              "clip_l.safetensors": "comfyanonymous/flux_text_encoders",
              "t5xxl_fp16.safetensors": "comfyanonymous/flux_text_encoders"}
 
@@ -102,32 +103,39 @@ def test_missing_weights_are_named_with_folder_and_source(tmp_path):
 
 
 def test_quickstart_shares_one_base_when_the_task_loras_are_there(tmp_path):
-    """Full checkpoints missing, Kontext base and LoRAs present: each loader switches to base + its task's LoRA
-    (and the missing-file guide names that route); one LoRA missing: nothing switches."""
+    """Full checkpoints missing, Kontext base and LoRAs present: each loader becomes E2P Model from MODEL with its
+    task's LoRA, all on one added UNETLoader of the base (and the missing-file guide names that route); one LoRA
+    missing: nothing switches."""
     full = {"3": "depth", "4": "normal", "5": "matting"}
 
     def quickstart_loaders():
-        return {node_id: {"class_type": "LoadE2PModel", "inputs": {
-            "checkpoint": f"{task}.safetensors", "lora": "none", "task": task}} for node_id, task in full.items()}
+        prompt = {node_id: {"class_type": "LoadE2PModel", "inputs": {
+            "checkpoint": f"{task}.safetensors", "weight_dtype": "default", "lora": "none", "task": task,
+            "clip": ["1", 0]}} for node_id, task in full.items()}
+        prompt["1"] = {"class_type": "DualCLIPLoader", "inputs": {}}
+        return prompt
 
     def listing(loras):
-        return {"LoadE2PModel": {"input": {"required": {
-            "checkpoint": [["flux1-kontext-dev.safetensors"]], "lora": [["none", *loras]]}}}}
+        return {"UNETLoader": {"input": {"required": {"unet_name": [[KONTEXT_BASE]]}}},
+                "E2PModelFromMODEL": {"input": {"required": {"lora": [["none", *loras]]}}}}
 
     prompt = quickstart_loaders()
     lines = workflow.use_base_and_loras(prompt, listing([f"{task}_lora.safetensors" for task in full.values()]))
     assert len(lines) == 3
+    (base_id,) = set(prompt) - set(quickstart_loaders())
+    assert prompt[base_id]["class_type"] == "UNETLoader"
+    assert prompt[base_id]["inputs"] == {"unet_name": KONTEXT_BASE, "weight_dtype": "default"}
     for node_id, task in full.items():
-        assert prompt[node_id]["inputs"] == {"checkpoint": "flux1-kontext-dev.safetensors",
-                                             "lora": f"{task}_lora.safetensors", "task": task}
+        assert prompt[node_id] == {"class_type": "E2PModelFromMODEL", "inputs": {
+            "model": [base_id, 0], "lora": f"{task}_lora.safetensors", "task": task, "clip": ["1", 0]}}
     prompt = quickstart_loaders()
     assert workflow.use_base_and_loras(prompt, listing(["depth_lora.safetensors", "normal_lora.safetensors"])) == []
     assert prompt == quickstart_loaders()
     missing = [(f"{task}.safetensors", ("edit2perceive", "diffusion_models"), f"node {node_id}")
                for node_id, task in full.items()]
     message = missing_files.missing_files_message(missing, [tmp_path / "models"], QUICKSTART)
-    assert f"flux1-kontext-dev.safetensors (https://huggingface.co/black-forest-labs/FLUX.1-Kontext-dev) into " \
-           f"{tmp_path / 'models' / 'diffusion_models'}" in message
+    assert f"{KONTEXT_BASE} ({MODEL_FILES[KONTEXT_BASE].url}) into {tmp_path / 'models' / 'diffusion_models'}" \
+        in message
     assert "depth_lora.safetensors, normal_lora.safetensors, matting_lora.safetensors" in message
 
 

@@ -202,3 +202,21 @@ def test_object_info_shows_names_aliases_and_categories_beside_core_nodes(server
     for name in NODE_KINDS:
         assert "edit2perceive" in info[name]["search_aliases"], name
 
+
+def test_matting_warnings_reach_the_queueing_client_inside_the_node(server):
+    """Hints that are valid but probably not what was meant run with warnings the user sees: ComfyUI's progress
+    text, sent over the websocket to the client that queued the prompt and drawn by the frontend inside the node.
+    A later clean run replaces them with the plain summary, and the server log holds each warning too."""
+    warned = task_prompt("matting", points="[[0.5, 0.5]]")
+    warned["7"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 28, "height": 20}}
+    warned["4"]["inputs"]["hint_mask"] = ["7", 0]
+    entry, texts = server.run_prompt_with_node_texts(warned, timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    point_warning = ("the point lies in [0, 1] but coordinates is 'pixels', so the image's top-left pixels are "
+                     "marked; for fractions of the image size set coordinates to 'fractions'")
+    mask_warning = ("hint_mask is 28x20 but the image is 56x40; it was scaled to the image (same aspect ratio). "
+                    "Connect a mask of the image's size to be sure it lines up")
+    assert texts == {"4": [f"Warning: {point_warning}\nWarning: {mask_warning}\nHints: 1 click, a painted mask."]}
+    assert point_warning in server.log_text() and mask_warning in server.log_text()
+    _, texts = server.run_prompt_with_node_texts(task_prompt("matting", points="[[20, 15]]"), timeout=300)
+    assert texts == {"4": ["Hints: 1 click."]}

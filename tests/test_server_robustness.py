@@ -130,7 +130,7 @@ def test_bad_files_and_hints_are_node_errors_and_the_queue_goes_on(comfy_server,
     unrelated_lora = task_prompt("depth")
     unrelated_lora["1"]["inputs"]["lora"] = "unrelated_lora.safetensors"
     cases = [
-        (task_prompt("depth", checkpoint="truncated.safetensors"), "LoadE2PModel", "truncated or corrupt"),
+        (task_prompt("depth", checkpoint="truncated.safetensors"), "LoadE2PModel", "is truncated"),
         (task_prompt("depth", checkpoint="sdxl_unet.safetensors"), "LoadE2PModel", "SDXL"),
         (task_prompt("depth", checkpoint="matting_tagged.safetensors"), "LoadE2PModel", "trained for 'matting'"),
         (unrelated_lora, "LoadE2PModel", "match no layer"),

@@ -92,15 +92,15 @@ def _fused_lora_pairs(tensors: dict[str, torch.Tensor], depth: int, single: int)
     kohya = {"lora_unet_" + bfl[:-len(".weight")].replace(".", "_"): bfl for bfl in targets.values()}
     normalized = formats.normalize_lora_keys(tensors)
     pairs = {}
-    for module in formats.lora_module_names(normalized):
-        if module in kohya:
-            bfl, down_key, up_key = kohya[module], f"{module}.lora_down.weight", f"{module}.lora_up.weight"
-        elif module in targets:
-            bfl, down_key, up_key = targets[module], f"{module}.lora_A.weight", f"{module}.lora_B.weight"
-        else:
-            raise ExportError(f"LoRA module '{module}' is neither a kohya nor a DiffSynth FLUX name this model has")
-        alpha = normalized.get(f"{module}.alpha")
-        pairs[bfl] = (normalized[down_key], normalized[up_key], None if alpha is None else float(alpha))
+    for name, module in formats.lora_modules(normalized).items():
+        bfl = kohya.get(name, targets.get(name))
+        if bfl is None:
+            raise ExportError(f"LoRA module '{name}' is neither a kohya nor a DiffSynth FLUX name this model has")
+        defects = module.defects()
+        if defects:
+            raise ExportError(f"LoRA module '{name}' is damaged: {'; '.join(defects)}")
+        alpha = None if module.alpha is None else float(module.alpha[1])
+        pairs[bfl] = (module.down[1], module.up[1], alpha)
     return pairs
 
 

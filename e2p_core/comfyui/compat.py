@@ -15,8 +15,14 @@ Touch points and the differences found:
   which would hold a checkpoint twice, so they get one-element stand_ins of each weight's shape and dtype, and
   the weights follow one tensor at a time into the parameters ComfyUI allocated (replacing the stand_ins where
   a dynamic patcher loaded with ``assign``). On CPU both versions allocate those parameters with ``torch.empty``
-  (``comfy.ops`` skips initialisation), so they take memory only as they are written.
-- LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``; same on both.
+  (``comfy.ops`` skips initialisation), so they take memory only as they are written. Before that, the model
+  is built once on the ``meta`` device (``model_config_from_unet_config``, ``get_model(device="meta")``, same on
+  both) for the weight names and shapes a file must have, so a wrong file is refused before memory is allocated.
+- LoRA: ``comfy.lora.model_lora_keys_unet`` and ``comfy.lora.load_lora``, ``ModelPatcher.add_patches`` and the
+  patcher's ``patches`` (weight name -> list of ``(strength, patch, strength_model, offset, function)``); same on
+  both. Key-map targets are a weight name or ``(weight name, (dim, start, length))`` for a slice of a fused
+  weight (diffusers q/k/v). 0.33.0's key map also knows bare diffusers names. A LoRA whose shapes do not fit its
+  layer is skipped by both only when the weight is computed, with an ERROR log line.
 - Patches: ``comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL`` wrappers and ModelPatcher object patches of
   ``diffusion_model.time_in`` and ``diffusion_model.process_img``. The FLUX forward calls ``time_in`` on the
   stock embedding and ``process_img(ref, index=..., h_offset=..., w_offset=...)`` for each reference on both.
@@ -31,6 +37,11 @@ Touch points and the differences found:
   backend ComfyUI chose and ``get_attention_function``.
 - Interrupt and progress: ``comfy.model_management.throw_exception_if_processing_interrupted`` and
   ``comfy.utils.ProgressBar``; same on both.
+- Text under a node (warnings the user must see): ``server.PromptServer.instance.send_progress_text(text,
+  node_id, sid)`` with the running node from ``comfy_execution.utils.get_executing_context()`` and the queueing
+  client ``PromptServer.instance.client_id``, as ComfyUI's progress hook addresses it; same on both (core's Get
+  Image Size shows sizes this way). The frontend (1.32 with 0.3.75, 1.49 with 0.33.0) shows the latest text in
+  the node until the next one replaces it.
 - Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags); a script running
   ComfyUI in-process sets them with ``comfy.options.enable_args_parsing`` before ``import comfy.cli_args``.
 - Node definitions: ``comfy_api.latest`` (``io.ComfyNode``, ``io.Schema``, ``ComfyExtension``) on both. 0.33.0's
@@ -57,6 +68,7 @@ import functools
 import importlib
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -126,6 +138,23 @@ def _shape_stand_ins(bfl_state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     config, dtype and patcher class. The real weights follow through :func:`fill_flux_weights`, one at a time,
     so no whole second copy of the model ever exists."""
     return {name: torch.zeros((), dtype=tensor.dtype).expand(tensor.shape) for name, tensor in bfl_state_dict.items()}
+
+
+def flux_model_weights(bfl_state_dict: dict[str, torch.Tensor], unet_config: dict,
+                       bfl_names: Iterable[str]) -> tuple[dict[str, torch.Size], dict[str, str]]:
+    """What ComfyUI's FLUX model for ``unet_config`` holds, known before any weight memory exists: its weight
+    names and shapes (from the model built on the meta device) and the name each of ``bfl_names`` loads under
+    (:func:`flux_key_renames`). ``bfl_state_dict`` gives the shapes and dtypes detection reads."""
+    import comfy.model_detection
+
+    stand_ins = _shape_stand_ins(bfl_state_dict)
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config, stand_ins)
+    if model_config is None:
+        raise ComfyCompatError(f"ComfyUI {comfyui_version()} does not know the FLUX model configuration; update "
+                               "ComfyUI")
+    model = model_config.get_model(stand_ins, "", device="meta")
+    shapes = {name: tensor.shape for name, tensor in model.diffusion_model.state_dict().items()}
+    return shapes, flux_key_renames(model_config, list(bfl_names))
 
 
 def load_flux_stock(bfl_state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None):
@@ -202,10 +231,6 @@ def load_device():
     return comfy.model_management.get_torch_device()
 
 
-def model_weight_keys(patcher) -> set[str]:
-    return set(patcher.model.diffusion_model.state_dict().keys())
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # LoRA
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,9 +243,66 @@ def stock_lora_key_map(patcher) -> dict[str, object]:
 
 
 def lora_patches(lora_state_dict: dict[str, torch.Tensor], targets: dict[str, object]) -> dict:
+    """ComfyUI's patches for ``targets`` (LoRA module -> key-map target), keyed by target."""
     import comfy.lora
 
     return comfy.lora.load_lora(lora_state_dict, targets, log_missing=False)
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """The part of a model weight a LoRA module patches: the whole weight, or for a fused layer (qkv, linear1)
+    the slice of it that ComfyUI's key map names."""
+
+    weight: str                                  # the model's weight name (diffusion_model....weight)
+    weight_shape: tuple[int, ...] | None         # None: the model has no such weight
+    part: tuple[int, int, int] | None = None     # (dim, start, length) of a fused weight's slice
+
+    @property
+    def patched_shape(self) -> tuple[int, ...] | None:
+        """The shape of what is patched; None when the weight is missing or the slice lies outside it."""
+        if self.weight_shape is None or self.part is None:
+            return self.weight_shape
+        dim, start, length = self.part
+        if start + length > self.weight_shape[dim]:
+            return None
+        return self.weight_shape[:dim] + (length,) + self.weight_shape[dim + 1:]
+
+    def describe(self) -> str:
+        if self.part is None:
+            return self.weight
+        dim, start, length = self.part
+        span = f"{start}-{start + length - 1}"
+        return f"rows {span} of {self.weight}" if dim == 0 else f"entries {span} along dim {dim} of {self.weight}"
+
+
+def lora_targets(patcher, key_map_targets: dict[str, object]) -> dict[str, LoraTarget]:
+    """What each LoRA module's key-map target (a weight name, or ComfyUI's ``(weight, (dim, start, length))`` for
+    a fused layer's slice) patches in this model. Shapes are the weights' logical ones (GGUF's quantized weights
+    report theirs as ``tensor_shape``); a weight is present when ``add_patches`` would accept it."""
+    import comfy.utils
+
+    present = set(patcher.model.state_dict())
+    found = {}
+    for module, target in key_map_targets.items():
+        weight, part = (target, None) if isinstance(target, str) else (target[0], tuple(target[1]))
+        shape = None
+        if weight in present:
+            tensor = comfy.utils.get_attr(patcher.model, weight)
+            shape = tuple(int(size) for size in getattr(tensor, "tensor_shape", tensor.shape))
+        found[module] = LoraTarget(weight, shape, part)
+    return found
+
+
+def held_patches(patcher, patches: dict) -> set:
+    """The keys of ``patches`` (as given to ``add_patches``) whose patch this patcher now holds on its weight:
+    what will really be applied, whatever ``add_patches`` returned."""
+    held = set()
+    for target, patch in patches.items():
+        weight = target if isinstance(target, str) else target[0]
+        if any(entry[1] is patch for entry in patcher.patches.get(weight, ())):
+            held.add(target)
+    return held
 
 
 def unet_config(patcher) -> dict:
@@ -324,6 +406,20 @@ def progress_bar(total: int):
     import comfy.utils
 
     return comfy.utils.ProgressBar(total)
+
+
+def show_text_on_node(text: str) -> bool:
+    """Show ``text`` under the running node in the ComfyUI frontend of the client that queued the prompt
+    (replacing what the node showed before). False where there is no server or no running node (scripts,
+    in-process use), where logs are the only channel."""
+    from comfy_execution.utils import get_executing_context
+    from server import PromptServer
+
+    server, context = getattr(PromptServer, "instance", None), get_executing_context()
+    if server is None or context is None:
+        return False
+    server.send_progress_text(text, context.node_id, server.client_id)
+    return True
 
 
 def metadata_disabled() -> bool:

@@ -8,16 +8,19 @@ dynamic VRAM. LoRAs go through ComfyUI's patch mechanism, never by rewriting the
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
 from .. import formats
+from ..model_files import KONTEXT_BASE
 from . import compat
-from ..files import read_safetensors, read_safetensors_layout, stream_safetensors
+from ..files import check_float_tensors, read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
 from ..tasks import (META_REPRESENTATION, META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_NAMES, TASKS,
                      TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK, task_from_file_name, task_spec)
@@ -110,9 +113,15 @@ def _resolve_time_embedding(requested: str, metadata: dict[str, str]) -> str:
     return TIME_EMBEDDING_OFFICIAL
 
 
-def _task_from_metadata(metadata: dict[str, str]) -> str | None:
+def _task_from_metadata(metadata: dict[str, str], path: str) -> str | None:
+    """The task a file's metadata states (None when it states none); a task this pack does not know is refused,
+    since no node here could decode what such weights predict."""
     task = metadata.get(META_TASK)
-    return task if task in TASKS else None
+    if task is None or task in TASKS:
+        return task
+    raise E2PLoadError(f"{os.path.basename(path)}'s metadata names the task {task!r} ({META_TASK}), which this node "
+                       f"pack does not know (it knows {', '.join(TASK_NAMES)}): these weights were trained for "
+                       "something else. Use weights of one of those tasks, or a version of the pack that has it")
 
 
 def check_representation(task: str | None, representation: str | None) -> None:
@@ -139,12 +148,15 @@ def _model_from_files(patcher, metadata: dict[str, str], task: str | None, time_
 
 
 def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: str = "default",
-                       weights: Iterable[tuple[str, torch.Tensor]] | None = None):
-    """ComfyUI FLUX model from BFL tensors through ComfyUI's own loader, with the key set checked strictly
-    (ComfyUI itself only logs missing or unexpected weights).
+                       weights: Iterable[tuple[str, torch.Tensor]] | None = None, source: str = "the checkpoint",
+                       file_name: Callable[[str], str] = str):
+    """ComfyUI FLUX model from BFL tensors through ComfyUI's own loader, with names and shapes checked strictly
+    against the model ComfyUI builds, before any weight memory is allocated (ComfyUI itself only logs missing or
+    unexpected weights, and a wrong shape fails inside torch with no file named).
 
     ``bfl_state_dict`` gives the names, shapes and dtypes (``meta`` tensors are enough); the weights come from
-    ``weights``, (BFL name, tensor) pairs written into the model one at a time, or else from ``bfl_state_dict``."""
+    ``weights``, (BFL name, tensor) pairs written into the model one at a time, or else from ``bfl_state_dict``.
+    ``source`` and ``file_name`` (BFL name -> the file's own name for it) are for the messages."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise E2PLoadError(f"unknown weight dtype '{weight_dtype}'; use one of {', '.join(WEIGHT_DTYPES)}")
     shape = formats.infer_shape(bfl_state_dict)
@@ -152,26 +164,56 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
     if detected is None:
         raise E2PLoadError(f"ComfyUI {compat.comfyui_version()} does not recognise these tensors as a FLUX.1 "
                            "transformer; the file is of another architecture, or ComfyUI needs an update")
+    config = detected if detected.get("num_heads") == shape.num_heads else {**detected, "num_heads": shape.num_heads}
+    known_names = set(bfl_state_dict) | set(formats.bfl_tensor_names(shape.depth, shape.depth_single_blocks))
+    expected, renames = compat.flux_model_weights(bfl_state_dict, config, known_names)
+    _check_against_model(bfl_state_dict, expected, renames, shape, source, file_name)
     dtype = WEIGHT_DTYPES[weight_dtype]
-    if detected.get("num_heads") == shape.num_heads:
+    if config is detected:
         patcher = compat.load_flux_stock(bfl_state_dict, dtype)
     else:
         log.info("Edit2Perceive: ComfyUI detected %s heads for a hidden size of %d; building with %d",
                  detected.get("num_heads"), shape.hidden_size, shape.num_heads)
-        patcher = compat.load_flux_from_config(bfl_state_dict, {**detected, "num_heads": shape.num_heads},
-                                                     dtype)
-    expected = compat.model_weight_keys(patcher)
-    renames = compat.flux_key_renames(patcher.model.model_config, list(bfl_state_dict))
-    given = set(renames.values())
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        raise E2PLoadError(
-            "the checkpoint does not match a FLUX.1 Kontext transformer of its own shape: "
-            + (f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])}) " if missing else "")
-            + (f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
-            + "; the file is incomplete or of another architecture")
+        patcher = compat.load_flux_from_config(bfl_state_dict, config, dtype)
     compat.fill_flux_weights(patcher, bfl_state_dict.items() if weights is None else weights, renames)
     return patcher, shape
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _listed(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _check_against_model(bfl_state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+                         renames: dict[str, str], shape: formats.FluxShape, source: str,
+                         file_name: Callable[[str], str]) -> None:
+    """Refuse tensors that the FLUX model ComfyUI builds for this file lacks, needs or shapes otherwise, named as
+    the file names them."""
+    size = f"hidden size {shape.hidden_size}, {shape.depth} double + {shape.depth_single_blocks} single blocks"
+    bfl_of = {key: name for name, key in renames.items()}
+    given = {renames[name]: name for name in bfl_state_dict}
+    missing = sorted(file_name(bfl_of.get(key, key)) for key in set(expected) - set(given))
+    if missing:
+        raise E2PLoadError(f"{source} lacks {_count(missing, 'tensor')} that a FLUX.1 Kontext transformer of its size "
+                           f"({size}) has: {_listed(missing)}; the file is incomplete (download it again) or of "
+                           "another FLUX variant")
+    unexpected = sorted(file_name(name) for key, name in given.items() if key not in expected)
+    if unexpected:
+        raise E2PLoadError(f"{source} has {_count(unexpected, 'tensor')} that a FLUX.1 Kontext transformer of its size "
+                           f"({size}) does not have: {_listed(unexpected)}; the file is of another architecture or "
+                           "FLUX variant")
+    wrong = [(name, list(bfl_state_dict[name].shape), list(expected[key])) for key, name in sorted(given.items())
+             if tuple(bfl_state_dict[name].shape) != tuple(expected[key])]
+    if wrong:
+        name, found, needed = wrong[0]
+        more = f" ({len(wrong) - 1} more tensors have wrong shapes)" if len(wrong) > 1 else ""
+        raise E2PLoadError(f"{source}: tensor {file_name(name)} has shape {found} where a FLUX.1 Kontext transformer "
+                           f"of this size ({size}) has {needed}{more}. The file is not an Edit2Perceive / FLUX.1 "
+                           "Kontext checkpoint of this architecture, or it is damaged: use the released file (or "
+                           "download it again)")
 
 
 def lora_key_map(patcher) -> dict[str, object]:
@@ -191,31 +233,83 @@ def lora_key_map(patcher) -> dict[str, object]:
 class LoraReport:
     modules_in_file: int
     modules_applied: int
-    unmatched: list[str]
+    strength: float = 1.0
 
     def summary(self) -> str:
+        if self.strength == 0:
+            return (f"LoRA: strength 0, so none of its {self.modules_in_file} modules applied (checked; the base "
+                    "model runs unchanged)")
         return f"LoRA: {self.modules_applied} of {self.modules_in_file} modules applied"
 
 
-def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: float = 1.0):
-    """Clone ``patcher`` with the LoRA as weight patches. Fails when any LoRA module has no target."""
+def check_lora_strength(strength) -> float:
+    """``lora_strength`` as a float; anything but a finite number is refused here, where it is given, instead of
+    surfacing as a NaN prediction blamed on the files."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+        raise E2PLoadError(f"lora_strength must be a finite number, not {strength!r}: 1.0 applies the LoRA as "
+                           "trained, 0 runs the base model without it")
+    return float(strength)
+
+
+def _refusal(source: str, problem: str, defects: list[tuple[str, str]], modules: int, advice: str) -> E2PLoadError:
+    listing = "; ".join(f"{name}: {defect}" for name, defect in defects[:3])
+    more = f" (and {len(defects) - 3} more)" if len(defects) > 3 else ""
+    return E2PLoadError(f"{source} {problem}: {len(defects)} of its {modules} modules cannot be applied. "
+                        f"{listing}{more}. {advice}")
+
+
+def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: float = 1.0,
+               source: str = "this LoRA file"):
+    """Clone ``patcher`` with the LoRA as weight patches, after checking every module against the layer it patches:
+    ComfyUI itself skips a module whose shapes do not fit (with only a log line) and fails on a broken pair, so
+    each is refused here, naming the module. The report counts the patches the clone really holds."""
+    strength = check_lora_strength(strength)
     normalized = formats.normalize_lora_keys(lora_state_dict)
-    modules = formats.lora_module_names(normalized)
-    if not modules:
-        raise E2PLoadError(f"this file has no LoRA tensors (lora_A/lora_B or lora_down/lora_up); it looks like "
+    modules = formats.lora_modules(normalized)
+    if not any(module.has_half for module in modules.values()):
+        raise E2PLoadError(f"{source} has no LoRA tensors (lora_A/lora_B or lora_down/lora_up); it looks like "
                            f"{formats.describe_foreign(lora_state_dict)}")
+    damaged = [(name, "; ".join(found)) for name, module in sorted(modules.items()) if (found := module.defects())]
+    if damaged:
+        raise _refusal(source, "is damaged", damaged, len(modules),
+                       "ComfyUI would skip or fail on these layers. Download the file again, or export it again "
+                       "from its training run")
     key_map = lora_key_map(patcher)
-    targets = {name: key_map[name] for name in modules if name in key_map}
-    unmatched = sorted(modules - set(targets))
-    report = LoraReport(len(modules), len(targets), unmatched)
+    unmatched = sorted(name for name in modules if name not in key_map)
     if unmatched:
-        raise E2PLoadError(f"{report.summary()}; {len(unmatched)} match no layer of this model "
-                           f"(e.g. {', '.join(unmatched[:3])}). Is it a LoRA for FLUX.1 Kontext of this size?")
+        raise E2PLoadError(f"LoRA: 0 of {len(modules)} modules applied: {len(unmatched)} match no layer of this "
+                           f"model (e.g. {', '.join(unmatched[:3])}). Is {source} for FLUX.1 Kontext of this size?")
+    targets = {name: key_map[name] for name in modules}
+    placed = compat.lora_targets(patcher, targets)
+    misfits = []
+    first_of_target: dict[object, str] = {}
+    for name, module in sorted(modules.items()):
+        target = placed[name]
+        if target.weight_shape is None:
+            misfits.append((name, f"patches {target.weight}, which this model does not have"))
+        elif target.patched_shape is None:
+            misfits.append((name, f"patches {target.describe()}, outside that {target.weight_shape} weight"))
+        elif (defect := module.target_defect(target.patched_shape)) is not None:
+            misfits.append((name, f"{defect} ({target.describe()})"))
+        elif (other := first_of_target.setdefault(targets[name], name)) != name:
+            misfits.append((name, f"patches the same layer as {other}; the file holds two LoRAs for it"))
+    if misfits:
+        raise _refusal(source, "does not fit this model", misfits, len(modules),
+                       "It is a LoRA for another model or size of FLUX (use one made for FLUX.1 Kontext [dev]), or "
+                       "the file is damaged (download it again)")
+    report = LoraReport(len(modules), 0, strength)
+    if strength == 0:                   # as ComfyUI's LoraLoader: the model unchanged
+        return patcher, report
     patches = compat.lora_patches(normalized, targets)
     patched = patcher.clone()
-    accepted = patched.add_patches(patches, strength)
-    if len(accepted) != len(patches):
-        raise E2PLoadError(f"{report.summary()}, but only {len(accepted)} weights accepted the patch")
+    patched.add_patches(patches, strength)
+    held = compat.held_patches(patched, patches)
+    skipped = sorted(name for name in modules if targets[name] not in held)
+    report.modules_applied = len(modules) - len(skipped)
+    if skipped:
+        raise E2PLoadError(f"{report.summary()}: ComfyUI {compat.comfyui_version()} did not take the patches of "
+                           f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}; the file's naming is one "
+                           "this ComfyUI does not read")
     return patched, report
 
 
@@ -226,11 +320,16 @@ _SHARED_BASES: dict[tuple, tuple[weakref.ref, dict[str, str], list[str]]] = {}
 def load_base_model(path: str, weight_dtype: str = "default") -> tuple[object, dict[str, str], list[str]]:
     """(patcher, file metadata, notes) for a checkpoint, streamed: the file is memory-mapped and converted one
     BFL tensor at a time straight into the model ComfyUI allocated, so no second copy of the weights exists."""
+    name = os.path.basename(path)
     layout, metadata = read_safetensors_layout(path)
-    plan = formats.plan_to_bfl(layout)
-    weights = plan.convert_stream(stream_safetensors(path, plan.source_groups()))
-    patcher, shape = build_flux_patcher(plan.convert(layout), weight_dtype, weights)
-    notes = [f"{os.path.basename(path)}: {plan.layout} layout, hidden {shape.hidden_size}, "
+    try:
+        plan = formats.plan_to_bfl(layout)
+        check_float_tensors(name, layout)
+        weights = plan.convert_stream(stream_safetensors(path, plan.source_groups()))
+        patcher, shape = build_flux_patcher(plan.convert(layout), weight_dtype, weights, name, plan.file_name)
+    except formats.UnsupportedCheckpoint as error:
+        raise formats.UnsupportedCheckpoint(f"{name}: {error}") from None
+    notes = [f"{name}: {plan.layout} layout, hidden {shape.hidden_size}, "
              f"{shape.depth}+{shape.depth_single_blocks} blocks, {shape.num_heads} heads"]
     if plan.ignored_keys:
         notes.append(f"ignored {len(plan.ignored_keys)} unused tensors ({plan.ignored_keys[0]}, ...): "
@@ -261,16 +360,21 @@ def shared_base_model(path: str, weight_dtype: str = "default") -> tuple[object,
     return patcher, metadata, list(notes)
 
 
+def _lora_source(lora_path: str) -> str:
+    return f"the LoRA file {os.path.basename(lora_path)}"
+
+
 def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str | None = None,
                         lora_strength: float = 1.0, time_embedding: str = "auto") -> E2PModel:
     """An E2P full checkpoint (any layout), or a FLUX.1 Kontext base plus an E2P LoRA."""
+    lora_strength = check_lora_strength(lora_strength)
     patcher, metadata, notes = shared_base_model(path, weight_dtype)
-    task = _task_from_metadata(metadata)
+    task = _task_from_metadata(metadata, path)
     if lora_path:
         lora_tensors, lora_metadata = read_safetensors(lora_path)
-        patcher, report = apply_lora(patcher, lora_tensors, lora_strength)
+        patcher, report = apply_lora(patcher, lora_tensors, lora_strength, _lora_source(lora_path))
         notes.append(report.summary())
-        task = _task_from_metadata(lora_metadata) or task
+        task = _task_from_metadata(lora_metadata, lora_path) or task
         metadata = {**metadata, **lora_metadata}
     for line in notes:
         log.info("Edit2Perceive: %s", line)
@@ -280,14 +384,16 @@ def load_e2p_checkpoint(path: str, weight_dtype: str = "default", lora_path: str
 def from_native_model(patcher, lora_path: str | None = None, lora_strength: float = 1.0,
                       time_embedding: str = "auto") -> E2PModel:
     """A MODEL from any ComfyUI loader (UNETLoader, GGUF, ...) plus an optional E2P LoRA."""
+    lora_strength = check_lora_strength(lora_strength)
     if not compat.is_flux1_model(patcher):
         raise E2PLoadError(f"the MODEL input is a {compat.model_family(patcher)} model, not FLUX.1 Kontext; "
-                           "load flux1-kontext-dev (or an E2P checkpoint) with UNETLoader, or use Load E2P Model")
+                           f"load the FLUX.1 Kontext base ({KONTEXT_BASE}) or an E2P checkpoint with UNETLoader, "
+                           "or use Load E2P Model")
     notes = ["native MODEL input"]
     task, metadata = None, {}
     if lora_path:
         lora_tensors, metadata = read_safetensors(lora_path)
-        patcher, report = apply_lora(patcher, lora_tensors, lora_strength)
+        patcher, report = apply_lora(patcher, lora_tensors, lora_strength, _lora_source(lora_path))
         notes.append(report.summary())
-        task = _task_from_metadata(metadata)
+        task = _task_from_metadata(metadata, lora_path)
     return _model_from_files(patcher, metadata, task, time_embedding, notes)

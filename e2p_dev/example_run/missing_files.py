@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from e2p_core.model_files import E2P_SOURCE, KONTEXT_SOURCE, MODEL_FILES, PACK_FOLDER, folder_for
-from e2p_dev.example_run.workflow import KONTEXT_BASE, LORA_OF_CHECKPOINT
+from e2p_core.model_files import E2P_SOURCE, KONTEXT_BASE, MODEL_FILES, PACK_FOLDER, folder_for
+from e2p_dev.example_run.workflow import LORA_OF_CHECKPOINT
 
 
 def missing_files_message(missing, models_dirs: list[Path], workflow: Path) -> str:
@@ -19,7 +19,7 @@ def missing_files_message(missing, models_dirs: list[Path], workflow: Path) -> s
         alternatives = [str(models_dir / folder) for models_dir in models_dirs for folder in folders
                         if models_dir / folder != target.parent]
         known = MODEL_FILES.get(Path(value).name)
-        source = f"{known.source} (file {known.name})" if known else f"see the notes inside {workflow.name}"
+        source = known.url if known else f"see the notes inside {workflow.name}"
         lines += [f"  {value}", f"      put it at:  {target}", f"      download:   {source}",
                   f"      needed by:  {users}"]
         if alternatives:
@@ -32,7 +32,7 @@ def missing_files_message(missing, models_dirs: list[Path], workflow: Path) -> s
     if full_checkpoints:
         loras = ", ".join(LORA_OF_CHECKPOINT[value] for value in full_checkpoints)
         lines.append(f"Instead of {', '.join(full_checkpoints)} (one 12B model each in memory), the FLUX.1 Kontext "
-                     f"base works with the task LoRAs: {KONTEXT_BASE} ({KONTEXT_SOURCE}) into "
+                     f"base works with the task LoRAs: {KONTEXT_BASE} ({MODEL_FILES[KONTEXT_BASE].url}) into "
                      f"{models_dirs[0] / MODEL_FILES[KONTEXT_BASE].folder} and {loras} ({E2P_SOURCE}) into "
                      f"{models_dirs[0] / PACK_FOLDER}; all tasks then share one base in memory.")
     lines.append("To see the plumbing work without any download: bash scripts/run_example.sh --demo")

@@ -8,15 +8,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from e2p_core.model_files import INPUT_FOLDERS
+from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE
 from e2p_dev.comfy_runtime import REPO_ROOT
 from e2p_dev.example_run import RunFailed
 from e2p_dev.example_run.scene import render_example_scene
 
 NO_FILE = "none"
-# The quickstart's loaders name the three full checkpoints. The same tasks run from one FLUX.1 Kontext base plus the
-# three task LoRAs, whose loaders then share the base's weights in memory (e2p_core.comfyui.loader.shared_base_model).
-KONTEXT_BASE = "flux1-kontext-dev.safetensors"
+# The quickstart's loaders name the three full checkpoints. The same tasks run from one FLUX.1 Kontext base, loaded
+# once by the stock UNETLoader (the scaled-fp8 file of ComfyUI's Kontext template), plus the three task LoRAs.
 LORA_OF_CHECKPOINT = {"depth.safetensors": "depth_lora.safetensors", "normal.safetensors": "normal_lora.safetensors",
                       "matting.safetensors": "matting_lora.safetensors"}
 BYPASSED = 4                          # litegraph node mode: left out of the prompt
@@ -77,21 +76,26 @@ def full_checkpoint_loaders(prompt: dict) -> dict[str, dict]:
 
 
 def use_base_and_loras(prompt: dict, object_info: dict) -> list[str]:
-    """Point every loader of an official full checkpoint at the Kontext base plus that task's LoRA, when ComfyUI
-    lists the base and every LoRA needed: one 12B model in memory for all tasks instead of one per task. Returns a
-    line per loader switched; none when a file of that route is missing (the full checkpoints are used then)."""
+    """Turn every loader of an official full checkpoint into E2P Model from MODEL with that task's LoRA, all fed by
+    one added UNETLoader of the Kontext base, when ComfyUI lists the base and every LoRA needed: one 12B model in
+    memory for all tasks instead of one per task (each task's LoRA patches a clone). Returns a line per loader
+    switched; none when a file of that route is missing (the full checkpoints are used then)."""
     loaders = full_checkpoint_loaders(prompt)
-    checkpoints = combo_options(object_info, "LoadE2PModel", "checkpoint") or []
-    loras = combo_options(object_info, "LoadE2PModel", "lora") or []
+    bases = combo_options(object_info, "UNETLoader", "unet_name") or []
+    loras = combo_options(object_info, "E2PModelFromMODEL", "lora") or []
     needed = {LORA_OF_CHECKPOINT[node["inputs"]["checkpoint"]] for node in loaders.values()}
-    if not loaders or KONTEXT_BASE not in checkpoints or not needed <= set(loras):
+    if not loaders or KONTEXT_BASE not in bases or not needed <= set(loras):
         return []
+    base_id = str(max((int(node_id) for node_id in prompt if node_id.isdigit()), default=0) + 1)
+    prompt[base_id] = {"class_type": "UNETLoader", "inputs": {"unet_name": KONTEXT_BASE, "weight_dtype": "default"},
+                       "_meta": {"title": "FLUX.1 Kontext base"}}
     lines = []
     for node_id, node in loaders.items():
+        inputs = {name: value for name, value in node["inputs"].items() if name not in ("checkpoint", "weight_dtype")}
         full_checkpoint = node["inputs"]["checkpoint"]
-        node["inputs"]["checkpoint"] = KONTEXT_BASE
-        node["inputs"]["lora"] = LORA_OF_CHECKPOINT[full_checkpoint]
-        lines.append(f"  node {node_id} ({node['inputs'].get('task')}): {KONTEXT_BASE} + {node['inputs']['lora']} "
+        node["class_type"] = "E2PModelFromMODEL"
+        node["inputs"] = {**inputs, "model": [base_id, 0], "lora": LORA_OF_CHECKPOINT[full_checkpoint]}
+        lines.append(f"  node {node_id} ({inputs.get('task')}): {KONTEXT_BASE} + {node['inputs']['lora']} "
                      f"instead of {full_checkpoint}")
     return lines
 

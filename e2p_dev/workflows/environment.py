@@ -1,9 +1,12 @@
 """Everything the example workflows need on disk to run: tiny model files under the names the workflows use,
 input images and a short clip, and a ComfyUI server over them (for the workflow build and the workflow tests).
 
-The stock UNETLoader of ComfyUI 0.3.75 assumes 24 heads for every FLUX model (so only the full 3072-wide size
-loads); newer ComfyUI derives the head count from the width. The server here therefore gets a one-function custom
-node that does that derivation, so the tiny 256-wide model goes through the real UNETLoader.
+The server gets a test-only custom node (STAND_IN_SHIM) with two adjustments for the stand-ins:
+- the stock UNETLoader of ComfyUI 0.3.75 assumes 24 heads for every FLUX model (so only the full 3072-wide size
+  loads); newer ComfyUI derives the head count from the width, and so does the shim, so the tiny 256-wide models
+  go through the real UNETLoader;
+- T5-XXL loaded from a file (DualCLIPLoader) is built with e2p_dev.stock_models' small config, through ComfyUI's
+  own config override, so the T5 stand-in loads.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from e2p_core.model_files import INPUT_FOLDERS, folder_for
+from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE, folder_for
 from e2p_core.tasks import TASK_NAMES
 from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
@@ -34,11 +37,16 @@ REBUILD_COMMAND = "~/.cache/e2p_comfyui/venv/bin/python e2p_dev/workflows/build.
 IMAGE_SIZE = 64
 VIDEO_FRAMES = 4
 
-FLUX_HEADS_SHIM = '''
-"""Test only: derive FLUX head count from the model width as newer ComfyUI does (0.3.75 fixes it at 24)."""
+STAND_IN_SHIM = '''
+"""Test only: FLUX head count from the model width, as newer ComfyUI derives it (0.3.75 fixes it at 24), and
+the stand-in's small T5 config (ComfyUI's own "t5xxl_model_config" override)."""
 import comfy.model_detection
+import comfy.sd
+
+T5XXL_CONFIG = %s
 
 _detect = comfy.model_detection.detect_unet_config
+_load_text_encoders = comfy.sd.load_text_encoder_state_dicts
 
 
 def detect_unet_config(state_dict, key_prefix, metadata=None):
@@ -48,9 +56,16 @@ def detect_unet_config(state_dict, key_prefix, metadata=None):
     return config
 
 
+def load_text_encoder_state_dicts(*args, model_options={}, **kwargs):
+    return _load_text_encoders(*args, model_options={"t5xxl_model_config": dict(T5XXL_CONFIG), **model_options},
+                               **kwargs)
+
+
 comfy.model_detection.detect_unet_config = detect_unet_config
+comfy.sd.load_text_encoder_state_dicts = load_text_encoder_state_dicts
 NODE_CLASS_MAPPINGS = {}
-'''
+''' % json.dumps(stock_models.T5XXL_STAND_IN_CONFIG)
+
 
 def workflow_paths() -> list[Path]:
     return sorted(WORKFLOWS_DIR.glob("*.json"))
@@ -75,11 +90,16 @@ def write_models(models: Path) -> None:
         bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=seed)
         _save(models, f"{task}.safetensors", tm.in_layout(bfl, "diffsynth"))
     base = tm.bfl_state_dict(depth=1, single_depth=1, seed=80)
-    _save(models, "flux1-kontext-dev.safetensors", base)
+    _save(models, KONTEXT_BASE, base)
     # The workflows load the LoRA with the stock LoraLoaderModelOnly, which searches models/loras only.
     _save(models, "depth_lora.safetensors", tm.kohya_lora(tm.lora_pairs(base, seed=81)),
           INPUT_FOLDERS[("LoraLoaderModelOnly", "lora_name")])
     _save(models, "ae.safetensors", _half(tm.flux_vae_state_dict()))
+    flux_dev = tm.bfl_state_dict(depth=1, single_depth=1, seed=82)
+    _save(models, "flux1-dev-fp8.safetensors", flux_dev)
+    _save(models, "flux1-depth-dev-lora.safetensors", tm.control_lora(flux_dev, seed=83))
+    for name, tensors in stock_models.flux_text_encoder_state_dicts().items():
+        _save(models, name, tensors)
     _save(models, "v1-5-pruned-emaonly-fp16.safetensors", stock_models.sd15_checkpoint_state_dict())
     control = stock_models.sd15_controlnet_state_dict()
     _save(models, "control_v11f1p_sd15_depth_fp16.safetensors", control)
@@ -119,10 +139,10 @@ def write_clip(path: Path, first_frame: np.ndarray) -> None:
             container.mux(packet)
 
 
-def write_flux_heads_shim(custom_nodes: Path) -> Path:
-    shim = custom_nodes / "e2p_test_flux_heads"
+def write_stand_in_shim(custom_nodes: Path) -> Path:
+    shim = custom_nodes / "e2p_test_stand_ins"
     shim.mkdir(parents=True, exist_ok=True)
-    (shim / "__init__.py").write_text(FLUX_HEADS_SHIM)
+    (shim / "__init__.py").write_text(STAND_IN_SHIM)
     return shim
 
 
@@ -132,7 +152,7 @@ def start_workflow_server(base_dir: Path, files_dir: Path) -> ComfyServer:
         write_models(files_dir / "models")
         write_inputs(files_dir / "input")
         (files_dir / "done").write_text("")
-    shim = write_flux_heads_shim(files_dir / "shim")
+    shim = write_stand_in_shim(files_dir / "shim")
 
     def prepare(target: Path) -> None:
         for folder in ("models", "input"):
@@ -144,7 +164,7 @@ def start_workflow_server(base_dir: Path, files_dir: Path) -> ComfyServer:
     # An LRU output cache keeps results across the different workflows (the default keeps only the last
     # prompt's), so loaders shared by several workflows and a second run of the same prompt cost nothing.
     server = ComfyServer(base_dir, base_dir / "comfyui.log", prepare=prepare,
-                         extra_packs={"e2p_test_flux_heads": shim}, extra_args=["--cache-lru", "256"])
+                         extra_packs={"e2p_test_stand_ins": shim}, extra_args=["--cache-lru", "256"])
     return server.start()
 
 

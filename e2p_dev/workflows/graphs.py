@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2p_core.model_files import INPUT_FOLDERS, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
+from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
 from e2p_core.tasks import TASK_NAMES
 
 BYPASSED = 4  # litegraph node mode "bypass": the node is skipped and left out of the prompt
@@ -224,10 +224,11 @@ def files_note(graph: Graph, extra: str = "") -> str:
              "| file | folder | download |", "|---|---|---|"]
     for name, folder in graph.model_files().items():
         lines.append(f"| `{name}` | `models/{folder}/` | [link]({MODEL_FILES[name].url}) |")
-    lines += ["", "**Text encoder, once per task:** the first run of each task needs the bypassed *DualCLIPLoader* "
-              "(`clip_l.safetensors` + `t5xxl_fp16.safetensors` in `models/text_encoders/`, "
-              f"[download]({TEXT_ENCODER_SOURCE})). Un-bypass it (Ctrl+B) for that run; the encoded "
-              "prompt is cached in `models/embeddings/edit2perceive/` and later runs need no text encoder."]
+    if any(node.type == "DualCLIPLoader" and node.mode == BYPASSED for node in graph.nodes):
+        lines += ["", "**Text encoder, once per task:** the first run of each task needs the bypassed "
+                  "*DualCLIPLoader* (`clip_l.safetensors` + `t5xxl_fp16.safetensors` in `models/text_encoders/`, "
+                  f"[download]({TEXT_ENCODER_SOURCE})). Un-bypass it (Ctrl+B) for that run; the encoded "
+                  "prompt is cached in `models/embeddings/edit2perceive/` and later runs need no text encoder."]
     if extra:
         lines += ["", extra]
     return "\n".join(lines)
@@ -245,6 +246,22 @@ def _text_encoder(graph: Graph, column: int, *loaders: Node) -> Node:
     for loader in loaders:
         graph.link(clip, "CLIP", loader, "clip")
     return clip
+
+
+def _scaled_input(graph: Graph, megapixels: float) -> tuple[Node, Node]:
+    """The input photo and its copy scaled to the pixel count the generating model works at."""
+    image = graph.add("LoadImage", 0, image=INPUT_FILES["image"])
+    scaled = graph.add("ImageScaleToTotalPixels", 0, upscale_method="lanczos", megapixels=megapixels)
+    graph.link(image, "IMAGE", scaled, "image")
+    return image, scaled
+
+
+def _disparity(graph: Graph, depth: Node, column: int) -> Node:
+    """SqrtDecode of the depth into disparity (near = bright), the guide depth-conditioned generators take."""
+    disparity = graph.add("SqrtDecode", column, "Disparity (near = bright)", output="disparity",
+                          normalization="per_image")
+    graph.link(depth, "sqrt_depth", disparity, "sqrt_depth")
+    return disparity
 
 
 def quickstart() -> Graph:
@@ -313,16 +330,13 @@ def _sd15_controlnet_tail(g: Graph, control_image: Node, control_output: str, si
 
 def depth_controlnet() -> Graph:
     g = Graph("e2p_depth_controlnet", "Depth to ControlNet: Edit2Perceive disparity drives an SD1.5 depth ControlNet")
-    image = g.add("LoadImage", 0, image=INPUT_FILES["image"])
-    scaled = g.add("ImageScaleToTotalPixels", 0, upscale_method="lanczos", megapixels=0.26)
-    g.link(image, "IMAGE", scaled, "image")
+    _, scaled = _scaled_input(g, 0.26)
     vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
     model = g.add("LoadE2PModel", 0, checkpoint="depth.safetensors", task="depth")
     clip = _text_encoder(g, 0, model)
     depth = g.add("E2PDepth", 1)
     _e2p_inputs(g, model, vae, scaled, depth)
-    disparity = g.add("SqrtDecode", 2, "Disparity (near = bright)", output="disparity", normalization="per_image")
-    g.link(depth, "sqrt_depth", disparity, "sqrt_depth")
+    disparity = _disparity(g, depth, 2)
     preview = g.add("PreviewImage", 2)
     g.link(disparity, "image", preview, "images")
     save_float = g.add("E2PSaveFloatImage", 2, "Save disparity (16-bit)", filename_prefix="edit2perceive/disparity",
@@ -338,12 +352,61 @@ def depth_controlnet() -> Graph:
     return g
 
 
+def flux_depth() -> Graph:
+    g = Graph("e2p_flux_depth", "Depth to image with FLUX.1 Depth [dev]: Edit2Perceive disparity guides FLUX.1 [dev]")
+    _, scaled = _scaled_input(g, 1.0)
+    vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    clip = g.add("DualCLIPLoader", 0, clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
+                 type="flux")
+    model = g.add("LoadE2PModel", 1, checkpoint="depth.safetensors", task="depth")
+    g.link(clip, "CLIP", model, "clip")
+    depth = g.add("E2PDepth", 2)
+    _e2p_inputs(g, model, vae, scaled, depth)
+    disparity = _disparity(g, depth, 3)
+    preview = g.add("PreviewImage", 4, "Depth guide")
+    g.link(disparity, "image", preview, "images")
+
+    unet = g.add("UNETLoader", 1, unet_name="flux1-dev-fp8.safetensors", weight_dtype="default")
+    lora = g.add("LoraLoaderModelOnly", 2, lora_name="flux1-depth-dev-lora.safetensors", strength_model=1.0)
+    g.link(unet, "MODEL", lora, "model")
+    positive = g.add("CLIPTextEncode", 2, "Prompt", text="a cozy reading room with a leather armchair, warm "
+                                                        "evening light, photorealistic")
+    g.link(clip, "CLIP", positive, "clip")
+    guidance = g.add("FluxGuidance", 3, guidance=10.0)
+    g.link(positive, "CONDITIONING", guidance, "conditioning")
+    negative = g.add("ConditioningZeroOut", 3, "No negative prompt")
+    g.link(positive, "CONDITIONING", negative, "conditioning")
+    condition = g.add("InstructPixToPixConditioning", 4, "Depth guide into the latent")
+    g.link(guidance, "CONDITIONING", condition, "positive")
+    g.link(negative, "CONDITIONING", condition, "negative")
+    g.link(vae, "VAE", condition, "vae")
+    g.link(disparity, "image", condition, "pixels")
+    sampler = g.add("KSampler", 5, seed=1234, steps=20, cfg=1.0, sampler_name="euler", scheduler="normal")
+    g.link(lora, "MODEL", sampler, "model")
+    g.link(condition, "positive", sampler, "positive")
+    g.link(condition, "negative", sampler, "negative")
+    g.link(condition, "latent", sampler, "latent_image")
+    decode = g.add("VAEDecode", 6)
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(vae, "VAE", decode, "vae")
+    save = g.add("SaveImage", 6, filename_prefix="edit2perceive/flux_depth")
+    g.link(decode, "IMAGE", save, "images")
+    g.group("Edit2Perceive depth", "e2p", model, depth, disparity, preview)
+    g.group("Stock FLUX.1 [dev] + depth LoRA", "stock", unet, lora, positive, guidance, negative, condition, sampler,
+            decode, save)
+    g.note(0, files_note(g, "The text encoder serves both models: FLUX encodes the prompt with it, and Load E2P "
+                            "Model encodes the depth task's prompt once (cached in "
+                            "`models/embeddings/edit2perceive/`). SqrtDecode's disparity (near = bright) is the "
+                            "depth map FLUX.1 Depth [dev] was trained on; InstructPixToPixConditioning puts it into "
+                            "the latent, and the FLUX.1 Depth [dev] LoRA teaches FLUX.1 [dev] to follow it. "
+                            "Guidance 10 and cfg 1 as in ComfyUI's own FLUX depth template."))
+    return g
+
+
 def normal_controlnet_relight() -> Graph:
     g = Graph("e2p_normal_controlnet_relight",
               "Normals to ControlNet (BAE convention) and a relight with the float normals")
-    image = g.add("LoadImage", 0, image=INPUT_FILES["image"])
-    scaled = g.add("ImageScaleToTotalPixels", 0, upscale_method="lanczos", megapixels=0.26)
-    g.link(image, "IMAGE", scaled, "image")
+    _, scaled = _scaled_input(g, 0.26)
     vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
     model = g.add("LoadE2PModel", 0, checkpoint="normal.safetensors", task="normal")
     clip = _text_encoder(g, 0, model)
@@ -477,7 +540,7 @@ def video_depth() -> Graph:
 def native_loader() -> Graph:
     g = Graph("e2p_native_loader_lora", "Low-VRAM route: stock UNETLoader (fp8) + the official LoRA")
     image = g.add("LoadImage", 0, image=INPUT_FILES["image"])
-    unet = g.add("UNETLoader", 0, unet_name="flux1-kontext-dev.safetensors", weight_dtype="fp8_e4m3fn")
+    unet = g.add("UNETLoader", 0, unet_name=KONTEXT_BASE, weight_dtype="default")
     lora = g.add("LoraLoaderModelOnly", 1, lora_name="depth_lora.safetensors", strength_model=1.0)
     g.link(unet, "MODEL", lora, "model")
     vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
@@ -535,5 +598,5 @@ def image_to_3d() -> Graph:
     return g
 
 
-ALL_GRAPHS = (quickstart, depth_controlnet, normal_controlnet_relight, matting_composite, video_depth, native_loader,
-              image_to_3d)
+ALL_GRAPHS = (quickstart, depth_controlnet, flux_depth, normal_controlnet_relight, matting_composite, video_depth,
+              native_loader, image_to_3d)

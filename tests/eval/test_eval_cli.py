@@ -259,6 +259,34 @@ def test_report_combines_runs_into_one_table_and_plot(tmp_path, capsys):
     assert float(clean.split("|")[2]) < float(noisy.split("|")[2])      # AbsRel of the noisy run is worse
 
 
+def test_outputs_that_cannot_be_written_are_one_line_and_exit_2(tmp_path, capsys):
+    """--out, --metrics-dir, --output and --plot where a file or folder is in the way: a message naming it, no
+    traceback."""
+    syn.make_scannet(str(tmp_path / "scannet"))
+    in_the_way = tmp_path / "results.txt"
+    in_the_way.write_text("a file")
+    (tmp_path / "plot.png").mkdir()
+    predict = ["predict", "--task", "depth", "--model", model_file(tmp_path), "--dataset",
+               f"scannet={tmp_path / 'scannet'}", "--processing-resolution", "64", "--out"]
+    file_in_the_way = f"{in_the_way} is a file where a folder is needed; move or rename that file"
+    assert run_cli(["run", *predict[1:], str(tmp_path / "run")], FakePredictor("depth")) == 0
+    capsys.readouterr()
+    cases = [(predict + [str(in_the_way / "run")], file_in_the_way),
+             (["evaluate", "--out", str(tmp_path / "run"), "--metrics-dir", str(in_the_way / "metrics")],
+              file_in_the_way),
+             (["report", str(tmp_path / "run" / "metrics-official"), "--output", str(in_the_way / "table.md")],
+              file_in_the_way),
+             (["report", str(tmp_path / "run" / "metrics-official"), "--output", str(tmp_path / "table.md"),
+               "--plot", str(tmp_path / "plot.png")],
+              f"{tmp_path / 'plot.png'} is a folder where a file is needed")]
+    for argv, message in cases:
+        assert run_cli(argv, FakePredictor("depth")) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error, error
+        assert error.count("\n") == 1 and "Traceback" not in error
+    assert in_the_way.read_text() == "a file"
+
+
 def _bar_heights(image, colour, column_range, bottom):
     """Height in pixels of each vertical run of ``colour`` pixels inside the x range, above the legend row
     ``bottom`` (one entry per bar)."""

@@ -361,6 +361,18 @@ def test_inputs_that_cannot_be_labelled_are_refused_before_anything_is_written(t
     assert not (tmp_path / "out").exists()
 
 
+def test_an_out_folder_that_cannot_be_written_is_one_line_and_exit_2(tiny, images, tmp_path, capsys):
+    """--out below a file, and --out that is a file: the message names the file, with no traceback."""
+    in_the_way = tmp_path / "labels.tar"
+    in_the_way.write_bytes(b"a file")
+    for out in (in_the_way / "depth", in_the_way):
+        assert run_in_process(tiny, images, out) == 2
+        error = capsys.readouterr().err
+        assert error == (f"error: cannot save {out / labelling.ITEMS_FILE}: {in_the_way} is a file where a folder "
+                         "is needed; move or rename that file, or choose another place\n")
+    assert in_the_way.read_bytes() == b"a file" and os.listdir(tmp_path) == ["labels.tar"]
+
+
 def test_the_same_pipeline_refusal_on_every_image_stops_the_run(tiny, images, tmp_path, capsys):
     """A 2064 px square working canvas is over the pipeline's 4 MP limit for every image alike: a setting to change,
     so the run stops with the pipeline's message instead of recording every image as failed."""

@@ -104,6 +104,12 @@ def check_outputs(name, prompt, entry, server):
         node_id = next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"
                        and n["inputs"]["images"][0] == next(j for j, m in prompt.items() if m["class_type"] == "VAEDecode"))
         assert _image(server, entry, node_id).size[0] >= 64
+    if name == "e2p_flux_depth":
+        # InstructPixToPixConditioning crops the depth guide to whole latent pixels (8 px); the image FLUX.1 Depth
+        # generated from it has that size, so the guide reached the latent.
+        guide = _image(server, entry, by_title["Depth guide"])
+        generated = _image(server, entry, next(i for i, n in prompt.items() if n["class_type"] == "SaveImage"))
+        assert generated.size == (guide.width // 8 * 8, guide.height // 8 * 8)
     if name == "e2p_image_to_3d":
         node_id = next(i for i, n in prompt.items() if n["class_type"] == "E2PDepthTo3D")
         (glb,) = entry["outputs"][node_id]["3d"]

@@ -4,6 +4,7 @@ with its folder in the workflow's note, and the UI-to-API converter on the front
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -45,6 +46,27 @@ def test_workflow_file_is_a_frontend_save_and_names_its_files(path):
     for name in used:
         assert name in MODEL_FILES, f"{path.name} uses {name}, which no note documents"
         assert f"`{name}`" in note and f"`models/{folders.get(name)}/`" in note, (path.name, name)
+
+
+@pytest.mark.parametrize("path", workflow_paths(), ids=lambda p: p.stem)
+def test_download_links_are_public_registry_files(path):
+    """The frontend's "download missing models" follows each node's properties.models: every entry is the
+    registry's file and link, into the folder that node reads; no Hugging Face link in the file (notes included)
+    points into a gated repository or outside the registry's sources."""
+    from e2p_core.model_files import GATED_REPOSITORIES, HF, MODEL_FILES
+    from e2p_dev.workflows.graphs import ALL_GRAPHS
+
+    folders = next(graph for graph in (make() for make in ALL_GRAPHS) if graph.name == path.stem).model_files()
+    workflow = load_workflow(path)
+    entries = [entry for node in workflow["nodes"] for entry in node.get("properties", {}).get("models", [])]
+    assert {entry["name"] for entry in entries} == set(folders), "each live loader's files, and only those"
+    for entry in entries:
+        assert entry["url"] == MODEL_FILES[entry["name"]].url, entry
+        assert entry["directory"] == folders[entry["name"]], entry
+    sources = {MODEL_FILES[name].source for name in MODEL_FILES}
+    for repository in re.findall(rf"{re.escape(HF)}/([\w.-]+/[\w.-]+)", path.read_text()):
+        assert not repository.startswith(GATED_REPOSITORIES), f"{path.name} links the gated {repository}"
+        assert f"{HF}/{repository}" in sources, f"{path.name} links {repository}, which is no registry source"
 
 
 def test_shipped_files_match_the_graphs_and_the_pack_nodes(comfy_inprocess):
