@@ -178,7 +178,8 @@ def test_core_da3_mesh_node_builds_the_metric_scene(comfy_inprocess, scene):
                                        discontinuity_threshold=0.04, confidence_threshold=0.1, use_sky_mask=True,
                                        texture=True)
     vertices = mesh.vertices[0]
-    assert mesh.faces.shape[1] > 0 and vertices.shape[0] > 0.5 * WIDTH * HEIGHT
+    # Core drops the sky and triangles whose 3x3 depth span exceeds 4 %, which the injected noise often does.
+    assert mesh.faces.shape[1] > 0 and vertices.shape[0] > 0.2 * WIDTH * HEIGHT
     assert bool(torch.isfinite(vertices).all())
     distances = -vertices[:, 2]                     # glTF: the camera looks down -z
     truth = scene["truth"]
