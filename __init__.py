@@ -9,11 +9,12 @@ register_folder()
 from .nodes.depth_nodes import E2PColorizeDepth, SqrtDecode  # noqa: E402
 from .nodes.loader_nodes import E2PModelFromMODEL, LoadE2PModel  # noqa: E402
 from .nodes.mesh_nodes import E2PDepthTo3D  # noqa: E402
+from .nodes.metric_nodes import E2PMetricDepth  # noqa: E402
 from .nodes.save_nodes import E2PSaveFloatImage  # noqa: E402
 from .nodes.task_nodes import E2PDepth, E2PMatting, E2PNormal  # noqa: E402
 
 NODES = [LoadE2PModel, E2PModelFromMODEL, E2PDepth, E2PNormal, E2PMatting, SqrtDecode, E2PColorizeDepth,
-         E2PSaveFloatImage, E2PDepthTo3D]
+         E2PSaveFloatImage, E2PDepthTo3D, E2PMetricDepth]
 
 
 class Edit2PerceiveExtension(ComfyExtension):
