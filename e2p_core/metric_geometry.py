@@ -20,7 +20,6 @@ from . import imaging
 from .metric_alignment import AlignmentError
 
 DA3_SKY_THRESHOLD = 0.5           # core's DA3 nodes treat sky >= 0.5 as sky
-DEPTH_IMAGE_KINDS = ("metric_depth", "disparity")
 
 
 @dataclass(frozen=True)
@@ -121,15 +120,9 @@ def moge_reference(geometry) -> Reference:
                      image=_field(geometry, "image", "MoGe geometry", required=False))
 
 
-def depth_image_reference(depth: torch.Tensor, holds: str) -> Reference:
-    """A depth IMAGE [B, H, W, C] (channel mean) or MASK [B, H, W] in metres; a disparity map has no scale."""
-    if holds not in DEPTH_IMAGE_KINDS:
-        raise AlignmentError(f"unknown depth_reference_holds '{holds}'; choose one of {', '.join(DEPTH_IMAGE_KINDS)}")
-    if holds == "disparity":
-        raise AlignmentError("a disparity map (inverse depth, near = bright, e.g. Depth Anything V2's or SqrtDecode's "
-                             "disparity) has no metric scale, so it cannot give E2P's depth metres; connect depth in "
-                             "metres (a metric depth model, a depth sensor), Depth Anything 3 Metric's or MoGe's "
-                             "geometry, or choose mode near_far with the scene's distances")
+def depth_image_reference(depth: torch.Tensor) -> Reference:
+    """A depth IMAGE [B, H, W, C] (channel mean) or MASK [B, H, W] in metres (a disparity map, near = large, fits
+    with a negative scale and is refused by the fit as inverted polarity)."""
     if depth.dim() == 4:
         depth = depth[..., :3].mean(dim=-1)
     return Reference(depth)

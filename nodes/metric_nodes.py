@@ -41,12 +41,12 @@ def _chosen_mode(mode: str, connected: dict) -> str:
     return mode
 
 
-def _reference(mode: str, connected: dict, holds: str) -> metric_geometry.Reference:
+def _reference(mode: str, connected: dict) -> metric_geometry.Reference:
     if mode == "da3_geometry":
         return metric_geometry.da3_reference(connected[mode])
     if mode == "moge_geometry":
         return metric_geometry.moge_reference(connected[mode])
-    return metric_geometry.depth_image_reference(connected[mode], holds)
+    return metric_geometry.depth_image_reference(connected[mode])
 
 
 def _info(alignment: metric_alignment.Alignment, source: str) -> str:
@@ -83,11 +83,6 @@ class E2PMetricDepth(io.ComfyNode):
                 io.Image.Input("sqrt_depth", tooltip="E2P Depth's sqrt_depth output."),
                 compat.combo_input("mode", MODES, default="auto", tooltip=MODE_TOOLTIP),
                 *scene_distance_inputs(),
-                compat.combo_input("depth_reference_holds", list(metric_geometry.DEPTH_IMAGE_KINDS),
-                                   default="metric_depth",
-                                   tooltip="What depth_reference holds. metric_depth: distances in metres (near = "
-                                           "small). disparity: inverse depth without a scale, which cannot give "
-                                           "metres and is refused with what to connect instead."),
                 io.Float.Input("fov_degrees", default=0.0, min=0.0, max=mesh.MAX_FOV_DEGREES, step=0.5,
                                tooltip=FOV_TOOLTIP),
                 io.Custom("DA3_GEOMETRY").Input(
@@ -98,8 +93,9 @@ class E2PMetricDepth(io.ComfyNode):
                     "moge_geometry", optional=True,
                     tooltip="MoGe's geometry of the same image (metres with MoGe v2). Its mask is respected."),
                 io.MultiType.Input("depth_reference", types=[io.Image, io.Mask], optional=True,
-                                   tooltip="Any depth map of the same view (IMAGE or MASK, any resolution with the "
-                                           "same aspect ratio); say what it holds in depth_reference_holds."),
+                                   tooltip="Any depth map of the same view in metres, near = small (IMAGE or MASK, any "
+                                           "resolution with the same aspect ratio). A disparity map has no scale: "
+                                           "use near_far for it."),
                 io.Image.Input("image", optional=True,
                                tooltip="The photo, for the geometry's texture (default: the reference's image, "
                                        "else the depth in gray)."),
@@ -120,7 +116,7 @@ class E2PMetricDepth(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, sqrt_depth, mode, near, far, depth_reference_holds, fov_degrees, da3_geometry=None,
+    def execute(cls, sqrt_depth, mode, near, far, fov_degrees, da3_geometry=None,
                 moge_geometry=None, depth_reference=None, image=None) -> io.NodeOutput:
         representations.require_finite_map(sqrt_depth, "sqrt_depth")
         if sqrt_depth.dim() != 4 or sqrt_depth.shape[0] == 0:
@@ -135,7 +131,7 @@ class E2PMetricDepth(io.ComfyNode):
             alignment = metric_alignment.align_to_near_far(y, near, far)
             source = f"near {near:g} m and far {far:g} m"
         else:
-            reference = _reference(mode, connected, depth_reference_holds)
+            reference = _reference(mode, connected)
             alignment = metric_alignment.align_to_reference(y, reference.depth, reference.confidence, reference.valid)
             source = mode
             if reference.intrinsics is not None:

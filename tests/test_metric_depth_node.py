@@ -60,7 +60,7 @@ def moge_geometry(scene) -> dict:
 
 def run(comfy, scene, **inputs):
     arguments = dict(sqrt_depth=scene["sqrt_depth"], mode="auto", near=rep.DEFAULT_NEAR, far=rep.DEFAULT_FAR,
-                     depth_reference_holds="metric_depth", fov_degrees=0.0)
+                     fov_degrees=0.0)
     arguments.update(inputs)
     return comfy.run_node("E2PMetricDepth", **arguments)
 
@@ -142,7 +142,6 @@ def test_a_lower_resolution_reference_geometry_is_resized_with_its_camera(comfy_
 
 @pytest.mark.parametrize("change, message", [
     (dict(), "no reference is connected"),
-    (dict(depth_reference="reference", depth_reference_holds="disparity"), "has no metric scale"),
     (dict(depth_reference="reference", da3_geometry="da3"), "are both connected; set mode"),
     (dict(mode="moge_geometry", depth_reference="reference"), "nothing is connected to moge_geometry"),
     (dict(depth_reference="narrow"), "different aspect ratios"),
@@ -159,8 +158,7 @@ def test_bad_references_are_refused_with_what_to_do(comfy_inprocess, scene, chan
                  "inverse": 1.0 / reference.clamp(min=0.1), "da3": da3_geometry(scene),
                  "no depth": {"image": scene["photo"], "mode": "mono"},
                  "panorama": {key: value for key, value in moge_geometry(scene).items() if key != "intrinsics"}}
-    inputs = {key: stand_ins.get(value, value) if isinstance(value, str) and key != "mode" and
-              key != "depth_reference_holds" else value for key, value in change.items()}
+    inputs = {key: stand_ins.get(value, value) if isinstance(value, str) and key != "mode" else value for key, value in change.items()}
     with pytest.raises(ValueError, match=message):
         run(comfy_inprocess, scene, **inputs)
 
