@@ -53,6 +53,9 @@ def require_finite_map(values: torch.Tensor | None, input_name: str) -> None:
 SQRT_EPS = 1e-6
 DEPTH_LOW_PERCENTILE = 2.0
 DEPTH_HIGH_PERCENTILE = 98.0
+# The nearest and farthest distance (metres) assumed when a graph does not give the scene's own: a room.
+DEFAULT_NEAR = 0.5
+DEFAULT_FAR = 10.0
 
 
 def percentile(values: torch.Tensor, q: float) -> torch.Tensor:

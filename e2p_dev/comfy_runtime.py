@@ -184,29 +184,62 @@ class InProcessComfy:
         self.loaded_packs[pack_dir] = module
         return module
 
-    def run_node(self, class_name: str, **inputs: Any) -> tuple:
-        """Executes one node like ComfyUI's executor does and returns its output tuple.
+    def node_info(self, class_name: str) -> dict:
+        """What /object_info serves for a V3 node: display name, category, inputs with their options and
+        tooltips, output names and tooltips (and search aliases where this ComfyUI has them)."""
+        return self._v3_class(class_name).GET_NODE_INFO_V1()
 
-        V3 nodes run on a locked clone of the class (so hidden inputs exist and self-patching fails, as in a
-        real run); V1 nodes are instantiated and their FUNCTION called. Both under torch.inference_mode(),
-        which is what the executor uses, so in-place ops on inference tensors show up here too.
+    def execute_node(self, class_name: str, hidden: dict | None = None, **inputs: Any):
+        """Executes a V3 node like ComfyUI's executor does and returns its ``io.NodeOutput`` (results and ui).
+
+        The node runs on a locked clone of its class holding ``hidden`` (``{io.Hidden.prompt: ...}``; absent
+        ones are None, as in a run without them), so self-patching fails as in a real run; under
+        torch.inference_mode(), which is what the executor uses, so in-place ops on inference tensors show up here.
         """
         import torch
-        from comfy_api.internal import _ComfyNodeInternal, make_locked_method_func
+        from comfy_api.internal import make_locked_method_func
 
+        node_class = self._v3_class(class_name)
+        with torch.inference_mode():
+            node_class.VALIDATE_CLASS()
+            clone = node_class.PREPARE_CLASS_CLONE(_clone_data(node_class, hidden or {}))
+            return _resolve(make_locked_method_func(node_class, "execute", clone)(**inputs))
+
+    def run_node(self, class_name: str, **inputs: Any) -> tuple:
+        """Executes one node (V3 as :meth:`execute_node`; V1 instantiated and its FUNCTION called, also under
+        torch.inference_mode()) and returns its output tuple."""
+        import torch
+        from comfy_api.internal import _ComfyNodeInternal
+
+        node_class = self._class(class_name)
+        if issubclass(node_class, _ComfyNodeInternal):
+            return tuple(self.execute_node(class_name, **inputs).result or ())
+        with torch.inference_mode():
+            output = _resolve(getattr(node_class(), node_class.FUNCTION)(**inputs))
+        if isinstance(output, dict):
+            return tuple(output.get("result", ()))
+        return tuple(output)
+
+    def _class(self, class_name: str) -> type:
         if class_name not in self.node_class_mappings:
             raise KeyError(f"no node class {class_name!r} is registered")
-        node_class = self.node_class_mappings[class_name]
-        with torch.inference_mode():
-            if issubclass(node_class, _ComfyNodeInternal):
-                node_class.VALIDATE_CLASS()
-                clone = node_class.PREPARE_CLASS_CLONE({})
-                output = _resolve(make_locked_method_func(node_class, "execute", clone)(**inputs))
-                return tuple(output.result or ())
-            output = _resolve(getattr(node_class(), node_class.FUNCTION)(**inputs))
-            if isinstance(output, dict):
-                return tuple(output.get("result", ()))
-            return tuple(output)
+        return self.node_class_mappings[class_name]
+
+    def _v3_class(self, class_name: str) -> type:
+        from comfy_api.internal import _ComfyNodeInternal
+
+        node_class = self._class(class_name)
+        if not issubclass(node_class, _ComfyNodeInternal):
+            raise TypeError(f"{class_name} is a dict-style (V1) node; run it with run_node")
+        return node_class
+
+
+def _clone_data(node_class: type, hidden: dict) -> dict:
+    """What the running ComfyUI's executor hands ``PREPARE_CLASS_CLONE``: the hidden inputs (0.3.75), or the V3 data
+    that holds them under ``hidden_inputs`` (0.33.0)."""
+    if "v3_data" in inspect.signature(node_class.PREPARE_CLASS_CLONE).parameters:
+        return {"hidden_inputs": hidden}
+    return hidden
 
 
 def _resolve(value: Any) -> Any:

@@ -11,11 +11,12 @@ import os
 
 import folder_paths
 import torch
+from comfy_api.latest import io
 
 from ..e2p_core import files, mesh, representations
 from ..e2p_core.comfyui import compat
+from . import categories
 from .depth_nodes import scene_distance_inputs
-from .loader_nodes import CATEGORY
 from .save_nodes import workflow_metadata
 
 DEPTH_KIND_TOOLTIP = ("What the depth input is. sqrt_depth: E2P Depth's output, turned into metres with near and "
@@ -38,68 +39,72 @@ def _batch_item(images: torch.Tensor, index: int, name: str, batch: int) -> torc
     return images[index if images.shape[0] == batch else 0]
 
 
-class E2PDepthTo3D:
-    DESCRIPTION = ("Turns depth and the photo into a textured 3D mesh (GLB) and a coloured point cloud (PLY) in the "
-                   "output folder. Pixels are lifted through a pinhole camera of the given field of view; triangles "
-                   "that would stretch across a depth jump (an object in front of the background) are cut out, so "
-                   "there are no rubber sheets. Connect E2P Normal's map for the model's own shading normals. Open "
-                   "the GLB with Preview 3D (connect glb_path) or any 3D tool; the mesh output feeds ComfyUI's own 3D "
-                   "nodes.")
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING", "STRING") + (("MESH",) if compat.has_native_mesh() else ())
-    RETURN_NAMES = ("glb_path", "ply_path") + (("mesh",) if compat.has_native_mesh() else ())
-    OUTPUT_TOOLTIPS = (
-        "The first image's GLB, relative to the output folder: connect to Preview 3D's model_file.",
-        "The first image's PLY point cloud, relative to the output folder.",
-    ) + (("ComfyUI's MESH, one per image (texture, UVs and normals where this ComfyUI's MESH holds them), for "
-          "SaveGLB, Preview 3D and the mesh nodes.",) if compat.has_native_mesh() else ())
+class E2PDepthTo3D(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="E2PDepthTo3D",
+            display_name="E2P Depth to 3D (GLB mesh / PLY points)",
+            category=categories.geometry_estimation(),
+            description="Turns depth and the photo into a textured 3D mesh (GLB) and a coloured point cloud (PLY) in "
+                        "the output folder. Pixels are lifted through a pinhole camera of the given field of view; "
+                        "triangles that would stretch across a depth jump (an object in front of the background) are "
+                        "cut out, so there are no rubber sheets. Connect E2P Normal's map for the model's own shading "
+                        "normals. Open the GLB with Preview 3D (connect glb_path) or any 3D tool; the mesh output "
+                        "feeds ComfyUI's own 3D nodes.",
+            **compat.optional_schema_fields(search_aliases=["3d", "mesh", "point cloud", "pointcloud", "glb", "ply",
+                                                            "depth to mesh", "depth to 3d", "edit2perceive"]),
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("depth", tooltip="E2P Depth's sqrt_depth, or SqrtDecode's metric_depth or "
+                                                "relative_depth (say which in depth_kind). Same size as image."),
+                io.Image.Input("image", tooltip="The photo the depth was predicted from: the mesh's texture and the "
+                                                "points' colours. Same size as depth."),
+                compat.combo_input("depth_kind", list(mesh.DEPTH_KINDS), default="sqrt_depth",
+                                   tooltip=DEPTH_KIND_TOOLTIP),
+                *scene_distance_inputs(),
+                io.Float.Input("fov_degrees", default=60.0, min=mesh.MIN_FOV_DEGREES, max=mesh.MAX_FOV_DEGREES,
+                               step=0.5,
+                               tooltip="Horizontal field of view of the photo in degrees (phone main camera ~65-75, "
+                                       "50 mm full-frame lens ~40). Too wide flattens the scene, too narrow "
+                                       "stretches it in depth."),
+                io.Int.Input("stride", default=1, min=1, max=64,
+                             tooltip="Take every n-th pixel as a vertex (1 = full resolution). The texture keeps the "
+                                     "full resolution either way."),
+                io.Int.Input("max_faces", default=1000000, min=0, max=100000000, step=1000,
+                             tooltip="Upper limit on triangles: the stride is raised until the grid fits (0 = no "
+                                     "limit)."),
+                io.Float.Input("max_view_angle", default=mesh.DEFAULT_MAX_VIEW_ANGLE, min=1.0, max=90.0, step=0.5,
+                               tooltip="Discontinuity cut: a triangle seen more edge-on than this (degrees between "
+                                       "its normal and the line of sight) spans a depth jump and is removed, judged "
+                                       "on full-resolution pixels. Lower cuts more; 90 keeps every triangle."),
+                io.String.Input("filename_prefix", default="edit2perceive/mesh",
+                                tooltip="File name start, as in Save Image (a '/' makes a subfolder of the output "
+                                        "folder)."),
+                io.Image.Input("normal_map", optional=True,
+                               tooltip="E2P Normal's normal_map of the same image: the vertex normals (without it "
+                                       "they come from the mesh's own shape)."),
+                compat.combo_input("normal_convention", list(representations.NORMAL_CONVENTIONS),
+                                   default="controlnet_bae", optional=True,
+                                   tooltip="The convention E2P Normal was set to (leave its flip_x/y/z off when "
+                                           "feeding this node)."),
+            ],
+            outputs=[
+                io.String.Output(display_name="glb_path", tooltip="The first image's GLB, relative to the output "
+                                                                  "folder: connect to Preview 3D's model_file."),
+                io.String.Output(display_name="ply_path", tooltip="The first image's PLY point cloud, relative to the "
+                                                                  "output folder."),
+                *([io.Mesh.Output(display_name="mesh",
+                                  tooltip="ComfyUI's MESH, one per image (texture, UVs and normals where this "
+                                          "ComfyUI's MESH holds them), for SaveGLB, Preview 3D and the mesh nodes.")]
+                  if compat.has_native_mesh() else []),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "depth": ("IMAGE", {"tooltip": "E2P Depth's sqrt_depth, or SqrtDecode's metric_depth or "
-                                               "relative_depth (say which in depth_kind). Same size as image."}),
-                "image": ("IMAGE", {"tooltip": "The photo the depth was predicted from: the mesh's texture and the "
-                                               "points' colours. Same size as depth."}),
-                "depth_kind": (list(mesh.DEPTH_KINDS), {"default": "sqrt_depth", "tooltip": DEPTH_KIND_TOOLTIP}),
-                **scene_distance_inputs(),
-                "fov_degrees": ("FLOAT", {"default": 60.0, "min": mesh.MIN_FOV_DEGREES, "max": mesh.MAX_FOV_DEGREES,
-                                          "step": 0.5,
-                                          "tooltip": "Horizontal field of view of the photo in degrees (phone main "
-                                                     "camera ~65-75, 50 mm full-frame lens ~40). Too wide flattens "
-                                                     "the scene, too narrow stretches it in depth."}),
-                "stride": ("INT", {"default": 1, "min": 1, "max": 64,
-                                   "tooltip": "Take every n-th pixel as a vertex (1 = full resolution). The texture "
-                                              "keeps the full resolution either way."}),
-                "max_faces": ("INT", {"default": 1000000, "min": 0, "max": 100000000, "step": 1000,
-                                      "tooltip": "Upper limit on triangles: the stride is raised until the grid fits "
-                                                 "(0 = no limit)."}),
-                "max_view_angle": ("FLOAT", {"default": mesh.DEFAULT_MAX_VIEW_ANGLE, "min": 1.0, "max": 90.0,
-                                             "step": 0.5,
-                                             "tooltip": "Discontinuity cut: a triangle seen more edge-on than this "
-                                                        "(degrees between its normal and the line of sight) spans a "
-                                                        "depth jump and is removed, judged on full-resolution "
-                                                        "pixels. Lower cuts more; 90 keeps every triangle."}),
-                "filename_prefix": ("STRING", {"default": "edit2perceive/mesh",
-                                               "tooltip": "File name start, as in Save Image (a '/' makes a "
-                                                          "subfolder of the output folder)."}),
-            },
-            "optional": {
-                "normal_map": ("IMAGE", {"tooltip": "E2P Normal's normal_map of the same image: the vertex normals "
-                                                    "(without it they come from the mesh's own shape)."}),
-                "normal_convention": (list(representations.NORMAL_CONVENTIONS), {
-                    "default": "controlnet_bae",
-                    "tooltip": "The convention E2P Normal was set to (leave its flip_x/y/z off when feeding this "
-                               "node)."}),
-            },
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-        }
-
-    def build(self, depth, image, depth_kind, near, far, fov_degrees, stride, max_faces, max_view_angle,
-              filename_prefix, normal_map=None, normal_convention="controlnet_bae", prompt=None, extra_pnginfo=None):
+    def execute(cls, depth, image, depth_kind, near, far, fov_degrees, stride, max_faces, max_view_angle,
+                filename_prefix, normal_map=None, normal_convention="controlnet_bae") -> io.NodeOutput:
         if depth.dim() != 4 or depth.shape[0] == 0:
             raise ValueError(f"depth must be an IMAGE batch [B, H, W, C] with at least one image, got shape "
                              f"{tuple(depth.shape)}")
@@ -129,7 +134,8 @@ class E2PDepthTo3D:
 
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width,
                                                                               height)
-        extras = self._extras(prompt, extra_pnginfo, depth_kind, near, far, fov_degrees, max_view_angle)
+        extras = cls._extras(cls.hidden.prompt, cls.hidden.extra_pnginfo, depth_kind, near, far, fov_degrees,
+                             max_view_angle)
         glb_paths, ply_paths, entries = [], [], []
         with files.FileBatch() as saving:             # every GLB and PLY of the call, or none
             for index, item in enumerate(meshes):
@@ -145,8 +151,8 @@ class E2PDepthTo3D:
                 entries.append(glb_entry)
         result = (glb_paths[0], ply_paths[0])
         if compat.has_native_mesh():
-            result += (self._native(meshes),)
-        return {"ui": {"3d": entries}, "result": result}
+            result += (cls._native(meshes),)
+        return io.NodeOutput(*result, ui={"3d": entries})
 
     @staticmethod
     def _extras(prompt, extra_pnginfo, depth_kind, near, far, fov_degrees, max_view_angle) -> dict:

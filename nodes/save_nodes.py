@@ -12,13 +12,14 @@ import os
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 from PIL import Image
 
 import folder_paths
 
 from ..e2p_core import files, float_files
 from ..e2p_core.comfyui import compat
-from .loader_nodes import CATEGORY
+from . import categories
 
 FILE_FORMATS = list(float_files.FILE_FORMATS)
 CONTENTS = float_files.CONTENTS
@@ -56,42 +57,44 @@ def workflow_metadata(prompt, extra_pnginfo) -> dict[str, str]:
     return metadata
 
 
-class E2PSaveFloatImage:
-    DESCRIPTION = ("Saves float results without 8-bit rounding: 16-bit PNG (65536 levels) or 32-bit float EXR "
-                   "(exact), into ComfyUI's output folder. The value range and what the channels mean are written "
-                   "into each file (PNG text chunks, EXR header attributes).")
-    CATEGORY = CATEGORY
-    FUNCTION = "save"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ()
+class E2PSaveFloatImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="E2PSaveFloatImage",
+            display_name="Save Float Image (16-bit PNG / EXR)",
+            category=categories.image_saving(),
+            description="Saves float results without 8-bit rounding: 16-bit PNG (65536 levels) or 32-bit float EXR "
+                        "(exact), into ComfyUI's output folder. The value range and what the channels mean are "
+                        "written into each file (PNG text chunks, EXR header attributes).",
+            **compat.optional_schema_fields(search_aliases=["save image", "save depth", "save normal map",
+                                                            "save alpha", "16-bit png", "16 bit", "exr", "float",
+                                                            "hdr", "edit2perceive"]),
+            is_output_node=True,
+            inputs=[
+                io.String.Input("filename_prefix", default="edit2perceive/float",
+                                tooltip="File name start, as in Save Image (a '/' makes a subfolder of the output "
+                                        "folder)."),
+                compat.combo_input("file_format", FILE_FORMATS, default="png16",
+                                   tooltip="png16: 16-bit PNG; values inside [0, 1] are stored as they are (0 -> 0, 1 "
+                                           "-> 65535), others map their min..max to 0..65535 (the range is in the "
+                                           "file). exr32: 32-bit float OpenEXR, values stored exactly (metric depth, "
+                                           "raw normals)."),
+                compat.combo_input("content", list(CONTENTS), default="unspecified",
+                                   tooltip="What the saved values are; written into the file so other tools know the "
+                                           "convention. Use one save node per kind of result."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Float images (normal map, decoded depth...). An image whose three channels "
+                                       "are identical (depth) is saved as one gray channel."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="A one-channel map (alpha matte, SqrtDecode's mask output), saved as one gray "
+                                      "channel with the suffix _mask."),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "filename_prefix": ("STRING", {
-                    "default": "edit2perceive/float",
-                    "tooltip": "File name start, as in Save Image (a '/' makes a subfolder of the output folder)."}),
-                "file_format": (FILE_FORMATS, {
-                    "default": "png16",
-                    "tooltip": "png16: 16-bit PNG; values inside [0, 1] are stored as they are (0 -> 0, 1 -> 65535), "
-                               "others map their min..max to 0..65535 (the range is in the file). exr32: 32-bit "
-                               "float OpenEXR, values stored exactly (metric depth, raw normals)."}),
-                "content": (list(CONTENTS), {
-                    "default": "unspecified",
-                    "tooltip": "What the saved values are; written into the file so other tools know the "
-                               "convention. Use one save node per kind of result."}),
-            },
-            "optional": {
-                "images": ("IMAGE", {"tooltip": "Float images (normal map, decoded depth...). An image whose three "
-                                                "channels are identical (depth) is saved as one gray channel."}),
-                "mask": ("MASK", {"tooltip": "A one-channel map (alpha matte, SqrtDecode's mask output), saved as "
-                                             "one gray channel with the suffix _mask."}),
-            },
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-        }
-
-    def save(self, filename_prefix, file_format, content, images=None, mask=None, prompt=None, extra_pnginfo=None):
+    def execute(cls, filename_prefix, file_format, content, images=None, mask=None) -> io.NodeOutput:
         if images is None and mask is None:
             raise ValueError("nothing to save: connect images and/or mask")
         if file_format not in FILE_FORMATS:
@@ -118,7 +121,7 @@ class E2PSaveFloatImage:
         height, width = items[0][2].shape[:2]
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir, width,
                                                                               height)
-        graph_metadata = workflow_metadata(prompt, extra_pnginfo)
+        graph_metadata = workflow_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)
         saved, previews = [], []
         with files.FileBatch() as batch:              # all files and previews of the call, or none
             for index, suffix, data, channels in items:
@@ -129,8 +132,8 @@ class E2PSaveFloatImage:
                 batch.write_bytes(path, float_files.encode_float_file(data, file_format, metadata))
                 entry = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
                 saved.append(entry)
-                previews.append(entry if file_format == "png16" else self._write_preview(batch, data, stem))
-        return {"ui": {"images": previews, "files": saved}}
+                previews.append(entry if file_format == "png16" else cls._write_preview(batch, data, stem))
+        return io.NodeOutput(ui={"images": previews, "files": saved})
 
     @staticmethod
     def _write_preview(batch: files.FileBatch, data: np.ndarray, stem: str) -> dict[str, str]:

@@ -85,3 +85,22 @@ def test_raw_vae_decode_keeps_values_outside_the_image_range():
         stock = vae.decode(latent).float()
     assert raw.min() < -1.0 or raw.max() > 1.0, "pick a latent whose decode leaves [-1, 1]"
     assert tm.scaled_error(((raw + 1) / 2).clamp(0, 1), stock) <= tm.RELATIVE_TOLERANCE
+
+
+def test_schema_fields_and_choices_follow_the_running_version():
+    """0.3.75's io.Schema has no search_aliases and its /prompt checks only dict-style combos; 0.33.0 has both."""
+    from comfy_api.latest import io
+    from e2p_core.comfyui import compat
+
+    old = compat.comfyui_version() == "0.3.75"
+    aliases = compat.optional_schema_fields(search_aliases=["depth"])
+    assert aliases == ({} if old else {"search_aliases": ["depth"]})
+    with pytest.raises(compat.ComfyCompatError, match="directly"):
+        compat.optional_schema_fields(display_name="E2P Depth")
+    choice = compat.combo_input("mode", ["a", "b"], default="a", tooltip="t")
+    assert isinstance(choice, io.Combo.Input)
+    declared, settings = choice.get_io_type(), choice.as_dict()
+    if old:
+        assert declared == ["a", "b"] and "options" not in settings and settings["default"] == "a", "dict-style form"
+    else:
+        assert declared == "COMBO" and settings["options"] == ["a", "b"] and settings["default"] == "a"

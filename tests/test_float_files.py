@@ -128,12 +128,15 @@ def test_exr_rejects_overlong_attribute_names(tmp_path):
 
 @pytest.fixture(scope="module")
 def save_node(comfy_inprocess):
-    return comfy_inprocess.node_class_mappings["E2PSaveFloatImage"]
+    return comfy_inprocess
 
 
-def run_save(node_class, **inputs):
-    with torch.inference_mode():
-        return node_class().save(**inputs)
+def run_save(comfy, prompt=None, extra_pnginfo=None, **inputs):
+    """The node's io.NodeOutput for ``inputs``, with the graph and workflow ComfyUI passes as hidden inputs."""
+    from comfy_api.latest import io
+
+    hidden = {io.Hidden.prompt: prompt, io.Hidden.extra_pnginfo: extra_pnginfo}
+    return comfy.execute_node("E2PSaveFloatImage", hidden=hidden, **inputs)
 
 
 def output_path(entry):
@@ -143,11 +146,12 @@ def output_path(entry):
     return os.path.join(root, entry["subfolder"], entry["filename"])
 
 
-def test_node_is_registered_with_its_display_name(comfy_inprocess, save_node):
+def test_node_is_registered_with_its_display_name(comfy_inprocess):
     assert comfy_inprocess.nodes.NODE_DISPLAY_NAME_MAPPINGS["E2PSaveFloatImage"] == "Save Float Image (16-bit PNG / EXR)"
-    assert save_node.OUTPUT_NODE
+    info = comfy_inprocess.node_info("E2PSaveFloatImage")
+    assert info["output_node"]
     for section in ("required", "optional"):
-        for name, spec in save_node.INPUT_TYPES()[section].items():
+        for name, spec in info["input"][section].items():
             assert spec[1].get("tooltip"), name
 
 
@@ -157,8 +161,8 @@ def test_node_saves_depth_as_gray_png16_with_range_and_workflow(save_node):
     prompt = {"1": {"class_type": "E2PSaveFloatImage", "inputs": {}}}
     result = run_save(save_node, filename_prefix="float_test/metric", file_format="png16", content="metric_depth",
                       images=images, prompt=prompt, extra_pnginfo={"workflow": {"nodes": []}})
-    (entry,) = result["ui"]["files"]
-    assert result["ui"]["images"] == [entry], "a 16-bit PNG is shown as it is"
+    (entry,) = result.ui["files"]
+    assert result.ui["images"] == [entry], "a 16-bit PNG is shown as it is"
     assert entry["subfolder"] == "float_test" and entry["filename"].startswith("metric_")
     path = output_path(entry)
     codes, bit_depth = read_png16(path)
@@ -173,7 +177,7 @@ def test_node_saves_depth_as_gray_png16_with_range_and_workflow(save_node):
     assert json.loads(text["prompt"]) == prompt and json.loads(text["workflow"]) == {"nodes": []}
     again = run_save(save_node, filename_prefix="float_test/metric", file_format="png16", content="metric_depth",
                      images=images)
-    assert again["ui"]["files"][0]["filename"] != entry["filename"], "a second run must not overwrite the first"
+    assert again.ui["files"][0]["filename"] != entry["filename"], "a second run must not overwrite the first"
 
 
 def test_node_saves_normals_and_alpha_as_exact_exr(save_node):
@@ -181,7 +185,7 @@ def test_node_saves_normals_and_alpha_as_exact_exr(save_node):
     alpha = torch.rand(2, 10, 12, generator=torch.Generator().manual_seed(5))
     result = run_save(save_node, filename_prefix="float_test/normals", file_format="exr32",
                       content="normals_controlnet_bae", images=normals, mask=alpha)
-    files = result["ui"]["files"]
+    files = result.ui["files"]
     assert [f["filename"].endswith("_.exr") for f in files] == [True, True, False, False]
     assert all(f["filename"].endswith("_mask.exr") for f in files[2:])
     assert files[0]["filename"].replace("_.exr", "") == files[2]["filename"].replace("_mask.exr", "")
@@ -193,7 +197,7 @@ def test_node_saves_normals_and_alpha_as_exact_exr(save_node):
         assert float(header["e2p.value_max"]) == float(normals[index].max())
         mask_channels, _ = read_exr(output_path(files[2 + index]))
         assert list(mask_channels) == ["Y"] and np.array_equal(mask_channels["Y"], alpha[index].numpy())
-    previews = result["ui"]["images"]
+    previews = result.ui["images"]
     assert len(previews) == 4 and all(p["type"] == "temp" for p in previews), "browsers cannot show EXR"
     with Image.open(output_path(previews[0])) as preview:
         assert preview.size == (12, 10)

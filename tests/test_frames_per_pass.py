@@ -64,12 +64,12 @@ def hand_single_step(e2p, vae, image):
 def test_ensemble_size_one_is_exactly_the_single_step(installed, vae):
     e2p, _, _ = load(installed, "depth")
     images = image_batch(2)
-    depth, uncertainty = installed.run_node("E2PDepth", **task_inputs(e2p, vae, images), ensemble_size=1,
-                                            frames_per_pass=1)
+    depth, uncertainty, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, images), ensemble_size=1,
+                                               frames_per_pass=1)
     for index in range(2):
         assert torch.equal(depth[index, ..., 0], hand_single_step(e2p, vae, images[index:index + 1])[0])
     assert uncertainty.shape == images.shape[:3] and not uncertainty.any()
-    default, default_uncertainty = installed.run_node("E2PDepth", **task_inputs(e2p, vae, images))
+    default, default_uncertainty, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, images))
     assert torch.equal(default, depth) and torch.equal(default_uncertainty, uncertainty)
 
 
@@ -171,7 +171,7 @@ def test_nodes_output_uncertainty_masks(installed, vae):
     image = image_batch(2, 48, 64)
     options = dict(ensemble_size=3, frames_per_pass=4)
     depth_model, _, _ = load(installed, "depth")
-    depth, depth_uncertainty = installed.run_node("E2PDepth", **task_inputs(depth_model, vae, image), **options)
+    depth, depth_uncertainty, _ = installed.run_node("E2PDepth", **task_inputs(depth_model, vae, image), **options)
     normal_model, _, _ = load(installed, "normal")
     normal_map, angle = installed.run_node("E2PNormal", **task_inputs(normal_model, vae, image), **options,
                                            convention="controlnet_bae", flip_x=False, flip_y=False, flip_z=False)
@@ -181,11 +181,11 @@ def test_nodes_output_uncertainty_masks(installed, vae):
     for mask in (depth_uncertainty, angle, alpha_uncertainty):
         assert mask.shape == (2, 48, 64) and mask.dtype == torch.float32
         assert float(mask.min()) >= 0 and float(mask.max()) <= 1 and float(mask.max()) > 0
-    for node in ("E2PDepth", "E2PNormal", "E2PMatting"):
-        node_class = installed.node_class_mappings[node]
-        assert node_class.RETURN_TYPES[-1] == "MASK" and node_class.RETURN_NAMES[-1] == "uncertainty"
-        assert len(node_class.OUTPUT_TOOLTIPS) == len(node_class.RETURN_TYPES)
-        optional = node_class.INPUT_TYPES()["optional"]
+    for node, index in (("E2PDepth", 1), ("E2PNormal", 1), ("E2PMatting", -1)):
+        info = installed.node_info(node)
+        assert info["output"][index] == "MASK" and info["output_name"][index] == "uncertainty"
+        assert len(info["output_tooltips"]) == len(info["output"])
+        optional = info["input"]["optional"]
         assert optional["ensemble_size"][1]["default"] == 1 and optional["frames_per_pass"][1]["default"] == 1
 
 

@@ -5,7 +5,8 @@
   ComfyUI, the pack's ComfyUI layer and the development tooling: one stray import fails the test by name.
 - Source: function-level (lazy) imports escape the runtime check, so the files are also read. Only the nodes, the
   ComfyUI layer and the evaluation's predictor may import ``e2p_core.comfyui``, and only ``e2p_core/comfyui/compat.py``
-  imports ComfyUI's own packages (the nodes use ``folder_paths``, ComfyUI's public extension point).
+  imports ComfyUI's own packages (the nodes use ComfyUI's public extension points: ``folder_paths`` and the node
+  API ``comfy_api.latest``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ def _is_comfyui_package(module: str) -> bool:
     return module.split(".")[0] in COMFYUI_PACKAGES
 
 
+def _is_public_extension_point(module: str) -> bool:
+    return module == "folder_paths" or module == "comfy_api.latest" or module.startswith("comfy_api.latest.")
+
+
 def _is_comfyui_layer(module: str) -> bool:
     return module == COMFYUI_LAYER or module.startswith(COMFYUI_LAYER + ".")
 
@@ -130,5 +135,5 @@ def test_only_compat_touches_comfyui_internals():
     layer = [p for p in _python_files("e2p_core/comfyui") if p != compat] + [REPO_ROOT / "e2p_eval" / "predict.py"]
     assert _violations(layer, _is_comfyui_package) == []
     nodes = _python_files("nodes") + [REPO_ROOT / "__init__.py"]
-    assert _violations(nodes, lambda m: _is_comfyui_package(m) and m.split(".")[0] != "folder_paths") == []
+    assert _violations(nodes, lambda m: _is_comfyui_package(m) and not _is_public_extension_point(m)) == []
     assert any(_is_comfyui_package(module) for _, module in _imported_modules(compat))

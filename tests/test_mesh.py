@@ -232,15 +232,15 @@ def output_path(relative: str) -> Path:
 
 
 def test_node_has_tooltips_everywhere(comfy_inprocess):
-    node = comfy_inprocess.node_class_mappings["E2PDepthTo3D"]
+    info = comfy_inprocess.node_info("E2PDepthTo3D")
     assert comfy_inprocess.nodes.NODE_DISPLAY_NAME_MAPPINGS["E2PDepthTo3D"].startswith("E2P Depth to 3D")
-    for section, specs in node.INPUT_TYPES().items():
+    for section, specs in info["input"].items():
         if section == "hidden":
             continue
         for name, spec in specs.items():
             assert spec[1].get("tooltip"), name
-    assert len(node.OUTPUT_TOOLTIPS) == len(node.RETURN_TYPES) == len(node.RETURN_NAMES)
-    assert all(node.OUTPUT_TOOLTIPS)
+    assert len(info["output_tooltips"]) == len(info["output"]) == len(info["output_name"])
+    assert all(info["output_tooltips"])
 
 
 def test_node_writes_glb_and_ply_and_outputs_comfy_mesh(comfy_inprocess, scene):

@@ -67,18 +67,27 @@ def task_inputs(e2p, vae, image, **overrides):
     return inputs
 
 
-def test_nodes_are_registered_with_tooltips(installed):
-    for name in ("LoadE2PModel", "E2PModelFromMODEL", "E2PDepth", "E2PNormal", "E2PMatting", "SqrtDecode",
-                 "E2PColorizeDepth"):
-        node = installed.node_class_mappings[name]
-        for section in node.INPUT_TYPES().values():
-            for input_name, spec in section.items():
+PACK_NODES = ("LoadE2PModel", "E2PModelFromMODEL", "E2PDepth", "E2PNormal", "E2PMatting", "SqrtDecode",
+              "E2PColorizeDepth", "E2PSaveFloatImage", "E2PDepthTo3D")
+
+
+def test_nodes_are_v3_nodes_with_tooltips_everywhere(installed):
+    from comfy_api.latest import io
+
+    for name in PACK_NODES:
+        assert issubclass(installed.node_class_mappings[name], io.ComfyNode), name
+        info = installed.node_info(name)
+        assert info["display_name"] and info["display_name"] != name, name
+        for section in ("required", "optional"):
+            for input_name, spec in info["input"].get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"]), name
 
 
 def test_model_folder_lists_only_safetensors(installed):
     (installed.models_dir / "edit2perceive" / "README.txt").write_text("put weights here")
-    choices = installed.node_class_mappings["LoadE2PModel"].INPUT_TYPES()["required"]["checkpoint"][0]
+    spec = installed.node_info("LoadE2PModel")["input"]["required"]["checkpoint"]
+    choices = spec[0] if isinstance(spec[0], list) else spec[1]["options"]   # 0.3.75: the list form, see compat
     assert "tiny_e2p.safetensors" in choices and "README.txt" not in choices
 
 
@@ -86,17 +95,38 @@ def test_depth_node(installed, vae):
     e2p, model, info = load(installed, "depth")
     assert "diffsynth layout" in info and "conditioning: cache" in info
     image = image_batch()
-    depth, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
+    depth, _, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
     assert depth.shape == image.shape and depth.min() >= 0 and depth.max() <= 1
     assert torch.equal(depth[..., 0], depth[..., 2])
-    again, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
+    again, _, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
     assert torch.equal(depth, again)
+
+
+def test_controlnet_depth_is_sqrt_decodes_disparity_near_bright(installed, vae):
+    """The output for depth ControlNets is SqrtDecode's disparity at its defaults: near = bright, each image
+    stretched to [0, 1]."""
+    e2p, _, _ = load(installed, "depth")
+    image = image_batch()
+    sqrt_depth, _, controlnet_depth = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image))
+    assert controlnet_depth.shape == image.shape
+    assert torch.equal(controlnet_depth[..., 0], controlnet_depth[..., 1])
+    for index in range(image.shape[0]):
+        y, guide = sqrt_depth[index, ..., 0], controlnet_depth[index, ..., 0]
+        assert guide.min() == 0 and guide.max() == 1, "each image's range is stretched to [0, 1]"
+        assert guide.flatten()[y.argmin()] == 1 and guide.flatten()[y.argmax()] == 0, "near = bright, far = dark"
+        order = torch.argsort(y.flatten())
+        assert (guide.flatten()[order].diff() <= 1e-6).all(), "brightness falls as depth grows"
+    defaults = {name: spec[1]["default"] for name, spec in
+                installed.node_info("SqrtDecode")["input"]["required"].items() if name != "sqrt_depth"}
+    decoded, _ = installed.run_node("SqrtDecode", sqrt_depth=sqrt_depth, **defaults)
+    assert defaults["output"] == "disparity"
+    assert torch.allclose(controlnet_depth, decoded, rtol=0, atol=1e-6)
 
 
 def test_identical_frames_get_identical_predictions(installed, vae):
     e2p, _, _ = load(installed, "depth")
     frame = image_batch(1)
-    depth, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, frame.repeat(2, 1, 1, 1)))
+    depth, _, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, frame.repeat(2, 1, 1, 1)))
     assert torch.equal(depth[0], depth[1])
 
 
@@ -104,7 +134,7 @@ def test_reference_mode_and_native_resolution(installed, vae):
     e2p, _, _ = load(installed, "depth")
     image = image_batch(1, 48, 80)
     for overrides in ({"resize_mode": "reference"}, {"processing_resolution": 0}):
-        depth, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image, **overrides))
+        depth, _, _ = installed.run_node("E2PDepth", **task_inputs(e2p, vae, image, **overrides))
         assert depth.shape == image.shape
 
 

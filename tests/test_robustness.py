@@ -137,7 +137,7 @@ def test_nan_weights_are_a_node_error_naming_the_weights(installed, vae):
 
 def test_fp16_overflow_is_a_node_error_suggesting_another_dtype(installed, vae):
     fine = load(installed, "robust_large_depth.safetensors")[0]
-    depth, _ = installed.run_node("E2PDepth", **depth_inputs(fine, vae))
+    depth, _, _ = installed.run_node("E2PDepth", **depth_inputs(fine, vae))
     assert torch.isfinite(depth).all()
     overflowing = installed.run_node("LoadE2PModel", checkpoint="robust_large_depth.safetensors", weight_dtype="fp16",
                                      task="auto", lora="none", lora_strength=1.0, time_embedding="auto")[0]

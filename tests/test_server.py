@@ -1,5 +1,6 @@
-"""The pack inside a real ComfyUI 0.3.75 server: API prompts for the three tasks, compared with the in-process
-core call, and failures that stay node errors while the server keeps serving."""
+"""The pack inside a real ComfyUI server (each supported version): API prompts for the three tasks, compared with the
+in-process core call, failures that stay node errors while the server keeps serving, and what /object_info tells
+the frontend about the nodes (display names, search aliases, categories). One server for the module."""
 
 import io
 import shutil
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from e2p_dev import tiny_models as tm
+from e2p_dev.server import ComfyServer
 
 pytestmark = pytest.mark.server
 
@@ -43,6 +45,19 @@ def install(files, image_path):
         (base_dir / "input").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(image_path, base_dir / "input" / IMAGE_NAME)
     return prepare
+
+
+@pytest.fixture(scope="module")
+def server(tiny_files, tmp_path_factory):
+    """One server for this module's tests (a boot costs ~15 s on 2 cores); tests that compare runs free its cache."""
+    files, image_path = tiny_files
+    base_dir = tmp_path_factory.mktemp("server_base")
+    started = ComfyServer(base_dir, base_dir / "comfyui.log", prepare=install(files, image_path))
+    try:
+        yield started.start()
+    finally:
+        started.stop()
+        print(f"ComfyUI server log: {started.copy_log_to(tmp_path_factory.mktemp('server_log'))}")
 
 
 def task_prompt(task, checkpoint="e2p_tiny.safetensors", points=""):
@@ -104,10 +119,10 @@ def in_process(files, image_path, task, points=""):
     return np.clip(rgb[0].numpy() * 255.0, 0, 255).astype(np.uint8)
 
 
-def test_three_tasks_through_the_api_match_the_core(comfy_server, tiny_files):
+def test_three_tasks_through_the_api_match_the_core(server, tiny_files):
     files, image_path = tiny_files
-    server = comfy_server(prepare=install(files, image_path))
     server.assert_pack_imported()
+    free_cache(server)
     for node in ("LoadE2PModel", "E2PDepth", "E2PNormal", "E2PMatting", "SqrtDecode"):
         assert node in server.object_info(node)
     for task, points in (("depth", ""), ("normal", ""), ("matting", "[[20, 15]]")):
@@ -121,11 +136,13 @@ def test_three_tasks_through_the_api_match_the_core(comfy_server, tiny_files):
         assert np.array_equal(output, again), f"{task} is not deterministic across runs"
 
 
-def test_errors_are_node_errors_and_the_server_keeps_serving(comfy_server, tiny_files):
-    files, image_path = tiny_files
-    server = comfy_server(prepare=install(files, image_path))
+def test_errors_are_node_errors_and_the_server_keeps_serving(server):
     status, reply = server.post_prompt(task_prompt("depth", checkpoint="missing.safetensors"))
     assert status == 400 and "1" in reply["node_errors"]
+    misspelt = task_prompt("depth")
+    misspelt["4"]["inputs"]["resize_mode"] = "stretch"
+    status, reply = server.post_prompt(misspelt)
+    assert status == 400 and "stretch" in reply["node_errors"]["4"]["errors"][0]["details"], "a choice is checked"
     status, reply = server.post_prompt(task_prompt("matting", points="[[20, 15"))
     assert status == 200
     entry = server.wait_for(reply["prompt_id"], timeout=300)
@@ -137,12 +154,59 @@ def test_errors_are_node_errors_and_the_server_keeps_serving(comfy_server, tiny_
     assert saved_image(server, entry).shape == (40, 56, 3)
 
 
-def test_matting_warnings_reach_the_queueing_client_inside_the_node(comfy_server, tiny_files):
+# The README's Nodes section: each node sits beside the host's own node of its kind (read from the host), or,
+# where the host has none (0.3.75), in the category current ComfyUI gives that kind.
+NODE_KINDS = {
+    "LoadE2PModel": ("Load E2P Model", "model loader"),
+    "E2PModelFromMODEL": ("E2P Model from MODEL", "model loader"),
+    "E2PDepth": ("E2P Depth", "geometry estimation"),
+    "E2PNormal": ("E2P Normal", "geometry estimation"),
+    "SqrtDecode": ("E2P Sqrt Depth Decode", "geometry estimation"),
+    "E2PColorizeDepth": ("E2P Colorize Depth", "geometry estimation"),
+    "E2PDepthTo3D": ("E2P Depth to 3D (GLB mesh / PLY points)", "geometry estimation"),
+    "E2PMatting": ("E2P Matting", "background removal"),
+    "E2PSaveFloatImage": ("Save Float Image (16-bit PNG / EXR)", "image saving"),
+}
+CORE_NODE_OF_KIND = {"model loader": "CheckpointLoaderSimple", "geometry estimation": "DA3Inference",
+                     "background removal": "RemoveBackground", "image saving": "SaveImage"}
+CURRENT_CATEGORY = {"model loader": "model/loaders", "geometry estimation": "image/geometry estimation",
+                    "background removal": "image/background removal", "image saving": "image"}
+# Words a user types into the node search, and a node each must find (where the ComfyUI has search aliases).
+SEARCH_WORDS = {"depth": "E2PDepth", "disparity": "E2PDepth", "controlnet": "E2PDepth", "normal map": "E2PNormal",
+                "matte": "E2PMatting", "alpha": "E2PMatting", "background removal": "E2PMatting",
+                "3d": "E2PDepthTo3D", "point cloud": "E2PDepthTo3D", "exr": "E2PSaveFloatImage",
+                "metric depth": "SqrtDecode", "colormap": "E2PColorizeDepth", "flux kontext": "LoadE2PModel",
+                "gguf": "E2PModelFromMODEL"}
+
+
+def test_object_info_shows_names_aliases_and_categories_beside_core_nodes(server):
+    info = server.object_info()
+    version = server.system_stats()["system"]["comfyui_version"]
+    pack = {name for name, entry in info.items() if entry["python_module"] == f"custom_nodes.{server.pack_dir_name}"}
+    assert pack == set(NODE_KINDS)
+    for name, (display_name, kind) in NODE_KINDS.items():
+        entry = info[name]
+        assert entry["display_name"] == display_name
+        core_node = CORE_NODE_OF_KIND[kind]
+        if version != "0.3.75":   # current ComfyUI has a node of every kind, in the category the README names
+            assert core_node in info, core_node
+            assert entry["category"] == CURRENT_CATEGORY[kind], name
+        expected = info[core_node]["category"] if core_node in info else CURRENT_CATEGORY[kind]
+        assert entry["category"] == expected, f"{name} is not beside {core_node}"
+    if version == "0.3.75":
+        assert info["LoadE2PModel"]["category"] == "loaders"
+        assert not any(info[name].get("search_aliases") for name in NODE_KINDS), "0.3.75 has no search aliases"
+        return
+    for word, name in SEARCH_WORDS.items():
+        assert word in info[name]["search_aliases"], f"searching '{word}' does not find {name}"
+    for name in NODE_KINDS:
+        assert "edit2perceive" in info[name]["search_aliases"], name
+
+
+def test_matting_warnings_reach_the_queueing_client_inside_the_node(server):
     """Hints that are valid but probably not what was meant run with warnings the user sees: ComfyUI's progress
     text, sent over the websocket to the client that queued the prompt and drawn by the frontend inside the node.
     A later clean run replaces them with the plain summary, and the server log holds each warning too."""
-    files, image_path = tiny_files
-    server = comfy_server(prepare=install(files, image_path))
     warned = task_prompt("matting", points="[[0.5, 0.5]]")
     warned["7"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 28, "height": 20}}
     warned["4"]["inputs"]["hint_mask"] = ["7", 0]

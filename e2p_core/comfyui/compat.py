@@ -44,6 +44,15 @@ Touch points and the differences found:
   the node until the next one replaces it.
 - Command-line flags: ``comfy.cli_args.args`` (``disable_metadata``, the attention flags); a script running
   ComfyUI in-process sets them with ``comfy.options.enable_args_parsing`` before ``import comfy.cli_args``.
+- Node definitions: ``comfy_api.latest`` (``io.ComfyNode``, ``io.Schema``, ``ComfyExtension``) on both. 0.33.0's
+  ``io.Schema`` has ``search_aliases`` (words the node search also finds a node by) and an ``io.BoundingBox`` type
+  with a box widget drawn on the image; 0.3.75 has neither. The nodes pass such fields through
+  :func:`optional_schema_fields`. Categories: 0.3.75 files model loaders under ``loaders``, 0.33.0 under
+  ``model/loaders``; only 0.33.0 has geometry estimation (Depth Anything 3, MoGe) and background removal nodes.
+  :func:`stock_node_category` reads where the running version puts one of its own nodes. 0.3.75 checks a choice
+  (combo) against its options at ``/prompt`` only in the dict-style form, whose declared type is the list of
+  choices; a V3 ``io.Combo`` value reached the node unchecked. 0.33.0 checks both. :func:`combo_input` declares
+  the list form where ComfyUI needs it.
 - 3D: ``comfy_api.latest.Types.MESH``. 0.3.75's holds vertices and faces only (its SaveGLB writes bare
   geometry); 0.33.0's also takes uvs, texture, normals, vertex colours and per-item counts for batches of
   different sizes, which its SaveGLB and mesh nodes use. The fields are read from the constructor.
@@ -520,3 +529,91 @@ def _padded_stack(items: list[torch.Tensor], length: int, repeat_last: bool) -> 
         fill = item[-1:].expand(missing, *item.shape[1:]) if repeat_last else item.new_zeros(missing, *item.shape[1:])
         padded.append(torch.cat([item, fill]))
     return torch.stack(padded)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Node definitions (comfy_api.latest.io)
+# ---------------------------------------------------------------------------------------------------------------
+
+# io.Schema fields some tested versions lack (0.3.75: search_aliases). Any other field goes to io.Schema as given,
+# so a misspelt one still fails loudly.
+VERSION_DEPENDENT_SCHEMA_FIELDS = frozenset({"search_aliases"})
+
+
+@functools.cache
+def schema_field_names() -> frozenset[str]:
+    """The fields the running ComfyUI's ``io.Schema`` accepts."""
+    import dataclasses
+
+    from comfy_api.latest import io
+
+    return frozenset(field.name for field in dataclasses.fields(io.Schema))
+
+
+def optional_schema_fields(**fields) -> dict:
+    """The version-dependent ``io.Schema`` fields among ``fields`` that this ComfyUI supports, to pass on as
+    keywords; the others are left out (0.3.75 shows no search aliases, the node is still found by its name)."""
+    unknown = set(fields) - VERSION_DEPENDENT_SCHEMA_FIELDS
+    if unknown:
+        raise ComfyCompatError(f"{sorted(unknown)} are io.Schema fields every tested ComfyUI has; pass them to "
+                               "io.Schema directly")
+    return {name: value for name, value in fields.items() if name in schema_field_names()}
+
+
+@functools.cache
+def checks_v3_combo_values() -> bool:
+    """Whether ``/prompt`` checks a V3 combo's value against its options. ComfyUI gained that check in the change
+    that also made it look declared input types up in a table of dynamic inputs (``DYNAMIC_INPUT_LOOKUP`` in
+    ``comfy_api.latest._io``, December 2025), where a list as a type would fail: 0.33.0 has both, 0.3.75 neither.
+    Only a ComfyUI older than 0.4 without that table counts as not checking, so a later release that moved the
+    table never gets list types."""
+    internals = importlib.import_module("comfy_api.latest._io")
+    return hasattr(internals, "DYNAMIC_INPUT_LOOKUP") or not _older_than((0, 4, 0))
+
+
+def _older_than(version: tuple[int, ...]) -> bool:
+    """Whether the running ComfyUI's version is below ``version`` (False when it cannot be read)."""
+    try:
+        running = tuple(int(part) for part in comfyui_version().split(".")[:len(version)])
+    except ValueError:
+        return False
+    return running < version
+
+
+def combo_input(input_id: str, options: list, **settings):
+    """A choice input whose wrong values (a model file that is not there, a misspelt choice in an API prompt)
+    ComfyUI refuses at ``/prompt`` with "value not in list", on every version: ``io.Combo.Input`` where ComfyUI
+    checks V3 combos, else the same input declaring the list of choices as its type, the form 0.3.75 checks (and
+    shows exactly as the dict-style nodes did). ``settings``: ``io.Combo.Input``'s keywords."""
+    from comfy_api.latest import io
+
+    combo_class = io.Combo.Input if checks_v3_combo_values() else _listed_combo_input()
+    return combo_class(input_id, options=options, **settings)
+
+
+@functools.cache
+def _listed_combo_input():
+    from comfy_api.latest import io
+
+    class ListedComboInput(io.Combo.Input):
+        """A combo declared as ``[choices, {settings}]``, the dict-style form."""
+
+        def get_io_type(self):
+            return list(self.options)
+
+        def as_dict(self):
+            settings = super().as_dict()
+            settings.pop("options", None)
+            settings.pop("multiselect", None)
+            return settings
+
+    return ListedComboInput
+
+
+def stock_node_category(node_id: str, fallback: str) -> str:
+    """The Add Node menu category the running ComfyUI gives its own node ``node_id`` (``fallback`` where it has no
+    such node), so a pack node can sit beside the host's nodes of the same kind in every version."""
+    import nodes
+
+    node_class = nodes.NODE_CLASS_MAPPINGS.get(node_id)
+    return fallback if node_class is None else node_class.CATEGORY

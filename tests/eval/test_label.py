@@ -8,6 +8,7 @@ gives the same bytes whichever process labels it. With other thread counts the v
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -132,16 +133,16 @@ def reference(tiny, images, tmp_path_factory):
 def test_one_process_labels_every_image_as_save_float_image_would(reference, tiny, images, comfy_inprocess):
     files = label_files(reference)
     assert sorted(files) == ["i0.png", "i1.png", "i2.png", "i4.png", "sub/i3.png"]
-    save_node = comfy_inprocess.node_class_mappings["E2PSaveFloatImage"]
     image = np.array(Image.open(images / "i2.png").convert("RGB"))
     with one_thread(), torch.inference_mode():
         depth = tiny["predictor"].predict(torch.from_numpy(image).float().div(255)[None],
                                           processing_resolution=RESOLUTION)
-        saved = save_node().save(filename_prefix="label_test/depth", file_format="png16", content="sqrt_depth",
-                                 images=depth[..., None].expand(*depth.shape, 3))
+        saved = comfy_inprocess.execute_node("E2PSaveFloatImage", filename_prefix="label_test/depth",
+                                             file_format="png16", content="sqrt_depth",
+                                             images=depth[..., None].expand(*depth.shape, 3))
     import folder_paths
 
-    entry = saved["ui"]["files"][0]
+    entry = saved.ui["files"][0]
     node_file = os.path.join(folder_paths.get_output_directory(), entry["subfolder"], entry["filename"])
     with Image.open(node_file) as node_png, Image.open(reference / "labels" / "i2.png") as label_png:
         node_codes, label_codes = np.asarray(node_png), np.asarray(label_png)
@@ -194,7 +195,7 @@ def test_normals_and_alpha_are_the_node_outputs_as_save_float_image_writes_them(
         image = torch.from_numpy(np.array(Image.open(images / "i2.png").convert("RGB"))).float().div(255)[None]
         with torch.inference_mode():
             prediction = predictor.predict(image, processing_resolution=RESOLUTION)
-            save = comfy_inprocess.node_class_mappings["E2PSaveFloatImage"]().save
+            save = functools.partial(comfy_inprocess.execute_node, "E2PSaveFloatImage")
             if task == "normal":     # what E2P Normal returns for this convention
                 rgb = representations.normals_to_rgb(representations.convert_normals(prediction, convention))
                 saved = save(filename_prefix="label_test/normal", file_format=file_format,
@@ -202,7 +203,7 @@ def test_normals_and_alpha_are_the_node_outputs_as_save_float_image_writes_them(
             else:                    # E2P Matting's alpha is a MASK
                 saved = save(filename_prefix="label_test/alpha", file_format=file_format, content="alpha",
                              mask=prediction)
-    entry = saved["ui"]["files"][0]
+    entry = saved.ui["files"][0]
     node_values, node_meta = read_float_file(os.path.join(folder_paths.get_output_directory(), entry["subfolder"],
                                                           entry["filename"]))
     extension = float_files.FILE_FORMATS[file_format]

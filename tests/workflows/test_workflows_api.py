@@ -1,5 +1,6 @@
-"""Every shipped UI workflow, converted with scripts/workflow_to_api.py, runs to success through /prompt on a real
-ComfyUI server (each supported version) with tiny weights; the server's template endpoint lists and serves them."""
+"""Every shipped UI workflow, and every workflow file the dict-style node release shipped, converted with
+scripts/workflow_to_api.py, runs to success through /prompt on a real ComfyUI server (each supported version) with
+tiny weights; the server's template endpoint lists and serves the shipped ones."""
 
 from __future__ import annotations
 
@@ -69,18 +70,18 @@ def test_every_workflow_runs_through_prompt(workflow_server, tmp_path):
     object_info = workflow_server.object_info()
     free_cache(workflow_server)
     saved = []
-    for path in workflow_paths():
+    for name, path in workflow_env.workflows_to_run():
         prompt = shrink(converter.convert(load_workflow(path), object_info))
         entry = workflow_server.run_prompt(prompt, timeout=600)
         files = output_files(entry)
         output_nodes = [i for i, n in prompt.items() if object_info[n["class_type"]].get("output_node")]
         for node_id in output_nodes:
-            assert entry["outputs"].get(node_id), f"{path.stem}: output node {node_id} produced nothing"
+            assert entry["outputs"].get(node_id), f"{name}: output node {node_id} produced nothing"
         for info in files:
             if info.get("type") != "output":
                 continue
             data = workflow_server.fetch_output(info)
-            target = tmp_path / f"{path.stem}__{info['filename'].replace('/', '_')}"
+            target = tmp_path / f"{name}__{info['filename'].replace('/', '_')}"
             target.write_bytes(data)
             saved.append(target)
         check_outputs(path.stem, prompt, entry, workflow_server)

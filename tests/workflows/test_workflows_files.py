@@ -75,7 +75,7 @@ def test_shipped_files_match_the_graphs_and_the_pack_nodes(comfy_inprocess):
     `e2p_dev/workflows/build.py` is run again."""
     from e2p_dev.workflows.graphs import ALL_GRAPHS, widgets_values
 
-    pack_nodes = comfy_inprocess.pack_module.NODE_CLASS_MAPPINGS
+    pack_nodes = {node.GET_SCHEMA().node_id for node in comfy_inprocess.pack_module.NODES}
     graphs = [make() for make in ALL_GRAPHS]
     assert sorted(graph.name for graph in graphs) == [path.stem for path in workflow_paths()], REBUILD
     for graph in graphs:
@@ -85,7 +85,7 @@ def test_shipped_files_match_the_graphs_and_the_pack_nodes(comfy_inprocess):
             assert saved[node.id]["type"] == node.type, f"{graph.name}: {REBUILD}"
             if node.type not in pack_nodes:
                 continue
-            info = {"input": pack_nodes[node.type].INPUT_TYPES()}
+            info = comfy_inprocess.node_info(node.type)
             expected = json.loads(json.dumps(widgets_values(node, info)))
             assert saved[node.id]["widgets_values"] == expected, \
                 f"{graph.name}: node {node.id} ({node.type}) differs from the node's inputs; {REBUILD}"

@@ -1,4 +1,4 @@
-"""Every shipped workflow in the real ComfyUI frontend (the comfyui-frontend-package the ComfyUI under test ships,
+"""Every shipped workflow, and every workflow file the dict-style node release shipped, in the real ComfyUI frontend (the comfyui-frontend-package the ComfyUI under test ships,
 headless Chromium): it loads with no missing or red nodes and no console errors, is queued from the page and
 succeeds, and the prompt the page sends equals what scripts/workflow_to_api.py makes of the file. Screenshots are
 kept in the test's tmp_path (and $E2P_ARTIFACTS_DIR when set).
@@ -17,7 +17,7 @@ import pytest
 from e2p_dev.workflows import frontend
 import workflow_env
 from e2p_dev.workflows import environment
-from e2p_dev.workflows.environment import load_workflow, workflow_paths
+from e2p_dev.workflows.environment import load_workflow
 from workflow_env import TEST_OVERRIDES, shrink
 
 converter = environment.load_converter()
@@ -47,16 +47,18 @@ def declared_inputs(object_info: dict, node: dict) -> dict:
 
 def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path):
     object_info = workflow_server.object_info()
-    jobs = [{"name": path.stem, "workflow": load_workflow(path), "queue": True, "overrides": TEST_OVERRIDES,
-             "timeout_ms": 600_000, "screenshot": str(tmp_path / f"{path.stem}.png")} for path in workflow_paths()]
+    runs = workflow_env.workflows_to_run()
+    jobs = [{"name": name, "workflow": load_workflow(path), "queue": True, "overrides": TEST_OVERRIDES,
+             "timeout_ms": 600_000, "screenshot": str(tmp_path / f"{name}.png")}
+            for name, path in runs]
     startup, results = frontend.run_jobs(workflow_server.url, jobs)
     (tmp_path / "frontend_results.json").write_text(json.dumps([startup, *results], indent=2))
     shots = [Path(r["screenshot"]) for r in results if r.get("screenshot") and Path(r["screenshot"]).exists()]
     workflow_env.keep_artifacts(shots + [tmp_path / "frontend_results.json"],
                                 "test_every_workflow_loads_and_runs_in_the_frontend")
 
-    assert [r["name"] for r in results] == [path.stem for path in workflow_paths()]
-    for result in results:
+    assert [r["name"] for r in results] == [name for name, _ in runs]
+    for result, (_, path) in zip(results, runs):
         name = result["name"]
         assert "failure" not in result, f"{name}: {result.get('failure')}"
         assert result["missing_types"] == [], f"{name}: node types the frontend does not know"
@@ -70,8 +72,7 @@ def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path
         execution = result["execution"]
         assert execution["type"] == "execution_success", f"{name}: {execution}"
         assert Path(result["screenshot"]).stat().st_size > 10_000
-        expected = shrink(converter.convert(load_workflow(Path(environment.WORKFLOWS_DIR / f"{name}.json")),
-                                            object_info))
+        expected = shrink(converter.convert(load_workflow(path), object_info))
         # The page also sends values of its own display widgets (LoadVideo's 'video-preview'); the server ignores
         # inputs a node does not declare, so the comparison does too.
         sent = {node_id: {"class_type": node["class_type"], "inputs": declared_inputs(object_info, node)}

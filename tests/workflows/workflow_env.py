@@ -4,11 +4,16 @@ the workflows run on come from e2p_dev.workflows.environment (shared with the wo
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from pathlib import Path
 
-from e2p_dev.workflows.environment import IMAGE_SIZE
+from e2p_dev.workflows.environment import IMAGE_SIZE, WORKFLOWS_DIR, load_workflow, workflow_paths
+
+# The example workflows as the release with dict-style nodes shipped them: files users saved then must keep loading
+# and running unchanged.
+SAVED_V1_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "workflows_v1"
 
 # Small sizes for running the shipped workflows on CPU; applied to the widgets before queueing (browser) or to
 # the converted prompt (API). Nothing else in a workflow is changed.
@@ -40,3 +45,24 @@ def shrink(prompt: dict) -> dict:
             if name in node["inputs"] and not isinstance(node["inputs"][name], list):
                 node["inputs"][name] = value
     return prompt
+
+
+def graph_of(workflow: dict) -> str:
+    """What a workflow file makes the frontend build and run: its nodes (type, mode, widget values, links in and
+    out) and links; titles, positions and model download links left out."""
+    nodes = [(node["id"], node["type"], node.get("mode", 0), node.get("widgets_values"),
+              [slot.get("link") for slot in node.get("inputs", [])],
+              [slot.get("links") for slot in node.get("outputs", [])]) for node in workflow["nodes"]]
+    return json.dumps([sorted(nodes), workflow.get("links", [])])
+
+
+def workflows_to_run() -> list[tuple[str, Path]]:
+    """(name, file) for every shipped workflow, then every frozen release workflow whose graph differs from the
+    shipped file of its name (one with the same graph already runs as that shipped file)."""
+    runs = [(path.stem, path) for path in workflow_paths()]
+    for path in sorted(SAVED_V1_DIR.glob("*.json")):
+        shipped = WORKFLOWS_DIR / path.name
+        if not shipped.exists() or graph_of(load_workflow(shipped)) != graph_of(load_workflow(path)):
+            runs.append((f"{SAVED_V1_DIR.name}_{path.stem}", path))
+    return runs
+
