@@ -300,13 +300,64 @@ def parse_box(text: str, width: int, height: int, coordinates: str = "pixels"):
     return None if values is None else box_to_pixels(values, width, height, coordinates)
 
 
+BOUNDING_BOX_KEYS = ("x", "y", "width", "height")
+
+
+def _bounding_box_to_pixels(item, width: int, height: int, where: str):
+    """One ComfyUI BOUNDING_BOX dict {x, y, width, height} (top-left corner and size, pixels of the image) ->
+    (x0, y0, x1, y1) pixels, or None for a box of zero width or height: the box widget's unset state."""
+    if not isinstance(item, dict) or any(key not in item for key in BOUNDING_BOX_KEYS):
+        raise ValueError(f"{where} is not a bounding box {{x, y, width, height}}: {str(item)[:80]}")
+    try:
+        x, y, box_width, box_height = (float(item[key]) for key in BOUNDING_BOX_KEYS)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must hold numbers for x, y, width and height, got {str(item)[:80]}")
+    if not all(math.isfinite(v) for v in (x, y, box_width, box_height)):
+        raise ValueError(f"{where} values must be finite numbers, got {str(item)[:80]}")
+    if box_width < 0 or box_height < 0:
+        raise ValueError(f"{where} has a negative width or height: {str(item)[:80]}")
+    if box_width == 0 or box_height == 0:
+        return None
+    return box_to_pixels(np.array([x, y, x + box_width, y + box_height]), width, height, "pixels")
+
+
+def bounding_boxes_per_image(value, batch: int, width: int, height: int) -> list[tuple] | None:
+    """ComfyUI's BOUNDING_BOX value -> a tuple of (x0, y0, x1, y1) pixel boxes per image, or None when it marks
+    nothing (not connected, the widget left at zero size, an empty list).
+
+    Accepted as core's nodes give it: one dict (the box widget, Bounding Box) for every image, a list of dicts
+    for every image, or a list per image (SAM3 Detect's ``bboxes``: its detections on each frame), one list or
+    one per image. Coordinates are always pixels of the input image: the type has no other unit."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        frames = [[value]]
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(item, (list, tuple)) for item in value):
+        frames = [list(frame) for frame in value]
+    elif isinstance(value, (list, tuple)):
+        frames = [list(value)]
+    else:
+        raise ValueError(f"bbox must be a bounding box or a list of them, got {type(value).__name__}")
+    if len(frames) not in (1, batch):
+        raise ValueError(f"bbox has boxes for {len(frames)} images but there are {batch}; give one set of boxes "
+                         "for all images, or one per image")
+    per_frame = []
+    for index, frame in enumerate(frames):
+        where = "bbox" if len(frames) == 1 else f"bbox of image {index + 1}"
+        boxes = (_bounding_box_to_pixels(item, width, height, where) for item in frame)
+        per_frame.append(tuple(box for box in boxes if box is not None))
+    if not any(per_frame):
+        return None
+    return [per_frame[min(i, len(per_frame) - 1)] for i in range(batch)]
+
+
 @dataclass(frozen=True)
 class MattingHints:
     """Hints for one image, in that image's pixel coordinates."""
 
     clicks_xy: np.ndarray | None = None          # [N, 2] integer (x, y)
     mask: np.ndarray | None = None               # [H, W] painted/selected area, > 0 = foreground
-    box: tuple[float, float, float, float] | None = None   # (x0, y0, x1, y1) pixels
+    boxes: tuple[tuple[float, float, float, float], ...] = ()   # (x0, y0, x1, y1) pixels each; their union marks
 
     @property
     def painted(self) -> bool:
@@ -314,7 +365,7 @@ class MattingHints:
 
     @property
     def marks_anything(self) -> bool:
-        return (self.clicks_xy is not None and len(self.clicks_xy) > 0) or self.box is not None or self.painted
+        return (self.clicks_xy is not None and len(self.clicks_xy) > 0) or bool(self.boxes) or self.painted
 
 
 class UserHints(NamedTuple):
@@ -330,8 +381,8 @@ class UserHints(NamedTuple):
         parts = []
         if first.clicks_xy is not None and len(first.clicks_xy):
             parts.append(f"{len(first.clicks_xy)} click{'s' if len(first.clicks_xy) > 1 else ''}")
-        if first.box is not None:
-            parts.append("a box")
+        if first.boxes:
+            parts.append("a box" if len(first.boxes) == 1 else f"{len(first.boxes)} boxes")
         if any(item.painted for item in self.per_image):
             parts.append("a painted mask")
         status = f"Hints: {', '.join(parts)}." if parts else "No hints: the model mattes the salient object."
@@ -375,17 +426,34 @@ def _pixel_unit_warnings(points: np.ndarray, box: np.ndarray | None) -> list[str
     return warnings
 
 
+def _image_numbers(numbers: list[int]) -> str:
+    """'image 3' or 'images 1, 2, ...' (the first ten) for a message."""
+    listed = ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
+    return f"image{'s' if len(numbers) > 1 else ''} {listed}"
+
+
 def matting_hints(images: torch.Tensor, points: str = "", box: str = "", coordinates: str = "pixels",
-                  hint_mask: torch.Tensor | None = None) -> UserHints:
-    """The matting node's inputs (points JSON, box text, painted MASK) -> one MattingHints per image and the
-    warnings to show. Points and box are in ``coordinates`` (pixels or fractions of the input size); a single mask
-    is shared by every image. A hint that would reach the model as no hint at all is refused."""
+                  hint_mask: torch.Tensor | None = None, bbox=None) -> UserHints:
+    """The matting node's inputs (points JSON, box text, painted MASK, ComfyUI BOUNDING_BOX) -> one MattingHints
+    per image and the warnings to show. Points and box text are in ``coordinates`` (pixels or fractions of the
+    input size); ``bbox`` is in pixels whatever ``coordinates`` says (see :func:`bounding_boxes_per_image`) and
+    may not be set together with the box text. A single mask is shared by every image. A hint that would reach
+    the model as no hint at all is refused."""
     batch, height, width = images.shape[0], images.shape[1], images.shape[2]
     _check_units(coordinates)
     raw_points, raw_box = read_points(points), read_box(box)
     clicks = points_to_pixels(raw_points, width, height, coordinates)
     box_pixels = None if raw_box is None else box_to_pixels(raw_box, width, height, coordinates)
+    host_boxes = bounding_boxes_per_image(bbox, batch, width, height)
+    if host_boxes is not None and box_pixels is not None:
+        raise ValueError("both the box text and the bbox input give a box, and only one can say where the subject "
+                         "is: clear the box text, or set bbox to zero width and height (or disconnect it)")
+    boxes = host_boxes or [() if box_pixels is None else (box_pixels,)] * batch
     warnings = _pixel_unit_warnings(raw_points, raw_box) if coordinates == "pixels" else []
+    unboxed = [i + 1 for i, item in enumerate(boxes) if not item]
+    if host_boxes is not None and unboxed:
+        warnings.append(f"bbox has no box for {_image_numbers(unboxed)} of {batch} (nothing detected there?), so "
+                        "those get only the other hints")
     masks = [None] * batch
     if hint_mask is not None:
         representations.require_finite_map(hint_mask, "hint_mask")
@@ -394,19 +462,18 @@ def matting_hints(images: torch.Tensor, points: str = "", box: str = "", coordin
             raise ValueError(f"hint_mask has {mask.shape[0]} masks for {batch} images; give one, or one per image")
         mask = _mask_at_image_size(mask, height, width, warnings)
         masks = [mask[min(i, mask.shape[0] - 1)].cpu().numpy() for i in range(batch)]
-        unpainted = [i + 1 for i, item in enumerate(masks) if not np.any(item > 0)]
-        if not len(clicks) and box_pixels is None and unpainted:
+        unpainted = [i + 1 for i, item in enumerate(masks) if not np.any(item > 0) and not boxes[i]]
+        if not len(clicks) and unpainted:
             if len(unpainted) == batch:
                 raise ValueError("hint_mask is empty (nothing painted) and there are no points or box: paint the "
                                  "subject in the mask editor, add points, or disconnect hint_mask to matte the "
                                  "salient object")
-            raise ValueError(f"hint_mask is empty (nothing painted) for image{'s' if len(unpainted) > 1 else ''} "
-                             f"{', '.join(map(str, unpainted[:10]))}{' ...' if len(unpainted) > 10 else ''} of "
+            raise ValueError(f"hint_mask is empty (nothing painted) for {_image_numbers(unpainted)} of "
                              f"{batch} and there are no points or box, so those would get no hint: paint the "
                              "subject in every mask, or add points or a box for all images")
     for warning in warnings:
         log.warning("E2P Matting: %s", warning)
-    return UserHints([MattingHints(clicks if len(clicks) else None, masks[i], box_pixels) for i in range(batch)],
+    return UserHints([MattingHints(clicks if len(clicks) else None, masks[i], boxes[i]) for i in range(batch)],
                      tuple(warnings))
 
 
@@ -429,9 +496,8 @@ def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: 
         widened = dilate_mask(hints.mask, HINT_BRUSH_DILATION)
         resized = imaging.nearest_resize(torch.from_numpy(widened), height, width).numpy()
         region = np.maximum(region, resized)
-    if hints.box is not None:
-        x0, y0, x1, y1 = hints.box
-        sx, sy = width / canvas.width, height / canvas.height
+    sx, sy = width / canvas.width, height / canvas.height
+    for x0, y0, x1, y1 in hints.boxes:
         region = np.maximum(region, box_region((x0 * sx, y0 * sy, x1 * sx, y1 * sy), height, width))
     clicks = None
     if hints.clicks_xy is not None and len(hints.clicks_xy):

@@ -156,7 +156,8 @@ def _hint_inputs() -> list:
     return [
         io.String.Input("points", default="", multiline=True,
                         tooltip="JSON list of clicks on the subject: [[x, y], ...] or [{\"x\":..,\"y\":..}] from a "
-                                "points editor, in the unit set by coordinates. Each click marks a disc as in the "
+                                "points editor (the positive_coords format of SAM3 Detect), in the unit set by "
+                                "coordinates. Each click marks a disc as in the "
                                 "official demo."),
         io.String.Input("box", default="", tooltip="Optional 'x0, y0, x1, y1' around the subject: two opposite "
                                                    "corners in either order, in the unit set by coordinates."),
@@ -169,6 +170,20 @@ def _hint_inputs() -> list:
                       tooltip="Painted area on the subject (white = foreground), e.g. from the mask editor; "
                               "widened as in the official demo."),
     ]
+
+
+def _host_box_inputs() -> list:
+    """Where the ComfyUI has BOUNDING_BOX: a box widget that also takes core's boxes wired in (SAM3 Detect,
+    Create Bounding Boxes, Bounding Box). Last, so saved workflows keep every widget value in place; zero size
+    (the default) is no box."""
+    if not compat.has_bounding_box():
+        return []
+    return [io.BoundingBox.Input("bbox", optional=True, socketless=False,
+                                 default={"x": 0, "y": 0, "width": 0, "height": 0},
+                                 tooltip="Box around the subject in pixels of the image (whatever coordinates "
+                                         "says), or boxes wired from SAM3 Detect (each detection marks) or "
+                                         "Create Bounding Boxes. Zero width or height = no box. Use this or the "
+                                         "box text, not both.")]
 
 
 class E2PMatting(io.ComfyNode):
@@ -184,7 +199,8 @@ class E2PMatting(io.ComfyNode):
             **compat.optional_schema_fields(search_aliases=["matte", "matting", "alpha", "alpha matte",
                                                             "background removal", "remove background", "cut out",
                                                             "cutout", "mask", "rgba", "edit2perceive"]),
-            inputs=[*_prediction_inputs(), *_hint_inputs(), *_throughput_inputs(ALPHA_UNCERTAINTY)],
+            inputs=[*_prediction_inputs(), *_hint_inputs(), *_throughput_inputs(ALPHA_UNCERTAINTY),
+                    *_host_box_inputs()],
             outputs=[
                 io.Mask.Output(display_name="alpha", tooltip="Alpha matte in [0, 1] at the input size."),
                 io.Image.Output(display_name="rgba", tooltip="The image with the matte as its alpha channel (save as "
@@ -199,8 +215,9 @@ class E2PMatting(io.ComfyNode):
 
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
-                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1) -> io.NodeOutput:
-        user_hints = hints.matting_hints(image, points, box, coordinates, hint_mask)
+                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1,
+                bbox=None) -> io.NodeOutput:
+        user_hints = hints.matting_hints(image, points, box, coordinates, hint_mask, bbox)
         compat.show_text_on_node(user_hints.report())
         alpha, hint_maps, uncertainty = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode,
                                              steps, seed, ensemble_size, frames_per_pass, user_hints.per_image,

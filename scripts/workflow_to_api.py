@@ -26,7 +26,7 @@ import urllib.request
 from typing import Any
 
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # ComfyUI 0.4+: a combo whose chosen option brings its own inputs
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "BOUNDING_BOX", DYNAMIC_COMBO}
 DISPLAY_ONLY = {"Note", "MarkdownNote"}
 MODE_MUTED = 2
 MODE_BYPASSED = 4

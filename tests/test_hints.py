@@ -132,7 +132,7 @@ def test_a_region_smaller_than_num_points_gets_a_point_on_each_pixel():
 
 def test_one_pixel_box_marks_that_pixel_at_the_working_size():
     canvas = hints.imaging.plan_canvas(40, 50, 64)
-    point_map = hints.hint_map_on_canvas(hints.MattingHints(box=hints.parse_box("0, 0, 1, 1", 50, 40)), canvas, 10)
+    point_map = hints.hint_map_on_canvas(hints.MattingHints(boxes=(hints.parse_box("0, 0, 1, 1", 50, 40),)), canvas, 10)
     assert point_map.max() == 1.0 and point_map[0, 0] == 1.0
     assert np.count_nonzero(point_map == 1.0) == 1
 
@@ -235,3 +235,74 @@ def test_box_corners_may_come_in_either_order():
         assert np.array_equal(hints.box_region(hints.parse_box(text, 50, 40), 40, 50), expected)
     assert np.array_equal(hints.box_region(hints.parse_box("0.6, 0.5, 0.2, 0.125", 50, 40, "fractions"), 40, 50),
                           expected)
+
+
+# ComfyUI's own box and point values (BOUNDING_BOX, SAM3 Detect), as core's nodes give them. Written out here,
+# so the parser is tested without ComfyUI.
+SAM3_POINTS = '[{"x": 12, "y": 30}, {"x": 40, "y": 8}]'           # SAM3 Detect's positive_coords format
+SAM3_BBOXES = [[{"x": 4.5, "y": 6.0, "width": 20.25, "height": 10.0, "score": 0.91},
+                {"x": 30.0, "y": 20.0, "width": 5.0, "height": 5.0, "score": 0.55}]]   # one frame, two detections
+
+
+def test_sam3_point_json_is_read_in_pixels():
+    assert hints.parse_points(SAM3_POINTS, 50, 40).tolist() == [[12, 30], [40, 8]]
+
+
+def test_bounding_box_values_become_pixel_corners():
+    """{x, y, width, height} is a top-left corner and a size in pixels; each accepted layout gives the same box."""
+    widget = {"x": 5, "y": 6, "width": 15, "height": 10}
+    expected = [((5.0, 6.0, 20.0, 16.0),)] * 2
+    for value in (widget, [widget], [[widget]], [[widget], [widget]]):
+        assert hints.bounding_boxes_per_image(value, 2, 50, 40) == expected
+    detections = hints.bounding_boxes_per_image(SAM3_BBOXES, 1, 50, 40)
+    assert detections == [((4.5, 6.0, 24.75, 16.0), (30.0, 20.0, 35.0, 25.0))]
+
+
+@pytest.mark.parametrize("unset", [None, [], [[]], {"x": 0, "y": 0, "width": 0, "height": 0},
+                                   {"x": 10, "y": 10, "width": 30, "height": 0}])
+def test_a_box_of_zero_size_or_none_marks_nothing(unset):
+    """The box widget's default (zero size) and a SAM3 Detect that found nothing are no box, not an error."""
+    assert hints.bounding_boxes_per_image(unset, 1, 50, 40) is None
+    assert hints.matting_hints(image(), bbox=unset).per_image[0].boxes == ()
+
+
+@pytest.mark.parametrize("value,message", [
+    ({"x": 5, "y": 6, "width": 15}, "not a bounding box"),
+    ({"x": "a", "y": 6, "width": 15, "height": 2}, "must hold numbers"),
+    ({"x": float("nan"), "y": 6, "width": 15, "height": 2}, "finite"),
+    ({"x": 5, "y": 6, "width": -15, "height": 2}, "negative width or height"),
+    ({"x": 60, "y": 6, "width": 15, "height": 2}, "no area inside the 50x40 image"),
+    ([[{"x": 1, "y": 1, "width": 2, "height": 2}]] * 3, "boxes for 3 images but there are 2"),
+    ("5, 6, 20, 16", "must be a bounding box or a list"),
+])
+def test_bad_bounding_box_values_are_explained(value, message):
+    with pytest.raises(ValueError, match=message):
+        hints.bounding_boxes_per_image(value, 2, 50, 40)
+
+
+def test_bbox_is_in_pixels_whatever_the_coordinates_say():
+    """The box widget and SAM3 give pixels; the coordinates choice is about the typed points and box only."""
+    box = {"x": 0.0, "y": 0.0, "width": 1.0, "height": 1.0}
+    for coordinates in hints.COORDINATE_UNITS:
+        assert hints.matting_hints(image(), bbox=box, coordinates=coordinates).per_image[0].boxes == \
+            ((0.0, 0.0, 1.0, 1.0),)
+
+
+def test_bbox_and_box_text_together_are_refused_and_a_frame_without_detections_is_warned_about():
+    with pytest.raises(ValueError, match="both the box text and the bbox input give a box"):
+        hints.matting_hints(image(), box="1, 1, 5, 5", bbox={"x": 1, "y": 1, "width": 4, "height": 4})
+    # The widget left at zero size does not clash with a typed box (saved workflows keep their box text).
+    typed = hints.matting_hints(image(), box="1, 1, 5, 5", bbox={"x": 0, "y": 0, "width": 0, "height": 0})
+    assert typed.per_image[0].boxes == ((1.0, 1.0, 5.0, 5.0),)
+    per_frame = hints.matting_hints(image(batch=3), points="[[10, 10]]", bbox=[SAM3_BBOXES[0], [], SAM3_BBOXES[0]])
+    assert [len(item.boxes) for item in per_frame.per_image] == [2, 0, 2]
+    assert per_frame.warnings == ("bbox has no box for image 2 of 3 (nothing detected there?), so those get only "
+                                  "the other hints",)
+    assert per_frame.report().endswith("Hints: 1 click, 2 boxes.")
+
+
+def test_bbox_marks_the_same_region_as_the_same_typed_box():
+    canvas = hints.imaging.plan_canvas(40, 50, 64)
+    typed = hints.matting_hints(image(), box="4.5, 6, 24.75, 16").per_image[0]
+    wired = hints.matting_hints(image(), bbox=SAM3_BBOXES[0][0]).per_image[0]
+    assert np.array_equal(hints.hint_map_on_canvas(typed, canvas, 10), hints.hint_map_on_canvas(wired, canvas, 10))

@@ -232,6 +232,49 @@ def test_tiny_box_is_a_hint_not_none(installed, vae):
     assert not torch.equal(boxed[0], none[0])
 
 
+def test_matting_has_a_bbox_input_exactly_where_comfyui_has_bounding_box(installed):
+    """0.33.0: a BOUNDING_BOX box widget that takes a link, after every older input (saved workflows keep their
+    widget values in place). 0.3.75 has no such type: the typed box is the only one."""
+    from e2p_core.comfyui import compat
+
+    info = installed.node_info("E2PMatting")["input"]
+    assert list(info["optional"])[:3] == ["hint_mask", "ensemble_size", "frames_per_pass"]
+    if compat.comfyui_version() == "0.3.75":
+        assert not compat.has_bounding_box() and "bbox" not in info["optional"]
+        return
+    assert compat.has_bounding_box() and list(info["optional"])[3:] == ["bbox"]
+    kind, settings = info["optional"]["bbox"]
+    assert kind == "BOUNDING_BOX" and settings["default"] == {"x": 0, "y": 0, "width": 0, "height": 0}
+    assert settings["socketless"] is False, "SAM3 Detect's bboxes must be able to connect"
+
+
+def test_matting_takes_the_host_box_and_sam3_detections_and_points(installed, vae):
+    """A box widget value gives the same hint map as the same box typed; SAM3 Detect's per-frame bboxes and its
+    point JSON are read as it writes them."""
+    from e2p_core.comfyui import compat
+
+    if not compat.has_bounding_box():
+        pytest.skip(f"ComfyUI {compat.comfyui_version()} has no BOUNDING_BOX type (added after 0.3.75)")
+    e2p, _, _ = load(installed, "matting")
+    common = task_inputs(e2p, vae, image_batch(2, 48, 64), num_points=10, coordinates="fractions")
+    widget = {"x": 8, "y": 12, "width": 20, "height": 16}
+    drawn = installed.run_node("E2PMatting", **common, points="", box="", bbox=widget)
+    typed = installed.run_node("E2PMatting", **common, points="", box="0.125, 0.25, 0.4375, 0.5833333333")
+    assert drawn[3].max() > 0.5 and torch.equal(drawn[3], typed[3]), "the widget's box is in pixels"
+    unset = installed.run_node("E2PMatting", **common, points="", box="",
+                               bbox={"x": 0, "y": 0, "width": 0, "height": 0})
+    assert unset[3].max() == 0, "the widget left at zero size is no box"
+    sam3_boxes = [[{"x": 8.0, "y": 12.0, "width": 20.0, "height": 16.0, "score": 0.9}], []]
+    detected = installed.run_node("E2PMatting", **common, points="", box="", bbox=sam3_boxes)
+    assert torch.equal(detected[3][0], typed[3][0]) and detected[3][1].max() == 0
+    pixel_inputs = dict(common, coordinates="pixels")
+    clicked = installed.run_node("E2PMatting", **pixel_inputs, points='[{"x": 20, "y": 24}]', box="")
+    listed = installed.run_node("E2PMatting", **pixel_inputs, points="[[20, 24]]", box="")
+    assert clicked[3].max() > 0.5 and torch.equal(clicked[3], listed[3])
+    with pytest.raises(ValueError, match="both the box text and the bbox input"):
+        installed.run_node("E2PMatting", **common, points="", box="0.1, 0.1, 0.5, 0.5", bbox=widget)
+
+
 def test_empty_mask_with_points_is_fine(installed, vae):
     e2p, _, _ = load(installed, "matting")
     alpha = installed.run_node("E2PMatting", **task_inputs(e2p, vae, image_batch(1, 48, 64)), num_points=10,

@@ -47,7 +47,10 @@ Touch points and the differences found:
 - Node definitions: ``comfy_api.latest`` (``io.ComfyNode``, ``io.Schema``, ``ComfyExtension``) on both. 0.33.0's
   ``io.Schema`` has ``search_aliases`` (words the node search also finds a node by) and an ``io.BoundingBox`` type
   with a box widget drawn on the image; 0.3.75 has neither. The nodes pass such fields through
-  :func:`optional_schema_fields`. Categories: 0.3.75 files model loaders under ``loaders``, 0.33.0 under
+  :func:`optional_schema_fields` and add ``BOUNDING_BOX`` inputs where :func:`has_bounding_box`. 0.33.0's
+  ``BOUNDING_BOX`` value is a dict ``{x, y, width, height}`` in image pixels (its widget, Bounding Box) or lists
+  of them (SAM3 Detect gives one list per frame). Its ``ImageCrop`` widget component previews the image of the
+  node's first input only. Categories: 0.3.75 files model loaders under ``loaders``, 0.33.0 under
   ``model/loaders``; only 0.33.0 has geometry estimation (Depth Anything 3, MoGe) and background removal nodes.
   :func:`stock_node_category` reads where the running version puts one of its own nodes. 0.3.75 checks a choice
   (combo) against its options at ``/prompt`` only in the dict-style form, whose declared type is the list of
@@ -558,6 +561,15 @@ def optional_schema_fields(**fields) -> dict:
         raise ComfyCompatError(f"{sorted(unknown)} are io.Schema fields every tested ComfyUI has; pass them to "
                                "io.Schema directly")
     return {name: value for name, value in fields.items() if name in schema_field_names()}
+
+
+@functools.cache
+def has_bounding_box() -> bool:
+    """Whether this ComfyUI has the ``BOUNDING_BOX`` type (``io.BoundingBox``: core's box widget, SAM3 Detect's
+    ``bboxes``): 0.33.0 has it, 0.3.75 not. Without it a node's boxes stay typed text."""
+    from comfy_api.latest import io
+
+    return hasattr(io, "BoundingBox")
 
 
 @functools.cache

@@ -82,3 +82,23 @@ def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path
     startup_errors = " ".join(startup["console_errors"])
     for node_type in ("E2P", "SqrtDecode", "edit2perceive"):
         assert node_type not in startup_errors, f"the page start logged errors about the pack: {startup_errors}"
+
+
+def test_a_box_set_in_the_matting_box_widget_reaches_the_prompt_in_image_pixels(workflow_server, tmp_path):
+    """Where ComfyUI has BOUNDING_BOX, E2PMatting's bbox widget holds what a drag on it stores ({x, y, width,
+    height} in pixels of the image); set through the widget, it is sent to /prompt unchanged and the graph runs."""
+    object_info = workflow_server.object_info()
+    if "bbox" not in object_info["E2PMatting"]["input"].get("optional", {}):
+        pytest.skip("this ComfyUI has no BOUNDING_BOX type, so E2PMatting keeps the typed box only")
+    drawn = {"x": 2, "y": 3, "width": 10, "height": 12}
+    workflow = load_workflow(environment.WORKFLOWS_DIR / "e2p_matting_composite.json")
+    matting_ids = [str(node["id"]) for node in workflow["nodes"] if node["type"] == "E2PMatting"]
+    overrides = dict(TEST_OVERRIDES, E2PMatting={**TEST_OVERRIDES["E2PMatting"], "points": "", "box": "",
+                                                 "bbox": drawn})
+    _, (result,) = frontend.run_jobs(workflow_server.url, [
+        {"name": "matting_box_widget", "workflow": workflow, "queue": True, "overrides": overrides,
+         "timeout_ms": 600_000, "screenshot": str(tmp_path / "matting_box_widget.png")}])
+    assert "failure" not in result, result.get("failure")
+    assert result["prompt_status"] == 200 and result["prompt_reply"]["node_errors"] == {}, result["prompt_reply"]
+    assert [result["prompt_sent"][node_id]["inputs"]["bbox"] for node_id in matting_ids] == [drawn] * 2
+    assert result["execution"]["type"] == "execution_success", result["execution"]
