@@ -67,6 +67,10 @@ NODE_CLASS_MAPPINGS = {}
 ''' % json.dumps(stock_models.T5XXL_STAND_IN_CONFIG)
 
 
+# The Kontext base's file name in the workflows of the dict-style release, which users' saved copies still name.
+SAVED_V1_KONTEXT_BASE = "flux1-kontext-dev.safetensors"
+
+
 def workflow_paths() -> list[Path]:
     return sorted(WORKFLOWS_DIR.glob("*.json"))
 
@@ -91,6 +95,8 @@ def write_models(models: Path) -> None:
         _save(models, f"{task}.safetensors", tm.in_layout(bfl, "diffsynth"))
     base = tm.bfl_state_dict(depth=1, single_depth=1, seed=80)
     _save(models, KONTEXT_BASE, base)
+    # Workflows saved with the dict-style release (tests/fixtures/workflows_v1) load the base under its earlier name.
+    _save(models, SAVED_V1_KONTEXT_BASE, base, INPUT_FOLDERS[("UNETLoader", "unet_name")])
     # The workflows load the LoRA with the stock LoraLoaderModelOnly, which searches models/loras only.
     _save(models, "depth_lora.safetensors", tm.kohya_lora(tm.lora_pairs(base, seed=81)),
           INPUT_FOLDERS[("LoraLoaderModelOnly", "lora_name")])
