@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import torch
 from PIL import Image
 
 from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE, folder_for
-from e2p_core.tasks import TASK_NAMES
 from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
 from e2p_dev.comfy_runtime import REPO_ROOT
