@@ -1,6 +1,5 @@
 """Hostile files and images: each is refused with an error that names the cause and the fix, or handled."""
 
-import os
 import pickle
 
 import numpy as np

@@ -7,7 +7,7 @@ import psutil
 import pytest
 import requests
 
-from test_server import IMAGE_NAME, install, task_prompt, tiny_files  # noqa: F401  (fixture re-use)
+from test_server import install, task_prompt, tiny_files  # noqa: F401  (fixture re-use)
 
 pytestmark = pytest.mark.server
 
