@@ -1,6 +1,5 @@
 """The task representations shared by nodes, trainer and evaluation, checked against the official rules."""
 
-
 import numpy as np
 import pytest
 import torch
