@@ -11,7 +11,8 @@ What is asserted, over the soft pixels (0 < alpha < 1), as mean absolute error p
 * re-compositing the estimate over its estimated background, alpha * F_hat + (1 - alpha) * B_hat, reproduces the
   image within 1/255 on average over the soft pixels.
 * over stripes, whose detail under the wide soft edges no method can see, the estimate must still beat the image's
-  colour (1.5x); neither 3x nor the 1/255 re-composite hold there (docs/matting.md states the measured numbers).
+  colour (1.5x, at the two smaller sizes; 512 x 512 measures 2.3x in the benchmark); neither 3x nor the 1/255
+  re-composite hold there (docs/matting.md states the measured numbers).
 
 Thresholds are ratios and 8-bit steps with wide margins (the measured ratios are 6x-29x), so they hold at any
 thread count; one test checks that the thread count changes nothing beyond float rounding.
@@ -58,7 +59,7 @@ def test_recompositing_reproduces_the_image(height, width, background):
     assert errors["recomposite"] <= EIGHT_BIT_STEP, errors
 
 
-@pytest.mark.parametrize("height,width", SIZES)
+@pytest.mark.parametrize("height,width", SIZES[:2])
 def test_background_detail_under_soft_edges_still_beats_the_image_colour(height, width):
     errors = measured(height, width, "stripes")[2]
     assert errors["premultiplied_original"] / errors["premultiplied_estimated"] >= HARD_CASE_IMPROVEMENT, errors
