@@ -9,17 +9,17 @@ ICPR 2020). Per colour channel it minimises
     sum_i (alpha_i F_i + (1 - alpha_i) B_i - I_i)²
     + sum_(i, j neighbours) (EPSILON + OMEGA |alpha_i - alpha_j|) ((F_i - F_j)² + (B_i - B_j)²)
 
-(the image must be explained; F and B are smooth, and smoothest across alpha edges), first on a 1 x 1 copy of the
-image and alpha, then at every doubling of the size up to the full one, each level starting from the coarser
-level's solution. The paper relaxes each level with a few Gauss-Seidel sweeps in scan order, which does not
+(the image must be explained; F and B are smooth, and smoothest across alpha edges), starting from the mean colour
+of a 1 x 1 copy of the image and then at every doubling of the size up to the full one, each level starting from
+the coarser level's solution. The paper relaxes each level with a few Gauss-Seidel sweeps in scan order, which does not
 vectorise; here each level takes a fixed number of conjugate-gradient steps preconditioned by each pixel's own
-2 x 2 (F, B) block, which on the tests' synthetic composites needs about a tenth of the steps that vectorised
-(Jacobi) sweeps need for the same error. Two constraints the compositing equation implies are kept
+2 x 2 (F, B) block, which on the tests' synthetic composites needed about a tenth of the steps that vectorised
+(Jacobi) sweeps needed for the same error. Two constraints the compositing equation implies are kept
 exactly: where alpha is 1 the foreground is the image, where it is 0 the background is the image. Cost: O(pixels)
 per step, in all about 13 steps' worth at full size; memory about 50 floats (200 bytes) per pixel of the image
 being worked on, its outputs included.
 
-Output modes (what the matting node offers):
+Output modes (the choices the matting node's options are built on):
 
 * ``FOREGROUND_COLOURS``: ``estimated`` (the above) or ``original`` (the image's own colour, the behaviour before
   the estimate existed);
