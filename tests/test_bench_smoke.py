@@ -197,3 +197,18 @@ def test_tiling_prints_table(tmp_path):
     assert [row[:3] for row in rows] == [["320x192", "0.1", "6"], ["100x80", "0.0", "0"]] and len(rows[0]) == 8
     results = json.loads(json_path.read_text())["results"]
     assert all(result["peak_bytes"] >= result["baseline_bytes"] > 0 for result in results)
+
+
+def test_foreground_prints_tables(tmp_path):
+    """No ComfyUI and no model: only the time-per-megapixel rows and the accuracy rows are checked for presence."""
+    json_path = tmp_path / "foreground.json"
+    command = [sys.executable, str(REPO_ROOT / "bench" / "foreground.py"), "--megapixels", "0.01", "0.02",
+               "--repeats", "1", "--threads", "1", "--json", str(json_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    timing = table_rows(completed.stdout, "### Foreground estimation time")
+    assert [row[1] for row in timing] == ["0.01", "0.02"] and all(float(row[3]) > 0 for row in timing)
+    accuracy = table_rows(completed.stdout, "### Soft-edge colour error (8-bit steps)")
+    assert [row[0] for row in accuracy] == ["flat"] * 3 + ["smooth"] * 3 + ["stripes"] * 3
+    assert "torch threads 1" in completed.stdout and "load average at end" in completed.stdout
+    assert len(json.loads(json_path.read_text())["timing"]) == 2
