@@ -16,13 +16,14 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import bench_model, cli, graph_runner, report, timing  # noqa: E402
+from bench import bench_model, cli, report, timing  # noqa: E402
+from e2p_dev.graph_runner import GraphRunner  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:
     args = cli.base_parser(__doc__.split("\n\n")[0], "wrapper_overhead").parse_args(argv)
     run = cli.start(args)
-    runner = graph_runner.GraphRunner()
+    runner = GraphRunner()
     predictor = bench_model.bare_predictor(run.files)
     rows, raw, plot = [], {}, {}
     for resolution in run.resolutions:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> str:
             predictor.predict(image, processing_resolution=resolution, seed=timing.run_seed(index))
 
         def graph(index, resolution=resolution):
-            runner.run(graph_runner.depth_prompt(resolution, timing.run_seed(index)))
+            runner.run(bench_model.depth_prompt(resolution, timing.run_seed(index)))
 
         timings = timing.measure_interleaved({"bare": bare, "graph": graph}, run.device, args.warmup, args.repeats)
         overhead = timings["graph"].median - timings["bare"].median

@@ -11,11 +11,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import trimesh
+from PIL import Image
 
 from e2p_core import imaging, metric_alignment, metric_geometry
 from e2p_core import representations as rep
+from e2p_dev.graph_runner import GraphRunner
 from e2p_dev.metric_scene import (HEIGHT, NOISE, WIDTH, absolute_relative_error, da3_like_reference, e2p_like,
                                   scene_depth)
 
@@ -203,3 +207,45 @@ def test_e2p_mesh_reaches_core_preview_3d_through_mesh_to_file(comfy_inprocess, 
     preview = comfy_inprocess.execute_node("Preview3D", model_file=model_file)
     shown = Path(folder_paths.get_output_directory()) / preview.ui.as_dict()["result"][0]
     assert shown.is_file() and shown.read_bytes()[:4] == b"glTF"
+
+
+def test_metric_depth_meshes_in_a_graph_run_by_comfyui_executor(comfy_inprocess, save_folders):
+    """LoadImage -> E2PMetricDepth -> DA3GeometryToMesh -> SaveGLB as a queued prompt: validation accepts the
+    links and the saved GLB holds the scene at its metric distances."""
+    if "DA3GeometryToMesh" not in comfy_inprocess.node_class_mappings:
+        pytest.skip("this ComfyUI has no DA3GeometryToMesh node (Depth Anything 3 arrived after 0.3.75)")
+    import folder_paths
+
+    width, height = 96, 72
+    clean, _, scale, shift = e2p_like(scene_depth(width, height), 0.0, seed=0)
+    near, far = shift ** 2, (scale + shift) ** 2
+    photo = Path(folder_paths.get_input_directory()) / "e2p_test_metric_graph_sqrt_depth.png"
+    pixels = np.round(clean.numpy() * 255.0).astype(np.uint8)
+    Image.fromarray(np.repeat(pixels[..., None], 3, axis=2)).save(photo)
+    prompt = {
+        "image": {"class_type": "LoadImage", "inputs": {"image": photo.name}},
+        "metric": {"class_type": "E2PMetricDepth", "inputs": {
+            "sqrt_depth": ["image", 0], "mode": "near_far", "near": near, "far": far, "fov_degrees": 60.0}},
+        "mesh": {"class_type": "DA3GeometryToMesh", "inputs": {
+            "da3_geometry": ["metric", 2], "batch_index": 0, "decimation": 1, "discontinuity_threshold": 0.04,
+            "confidence_threshold": 0.1, "use_sky_mask": True, "texture": True}},
+        "save": {"class_type": "SaveGLB", "inputs": {"mesh": ["mesh", 0], "filename_prefix": "e2p_test/metric_graph"}},
+    }
+    try:
+        outputs = GraphRunner().run(prompt)
+    finally:
+        photo.unlink()
+
+    (saved,) = outputs["save"]["3d"]
+    glb = Path(folder_paths.get_output_directory()) / saved["subfolder"] / saved["filename"]
+    assert glb.parent.parent == save_folders[0] and glb.is_file()
+    (geometry,) = trimesh.load(str(glb), process=False).geometry.values()
+    vertices = np.asarray(geometry.vertices)
+    # Core drops triangles whose 3x3 depth span exceeds 4 %, which at this size takes the grazing floor's far part.
+    assert len(geometry.faces) > 0 and len(vertices) > 0.3 * width * height and np.isfinite(vertices).all()
+    distances = -vertices[:, 2]                     # glTF: the camera looks down -z
+    # 8-bit sqrt depth moves a distance by under 1 % of the range; dropped triangles may take an extreme along.
+    tolerance = 0.03 * (far - near)
+    assert distances.min() == pytest.approx(near, abs=tolerance) and distances.max() == pytest.approx(far, abs=tolerance)
+    # 60 degrees across: the widest point's x over its distance is tan(30 degrees), less half a pixel.
+    assert np.abs(vertices[:, 0] / distances).max() == pytest.approx(np.tan(np.radians(30.0)), rel=0.03)
