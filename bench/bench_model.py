@@ -137,19 +137,17 @@ def predictor_from_weights(weights: RandomWeights, weight_dtype: str = "default"
     return E2PPredictor(TASK, model, compat.load_vae(weights.vae), weights.cond, weights.pooled)
 
 
-def depth_prompt(resolution: int, seed: int, weight_dtype: str = "default", preview: bool = True) -> dict:
-    """The bench files as a graph: LoadE2PModel + VAELoader + LoadImage -> E2PDepth (-> PreviewImage), at the
-    image's own size."""
-    prompt = {
+def depth_prompt(resolution: int, seed: int) -> dict:
+    """The bench files as a graph: LoadE2PModel + VAELoader + LoadImage -> E2PDepth -> PreviewImage, at the image's
+    own size."""
+    return {
         "model": {"class_type": "LoadE2PModel", "inputs": {
-            "checkpoint": CHECKPOINT_NAME, "weight_dtype": weight_dtype, "task": TASK, "lora": "none",
+            "checkpoint": CHECKPOINT_NAME, "weight_dtype": "default", "task": TASK, "lora": "none",
             "lora_strength": 1.0, "time_embedding": "auto"}},
         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": VAE_NAME}},
         "image": {"class_type": "LoadImage", "inputs": {"image": image_name(resolution)}},
         "depth": {"class_type": "E2PDepth", "inputs": {
             "e2p_model": ["model", 0], "vae": ["vae", 0], "image": ["image", 0], "processing_resolution": resolution,
             "resize_mode": "aspect", "steps": 1, "seed": seed}},
+        "preview": {"class_type": "PreviewImage", "inputs": {"images": ["depth", 0]}},
     }
-    if preview:
-        prompt["preview"] = {"class_type": "PreviewImage", "inputs": {"images": ["depth", 0]}}
-    return prompt
