@@ -3,7 +3,8 @@ a development requirement only), spectral and gray keep their earlier behaviour.
 
 from __future__ import annotations
 
-import matplotlib
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,13 @@ from e2p_core import colormaps
 
 TABLE_MAPS = ["turbo", "inferno", "magma", "plasma", "viridis"]
 EIGHT_BIT_STEP = 1.0 / 255.0
+
+
+@pytest.fixture(scope="module")
+def matplotlib_colormaps():
+    """matplotlib's registry of colour maps, imported here rather than at collection: these tests run once, in the
+    0.3.75 venv whose dev requirements pin matplotlib; the current ComfyUI's venv collects this file without it."""
+    return importlib.import_module("matplotlib").colormaps
 
 
 def probe_values() -> torch.Tensor:
@@ -25,16 +33,16 @@ def probe_values() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", TABLE_MAPS)
-def test_tables_equal_matplotlibs(name):
-    reference = matplotlib.colormaps[name](np.arange(256))[:, :3]
+def test_tables_equal_matplotlibs(matplotlib_colormaps, name):
+    reference = matplotlib_colormaps[name](np.arange(256))[:, :3]
     assert np.abs(colormaps.table(name).numpy() - reference).max() <= 0.5 * EIGHT_BIT_STEP + 1e-7
 
 
 @pytest.mark.parametrize("name", TABLE_MAPS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_colours_equal_matplotlibs_at_any_value(name, dtype):
+def test_colours_equal_matplotlibs_at_any_value(matplotlib_colormaps, name, dtype):
     values = probe_values().to(dtype)
-    expected = matplotlib.colormaps[name](values.numpy())[:, :3]
+    expected = matplotlib_colormaps[name](values.numpy())[:, :3]
     colours = colormaps.apply_colormap(values, name)
     assert colours.shape == (values.numel(), 3)
     assert np.abs(colours.numpy() - expected).max() <= EIGHT_BIT_STEP
