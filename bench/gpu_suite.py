@@ -1,4 +1,4 @@
-"""GPU numbers in one command: the 12B shape (random weights made on the device) on a bare lent GPU machine.
+"""GPU numbers in one command: the 12B shape (random weights made on the device) on a bare CUDA machine.
 
 Installs the carried wheels the machine lacks (bench/gpu_requirements.txt, filled by bench/gpu_prepare.sh), unpacks
 the carried ComfyUI source, then measures in a fixed order, each part with its own time budget, printing a Markdown

@@ -1,5 +1,5 @@
 """bench/gpu_suite.py's CPU dry run: every part of the GPU suite runs end to end on the smallest model and its
-Markdown report comes out complete, so a lent GPU can only find GPU problems.
+Markdown report comes out complete, so a GPU run can only find GPU problems.
 
 One run (about 2 minutes on 2 cores): three processes boot ComfyUI (setup, the main parts, the capped part). The
 numbers are not checked, only that each part finished and filled its table.
@@ -60,7 +60,7 @@ def test_dry_run_finishes_every_part(dry_run):
 def test_dry_run_report_has_every_table(dry_run):
     completed, out = dry_run
     report = (out / "gpu_suite.md").read_text()
-    assert report in completed.stdout   # the full report is printed last, for the device tool's output tail
+    assert report in completed.stdout   # the full report is printed last, where a tail of the output shows it
     assert section_rows(report, "### Model load")[0][0] == "smoke"
     stages = section_rows(report, "### Image -> depth per stage")
     assert [row[0] for row in stages] == ["64²"] and stages[0][-1] == "1 of 1"
