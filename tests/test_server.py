@@ -164,7 +164,7 @@ NODE_KINDS = {
     "SqrtDecode": ("E2P Sqrt Depth Decode", "geometry estimation"),
     "E2PColorizeDepth": ("E2P Colorize Depth", "geometry estimation"),
     "E2PDepthTo3D": ("E2P Depth to 3D (GLB mesh / PLY points)", "geometry estimation"),
-    "E2PMetricDepth": ("E2P Metric Depth", "geometry estimation"),
+    "E2PMetricDepth": ("E2P Metric Depth (align to DA3 / MoGe / near-far)", "geometry estimation"),
     "E2PMatting": ("E2P Matting", "background removal"),
     "E2PSaveFloatImage": ("Save Float Image (16-bit PNG / EXR)", "image saving"),
 }
