@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from e2p_core import matte_edges
 from e2p_core import representations as rep
 from e2p_dev.example_run.scene import example_scene
 
@@ -37,18 +38,10 @@ def e2p_like(truth: torch.Tensor, noise: float, seed: int) -> tuple[torch.Tensor
     return clean, noisy, high - low, low
 
 
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = math.ceil(3 * sigma)
-    kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=image.dtype) / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    image = F.conv2d(F.pad(image[None, None], (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))[0, 0]
-
-
 def da3_like_reference(truth: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(depth, confidence, sky probability) at a quarter of the truth's resolution."""
     generator = torch.Generator().manual_seed(seed)
-    depth = gaussian_blur(F.avg_pool2d(truth[None, None], REFERENCE_FACTOR)[0, 0], REFERENCE_BLUR)
+    depth = matte_edges.gaussian_blur(F.avg_pool2d(truth[None, None], REFERENCE_FACTOR)[0], REFERENCE_BLUR)[0]
     height, width = depth.shape
     confidence = 0.5 + torch.rand(height, width, generator=generator, dtype=torch.float64)
     outliers = torch.rand(height, width, generator=generator, dtype=torch.float64) < OUTLIER_SHARE
