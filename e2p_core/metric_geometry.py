@@ -11,12 +11,11 @@ camera is normalised by the image size; both become a pixel-space K at the align
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from . import imaging
+from . import imaging, mesh
 from .metric_alignment import AlignmentError
 
 DA3_SKY_THRESHOLD = 0.5           # core's DA3 nodes treat sky >= 0.5 as sky
@@ -140,8 +139,9 @@ def rescale_intrinsics(camera: torch.Tensor, from_width, from_height, width: int
 
 
 def fov_intrinsics(width: int, height: int, fov_degrees: float, batch: int) -> torch.Tensor:
-    """[batch, 3, 3] pinhole K with square pixels for a horizontal field of view, centred as core's DA3 default."""
-    focal = (width / 2.0) / math.tan(math.radians(fov_degrees) / 2.0)
+    """[batch, 3, 3] pinhole K with square pixels for a horizontal field of view, centred as core's DA3 default; a
+    field of view outside what E2P Depth to 3D accepts is refused with its message."""
+    focal = mesh.focal_from_fov(width, fov_degrees)
     camera = torch.tensor([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]],
                           dtype=torch.float64)
     return camera.expand(batch, 3, 3).clone()

@@ -139,7 +139,6 @@ class E2PMetricDepth(io.ComfyNode):
                 camera = metric_geometry.rescale_intrinsics(reference.intrinsics, ref_width, ref_height, width,
                                                             height)
         if fov_degrees > 0:
-            mesh.focal_from_fov(width, fov_degrees)           # the range check and its message
             camera = metric_geometry.fov_intrinsics(width, height, fov_degrees, batch)
         texture = image if image is not None else (reference.image if reference is not None else None)
         if texture is None:
