@@ -72,8 +72,9 @@ def bench_files(work_dir: Path, shape: DitShape) -> BenchFiles:
     from safetensors.torch import save_file
 
     from e2p_core.comfyui import conditioning
-    from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
+    from e2p_core.saved_conditioning import save_conditioning
+    from e2p_core.metadata_keys import META_PROMPT, META_TASK
+    from e2p_core.tasks import task_spec
 
     base = work_dir / shape.name
     models = base / "models"
@@ -130,7 +131,7 @@ def predictor_from_weights(weights: RandomWeights, weight_dtype: str = "default"
     from e2p_core.comfyui.api import E2PPredictor
     from e2p_core.comfyui.loader import E2PModel, build_flux_patcher
     from e2p_core.comfyui.patches import apply_e2p_patches
-    from e2p_core.tasks import TIME_EMBEDDING_OFFICIAL
+    from e2p_core.release import TIME_EMBEDDING_OFFICIAL
 
     patcher, _ = build_flux_patcher(weights.dit, weight_dtype)
     model = E2PModel(apply_e2p_patches(patcher, TIME_EMBEDDING_OFFICIAL), TASK, TIME_EMBEDDING_OFFICIAL)

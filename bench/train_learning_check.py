@@ -28,8 +28,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from e2p_core.conditioning_file import save_conditioning  # noqa: E402
-from e2p_core.tasks import META_PROMPT, META_TASK, task_spec  # noqa: E402
+from e2p_core.saved_conditioning import save_conditioning  # noqa: E402
+from e2p_core.metadata_keys import META_PROMPT, META_TASK  # noqa: E402
+from e2p_core.tasks import task_spec
 
 RESOLUTION = 64
 

@@ -1,7 +1,7 @@
 """Our one-step E2PDepth prediction vs diffusers' FluxKontextPipeline at 1 and 8 steps on the same weights.
 
-The DiT weights are converted to the diffusers layout with ``e2p_core.formats`` and the FLUX VAE with diffusers'
-own LDM converter, so both sides hold identical tensors in the dtype ComfyUI chose for this device. diffusers gets
+The DiT weights are converted to the diffusers layout with ``e2p_core.checkpoint_layouts`` and the FLUX VAE with
+diffusers' own LDM converter, so both sides hold identical tensors in the dtype ComfyUI chose for this device. diffusers gets
 the same precomputed T5/CLIP embeddings (no text encoders are loaded), the same image at the same size, embedded
 guidance 1 and the FLUX.1 Kontext scheduler. Timed: image in, prediction out, for both. Run from the repository
 root:
@@ -39,7 +39,7 @@ def diffusers_pipeline(bfl_state_dict: dict[str, torch.Tensor], vae_state_dict: 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from e2p_core import formats
+    from e2p_core import checkpoint_layouts
 
     with init_empty_weights():
         transformer = FluxTransformer2DModel(
@@ -47,7 +47,7 @@ def diffusers_pipeline(bfl_state_dict: dict[str, torch.Tensor], vae_state_dict: 
             num_single_layers=shape.single_depth, attention_head_dim=shapes.HEAD_DIM, num_attention_heads=shape.heads,
             joint_attention_dim=shape.context_dim, pooled_projection_dim=shape.pooled_dim, guidance_embeds=True,
             axes_dims_rope=(16, 56, 56))
-    weights = formats.from_bfl(bfl_state_dict, formats.DIFFUSERS)
+    weights = checkpoint_layouts.from_bfl(bfl_state_dict, checkpoint_layouts.DIFFUSERS)
     transformer.load_state_dict({k: v.to(dit_dtype) for k, v in weights.items()}, strict=True, assign=True)
     del weights
     vae = AutoencoderKL(**FLUX_VAE)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .tasks import DEFAULT_SEED
+from .release import DEFAULT_SEED
 
 EMBEDDING_DIM = 256
 MAX_PERIOD = 10000

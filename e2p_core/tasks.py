@@ -1,8 +1,7 @@
 """The task table: every per-task fact the nodes, the trainer and the evaluation share (no ComfyUI imports).
 
 Code that behaves differently per task asks the task's ``TaskSpec`` (``task_spec(name)``) instead of comparing
-task names. The metadata keys of the files the trainer and the nodes write (weights, cached conditioning) are
-defined here too, next to the facts they record.
+task names; a table elsewhere that is keyed by task is checked against ``TASK_NAMES`` by the tests.
 """
 
 from __future__ import annotations
@@ -13,28 +12,7 @@ from typing import Callable
 
 import torch
 
-from . import ensemble, float_files, representations
-
-T5_SEQUENCE_LENGTH = 512        # the official prompter pads T5 to exactly 512 tokens and uses no attention mask
-EMBEDDED_GUIDANCE = 1.0         # every official entry point passes embedded guidance 1
-DEFAULT_SEED = 42
-PROCESSING_RESOLUTION = 768     # the official entry points run at 768 x 768
-
-# Time-embedding variants a checkpoint can expect (see e2p_core/flow.py).
-TIME_EMBEDDING_OFFICIAL = "bf16_frequencies"   # what the released checkpoints were trained with
-TIME_EMBEDDING_STOCK = "fp32_frequencies"      # BFL / ComfyUI / diffusers
-
-# safetensors metadata of the weight and conditioning files: written by the trainer and the nodes, read back by
-# the loader and the conditioning cache.
-META_TASK = "e2p.task"
-META_REPRESENTATION = "e2p.representation"
-META_PROMPT = "e2p.prompt"
-META_TIME_EMBEDDING = "e2p.time_embedding"
-META_FORMAT = "e2p.format"
-META_EMA_DECAY = "e2p.ema_decay"
-META_LORA_RANK = "e2p.lora_rank"
-META_ENCODER = "e2p.encoder"                   # fingerprint of the text encoders behind a conditioning file
-META_TEXT_ENCODERS = "e2p.text_encoders"       # the transformers text-encoder folder the trainer encoded with
+from . import ensemble, float_images, representations
 
 
 @dataclass(frozen=True)
@@ -57,15 +35,15 @@ class TaskSpec:
     after_resampling: Callable[[torch.Tensor], torch.Tensor]   # back into the value's range once resized
     combine: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # ensemble members -> (value, spread)
     uncertainty_full_scale: float            # the spread that shows as 1.0 in the uncertainty MASK
-    float_content: str                       # float_files content a saved value is ({convention} for normals)
-    float_channels: str                      # float_files channel description of a saved value
+    float_content: str                       # float_images content a saved value is ({convention} for normals)
+    float_channels: str                      # float_images channel description of a saved value
 
     def uncertainty_mask(self, uncertainty: torch.Tensor) -> torch.Tensor:
         """The ensemble's spread as a MASK: deviations in output units, normal angles / 180 degrees."""
         return uncertainty / self.uncertainty_full_scale
 
     def saved_content(self, normal_convention: str) -> str:
-        """The float_files content name of this task's value saved in ``normal_convention``."""
+        """The float_images content name of this task's value saved in ``normal_convention``."""
         return self.float_content.format(convention=normal_convention)
 
 
@@ -76,20 +54,20 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
              uses_normal_convention=False, decode=representations.decode_depth,
              after_resampling=representations.clamp_unit_interval, combine=ensemble.combine_depth,
              uncertainty_full_scale=1.0, float_content="sqrt_depth",
-             float_channels=float_files.CHANNELS_GRAY_IMAGE),
+             float_channels=float_images.CHANNELS_GRAY_IMAGE),
     TaskSpec(name="normal", prompt="Transform to normal map while maintaining original composition",
              representation="unit_normals_bae",   # unit camera-space normals, +X left, +Y up, +Z to viewer
              output_channels=3, needs_hint=False, uses_trimap=False, affine_invariant=False,
              uses_normal_convention=True, decode=representations.decode_normals,
              after_resampling=representations.unit_normals, combine=ensemble.combine_normals,
              uncertainty_full_scale=ensemble.ANGLE_MASK_FULL_SCALE_DEGREES, float_content="normals_{convention}",
-             float_channels=float_files.CHANNELS_RGB),
+             float_channels=float_images.CHANNELS_RGB),
     TaskSpec(name="matting", prompt="Transform to matting map while maintaining original composition",
              representation="alpha",              # alpha in [-1, 1], 3 equal channels
              output_channels=1, needs_hint=True, uses_trimap=True, affine_invariant=False,
              uses_normal_convention=False, decode=representations.decode_alpha,
              after_resampling=representations.clamp_unit_interval, combine=ensemble.combine_alpha,
-             uncertainty_full_scale=1.0, float_content="alpha", float_channels=float_files.CHANNELS_GRAY_MASK),
+             uncertainty_full_scale=1.0, float_content="alpha", float_channels=float_images.CHANNELS_GRAY_MASK),
 )}
 TASK_NAMES = tuple(TASKS)
 

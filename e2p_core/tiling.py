@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from . import imaging, metric_alignment
-from .tasks import PROCESSING_RESOLUTION, task_spec
+from .release import PROCESSING_RESOLUTION
+from .tasks import task_spec
 
 log = logging.getLogger("edit2perceive")
 

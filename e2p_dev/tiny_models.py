@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from safetensors.torch import save_file
 
-from e2p_core import formats
-from e2p_core.files import atomic_write
+from e2p_core import checkpoint_layouts
+from e2p_core.atomic_files import atomic_write
 
 # float32 rounding differs with the BLAS kernel and thread count, so predictions are compared relative to their
 # scale (tiny-model latents reach ~60): largest absolute difference / largest expected magnitude.
@@ -175,7 +175,7 @@ def write(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
 
 
 def in_layout(bfl: dict[str, torch.Tensor], layout: str, prefix: str = "") -> dict[str, torch.Tensor]:
-    return {prefix + k: v for k, v in formats.from_bfl(bfl, layout).items()}
+    return {prefix + k: v for k, v in checkpoint_layouts.from_bfl(bfl, layout).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def normal_chunks(dims: tuple[int, ...], mean: float, spread: float, generator: 
 def layout_tensor_shapes(shape: FluxShape, layout: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the transformer in ``layout`` (converted as ``meta`` tensors: nothing is allocated)."""
     bfl = {name: torch.empty(dims, device="meta") for name, dims in bfl_tensor_shapes(shape).items()}
-    return {name: tuple(tensor.shape) for name, tensor in formats.from_bfl(bfl, layout).items()}
+    return {name: tuple(tensor.shape) for name, tensor in checkpoint_layouts.from_bfl(bfl, layout).items()}
 
 
 def write_scaled_checkpoint(path: str, shape: FluxShape, layout: str, seed: int,
@@ -243,7 +243,7 @@ def write_scaled_checkpoint(path: str, shape: FluxShape, layout: str, seed: int,
     """A random transformer of ``shape`` (:func:`scaled_init`) in ``layout``'s key names, streamed to ``path``
     chunk by chunk: any size, up to the full 12B shape, in a few hundred MB of memory. Returns its size in bytes."""
     shapes = layout_tensor_shapes(shape, layout)
-    bfl_names = {part: rule.bfl for rule in formats.plan_to_bfl(shapes).rules for part in rule.parts}
+    bfl_names = {part: rule.bfl for rule in checkpoint_layouts.plan_to_bfl(shapes).rules for part in rule.parts}
     generator = torch.Generator().manual_seed(seed)
 
     def chunks(name: str, dims: tuple[int, ...]) -> Iterator[torch.Tensor]:
@@ -259,9 +259,9 @@ def write_scaled_checkpoint(path: str, shape: FluxShape, layout: str, seed: int,
 def lora_pairs(bfl: dict[str, torch.Tensor], rank: int = 4, seed: int = 1, scale: float = 0.05):
     """Random low-rank (down, up) pairs for every Linear the official LoRA adapts, keyed by BFL weight name."""
     g = torch.Generator().manual_seed(seed)
-    depth, single = formats.count_blocks(bfl, formats.BFL)
+    depth, single = checkpoint_layouts.count_blocks(bfl, checkpoint_layouts.BFL)
     pairs = {}
-    for bfl_name in formats.diffsynth_lora_targets(depth, single).values():
+    for bfl_name in checkpoint_layouts.diffsynth_lora_targets(depth, single).values():
         if not bfl_name.startswith(("double_blocks.", "single_blocks.")):
             continue
         out_f, in_f = bfl[bfl_name].shape
@@ -310,7 +310,7 @@ def control_lora(bfl: dict[str, torch.Tensor], seed: int = 1, rank: int = 4,
 
 def diffsynth_peft_lora(pairs, depth: int, single: int, prefix: str = "") -> dict[str, torch.Tensor]:
     """The official trainer's raw names (blocks.N.attn.a_to_qkv.lora_A.default.weight)."""
-    to_ds = {v: k for k, v in formats.diffsynth_lora_targets(depth, single).items()}
+    to_ds = {v: k for k, v in checkpoint_layouts.diffsynth_lora_targets(depth, single).items()}
     sd = {}
     for name, (down, up) in pairs.items():
         sd[f"{prefix}{to_ds[name]}.lora_A.default.weight"] = down
@@ -320,13 +320,13 @@ def diffsynth_peft_lora(pairs, depth: int, single: int, prefix: str = "") -> dic
 
 def diffusers_lora(pairs, bfl: dict[str, torch.Tensor], prefix: str = "transformer.") -> dict[str, torch.Tensor]:
     """diffusers/peft names: fused BFL layers split into q/k/v (and proj_mlp), each with its own A and B."""
-    depth, single = formats.count_blocks(bfl, formats.BFL)
+    depth, single = checkpoint_layouts.count_blocks(bfl, checkpoint_layouts.BFL)
     hidden = bfl["img_in.weight"].shape[0]
-    rules = {r.bfl: r for r in formats._diffusers_rules(depth, single)}
+    rules = {r.bfl: r for r in checkpoint_layouts._diffusers_rules(depth, single)}
     sd = {}
     for name, (down, up) in pairs.items():
         rule = rules[name]
-        sizes = formats._split_sizes(rule, up, hidden)
+        sizes = checkpoint_layouts._split_sizes(rule, up, hidden)
         for part, up_piece in zip(rule.parts, torch.split(up, sizes, dim=0)):
             module = part[:-len(".weight")]
             sd[f"{prefix}{module}.lora_A.weight"] = down.clone()
@@ -349,8 +349,9 @@ def conditioning(seed: int = 3, tokens: int = TEXT_TOKENS,
 def cache_task_conditioning(embeddings_dir: str, fingerprint: str, seed_base: int) -> dict[str, str]:
     """Random conditioning for every task, cached where the loaders look for it (``<embeddings>/edit2perceive/``)."""
     from e2p_core.comfyui import conditioning as conditioning_cache
-    from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_NAMES, task_spec
+    from e2p_core.saved_conditioning import save_conditioning
+    from e2p_core.metadata_keys import META_PROMPT, META_TASK
+    from e2p_core.tasks import TASK_NAMES, task_spec
 
     paths = {}
     for task in TASK_NAMES:

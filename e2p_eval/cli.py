@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from e2p_core.files import atomic_write_text, explain_os_error
+from e2p_core.atomic_files import atomic_write_text, explain_os_error
 
 from . import protocol as protocols
 from .datasets import DATASETS, DatasetError

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from e2p_core.files import atomic_write, atomic_write_text
+from e2p_core.atomic_files import atomic_write, atomic_write_text
 from e2p_core.tasks import task_spec
 
 from . import protocol as protocols, report

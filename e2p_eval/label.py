@@ -10,7 +10,7 @@ restarted at any time:
 
 - the item list is fixed in ``OUT/items.jsonl`` on the first run; the main process hands the items still to do
   round-robin to the processes of this run, so no two processes ever own the same item;
-- a label is published by an atomic rename (``e2p_core.files.atomic_write``), then recorded in the process's own
+- a label is published by an atomic rename (``e2p_core.atomic_files.atomic_write``), then recorded in the process's own
   ``OUT/shards/shard-R-of-N.jsonl`` (one fsynced line per item); only recorded items count as done;
 - at the end the main process merges the shards into ``OUT/manifest.jsonl`` (one record per item) and
   ``OUT/summary.json`` (counts, items/s).
@@ -32,8 +32,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from e2p_core import float_files, representations
-from e2p_core.files import TEMPORARY_PREFIX, atomic_write_bytes, atomic_write_text, explain_os_error, fsync_folder
+from e2p_core import float_images, representations
+from e2p_core.atomic_files import (TEMPORARY_PREFIX, atomic_write_bytes, atomic_write_text, explain_os_error,
+                                   fsync_folder)
 from e2p_core.tasks import TASK_NAMES, task_spec
 
 from .cli import add_model_args, prediction_settings
@@ -78,7 +79,7 @@ def label_map(prediction: np.ndarray, task: str, normal_convention: str) -> tupl
 # ---------------------------------------------------------------------------------------------------------------
 
 def label_path(out_dir: str, item: Item, file_format: str) -> str:
-    return os.path.join(out_dir, LABELS, *f"{item.key}.{float_files.FILE_FORMATS[file_format]}".split("/"))
+    return os.path.join(out_dir, LABELS, *f"{item.key}.{float_images.FILE_FORMATS[file_format]}".split("/"))
 
 
 def shard_path(out_dir: str, process: int, processes: int) -> str:
@@ -212,7 +213,7 @@ def merge_manifest(out_dir: str, item_count: int, this_run: dict) -> dict:
 def file_metadata(data: np.ndarray, channels: str, item: Item, run: dict) -> dict[str, str]:
     """Save Float Image's metadata, plus where the label came from and how it was made (file names only, so the
     same labels made in another folder or on another machine are the same bytes)."""
-    metadata = float_files.float_file_metadata(data, label_content(run["task"], run["normal_convention"]), channels,
+    metadata = float_images.float_file_metadata(data, label_content(run["task"], run["normal_convention"]), channels,
                                                run["file_format"])
     settings = {key: value for key, value in run.items() if key != "input"}
     for key in ("model", "lora", "vae", "conditioning"):
@@ -235,10 +236,10 @@ def predict_item(predictor, image: np.ndarray, settings) -> np.ndarray:
 def write_label(out_dir: str, item: Item, data: np.ndarray, channels: str, run: dict) -> dict:
     path = label_path(out_dir, item, run["file_format"])
     metadata = file_metadata(data, channels, item, run)
-    atomic_write_bytes(path, float_files.encode_float_file(data, run["file_format"], metadata))
+    atomic_write_bytes(path, float_images.encode_float_file(data, run["file_format"], metadata))
     return {"output": os.path.relpath(path, out_dir).replace(os.sep, "/"), "height": int(data.shape[0]),
-            "width": int(data.shape[1]), "value_min": float(metadata[float_files.META_VALUE_MIN]),
-            "value_max": float(metadata[float_files.META_VALUE_MAX])}
+            "width": int(data.shape[1]), "value_min": float(metadata[float_images.META_VALUE_MIN]),
+            "value_max": float(metadata[float_images.META_VALUE_MAX])}
 
 
 def label_items(predictor, items: list[Item], out_dir: str, run: dict, settings, shard: ShardWriter,
@@ -389,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resize", default="aspect", choices=("aspect", "reference"),
                         help="the nodes' resize_mode: aspect keeps the aspect ratio, reference stretches to a square "
                              "as the official code; labels always come back at the input size")
-    parser.add_argument("--format", default="png16", choices=list(float_files.FILE_FORMATS),
+    parser.add_argument("--format", default="png16", choices=list(float_images.FILE_FORMATS),
                         help="png16: 16-bit PNG (the maps lie in [0, 1]: 0 -> 0, 1 -> 65535); exr32: float32 EXR")
     parser.add_argument("--normal-convention", default="controlnet_bae",
                         choices=list(representations.NORMAL_CONVENTIONS),

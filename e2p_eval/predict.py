@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from e2p_core import hints, imaging
-from e2p_core.files import atomic_write, atomic_write_text
+from e2p_core.atomic_files import atomic_write, atomic_write_text
 from e2p_core.tasks import task_spec
 
 from .datasets import EvalDataset, open_dataset
@@ -254,7 +254,7 @@ def check_conditioning_task(path: str, task: str) -> None:
     and give meaningless numbers."""
     from safetensors import SafetensorError, safe_open
 
-    from e2p_core.tasks import META_TASK
+    from e2p_core.metadata_keys import META_TASK
 
     try:
         with safe_open(path, framework="pt") as handle:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from e2p_core.files import atomic_write
+from e2p_core.atomic_files import atomic_write
 
 from .datasets import PAPER_ORDER
 from .protocol import TASK_METRICS

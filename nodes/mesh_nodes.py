@@ -13,7 +13,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..e2p_core import files, mesh, representations
+from ..e2p_core import atomic_files, mesh, representations
 from ..e2p_core.comfyui import compat
 from . import categories
 from .depth_nodes import scene_distance_inputs
@@ -112,7 +112,7 @@ class E2PDepthTo3D(io.ComfyNode):
             raise ValueError(f"unknown normal_convention '{normal_convention}'; choose one of "
                              f"{', '.join(representations.NORMAL_CONVENTIONS)}")
         output_dir = folder_paths.get_output_directory()
-        files.check_filename_prefix(filename_prefix, output_dir)
+        atomic_files.check_filename_prefix(filename_prefix, output_dir)
         representations.require_finite_map(depth, "depth")
         representations.require_finite_map(normal_map, "normal_map")
         batch, height, width = depth.shape[:3]
@@ -137,7 +137,7 @@ class E2PDepthTo3D(io.ComfyNode):
         extras = cls._extras(cls.hidden.prompt, cls.hidden.extra_pnginfo, depth_kind, near, far, fov_degrees,
                              max_view_angle)
         glb_paths, ply_paths, entries = [], [], []
-        with files.FileBatch() as saving:             # every GLB and PLY of the call, or none
+        with atomic_files.FileBatch() as saving:             # every GLB and PLY of the call, or none
             for index, item in enumerate(meshes):
                 stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_"
                 info = dict(extras, edit2perceive=dict(extras["edit2perceive"], stride=item.stride,

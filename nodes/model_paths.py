@@ -1,6 +1,6 @@
 """Where the pack's files live: an ``edit2perceive`` model folder (honours extra_model_paths.yaml) next to the
 stock ``diffusion_models`` and ``loras`` folders, so weights also work with stock nodes. The folder names and the
-search order are ``e2p_core.model_files``'s; this module registers them with ComfyUI and looks files up."""
+search order are ``e2p_core.model_registry``'s; this module registers them with ComfyUI and looks files up."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import folder_paths
 
-from ..e2p_core.model_files import CHECKPOINT_FOLDERS, LORA_FOLDERS, PACK_FOLDER, WEIGHT_EXTENSIONS
+from ..e2p_core.model_registry import CHECKPOINT_FOLDERS, LORA_FOLDERS, PACK_FOLDER, WEIGHT_EXTENSIONS
 
 NONE = "none"
 

@@ -1,7 +1,7 @@
 """Saving depth, normals and alpha without losing their float precision: 16-bit PNG or 32-bit float EXR.
 
 ComfyUI 0.3.75's SaveImage writes 8-bit PNG only (256 depth levels, banding in any relighting); it has no 16-bit
-or EXR saver. The encoders live in e2p_core.float_files; this node adds ComfyUI's file naming, the metadata that
+or EXR saver. The encoders live in e2p_core.float_images; this node adds ComfyUI's file naming, the metadata that
 says what the numbers mean, and previews for the frontend.
 """
 
@@ -17,12 +17,12 @@ from PIL import Image
 
 import folder_paths
 
-from ..e2p_core import files, float_files
+from ..e2p_core import atomic_files, float_images
 from ..e2p_core.comfyui import compat
 from . import categories
 
-FILE_FORMATS = list(float_files.FILE_FORMATS)
-CONTENTS = float_files.CONTENTS
+FILE_FORMATS = list(float_images.FILE_FORMATS)
+CONTENTS = float_images.CONTENTS
 MASK_SUFFIX = "mask"
 
 
@@ -33,13 +33,13 @@ def _channel_planes(image: torch.Tensor) -> tuple[np.ndarray, str]:
         raise ValueError(f"the image has {image.shape[-1]} channels; this node saves RGB images (3 channels). "
                          "For an RGBA result save its RGB as images and its alpha (a MASK) as mask")
     if torch.equal(image[..., 0], image[..., 1]) and torch.equal(image[..., 0], image[..., 2]):
-        return image[..., 0].float().cpu().numpy(), float_files.CHANNELS_GRAY_IMAGE
-    return image.float().cpu().numpy(), float_files.CHANNELS_RGB
+        return image[..., 0].float().cpu().numpy(), float_images.CHANNELS_GRAY_IMAGE
+    return image.float().cpu().numpy(), float_images.CHANNELS_RGB
 
 
 def _preview(data: np.ndarray) -> Image.Image:
     """An 8-bit view of a float map for the frontend (browsers cannot show EXR)."""
-    low, high = float_files.png16_range(data) if np.isfinite(data).any() else (0.0, 1.0)
+    low, high = float_images.png16_range(data) if np.isfinite(data).any() else (0.0, 1.0)
     scaled = np.clip((np.nan_to_num(data, nan=low, posinf=high, neginf=low) - low) / max(high - low, 1e-12), 0, 1)
     return Image.fromarray(np.rint(scaled * 255.0).astype(np.uint8))
 
@@ -107,15 +107,15 @@ class E2PSaveFloatImage(io.ComfyNode):
             items += [(index, "", *_channel_planes(batch[index])) for index in range(batch.shape[0])]
         if mask is not None:
             masks = mask if mask.dim() == 3 else mask[None]
-            items += [(index, MASK_SUFFIX, masks[index].float().cpu().numpy(), float_files.CHANNELS_GRAY_MASK)
+            items += [(index, MASK_SUFFIX, masks[index].float().cpu().numpy(), float_images.CHANNELS_GRAY_MASK)
                       for index in range(masks.shape[0])]
         if not items:
             raise ValueError("nothing to save: the connected batch is empty (0 images)")
         output_dir = folder_paths.get_output_directory()
-        files.check_filename_prefix(filename_prefix, output_dir)
+        atomic_files.check_filename_prefix(filename_prefix, output_dir)
         for index, suffix, data, _ in items:
             try:
-                float_files.check_savable(data, file_format)
+                float_images.check_savable(data, file_format)
             except ValueError as error:
                 raise ValueError(f"{'mask' if suffix else 'image'} {index + 1}: {error}; nothing was saved") from None
         height, width = items[0][2].shape[:2]
@@ -123,20 +123,20 @@ class E2PSaveFloatImage(io.ComfyNode):
                                                                               height)
         graph_metadata = workflow_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)
         saved, previews = [], []
-        with files.FileBatch() as batch:              # all files and previews of the call, or none
+        with atomic_files.FileBatch() as batch:              # all files and previews of the call, or none
             for index, suffix, data, channels in items:
-                metadata = float_files.float_file_metadata(data, content, channels, file_format)
+                metadata = float_images.float_file_metadata(data, content, channels, file_format)
                 metadata.update(graph_metadata)
                 stem = f"{name.replace('%batch_num%', str(index))}_{counter + index:05}_{suffix}"
-                path = os.path.join(folder, f"{stem}.{float_files.FILE_FORMATS[file_format]}")
-                batch.write_bytes(path, float_files.encode_float_file(data, file_format, metadata))
+                path = os.path.join(folder, f"{stem}.{float_images.FILE_FORMATS[file_format]}")
+                batch.write_bytes(path, float_images.encode_float_file(data, file_format, metadata))
                 entry = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
                 saved.append(entry)
                 previews.append(entry if file_format == "png16" else cls._write_preview(batch, data, stem))
         return io.NodeOutput(ui={"images": previews, "files": saved})
 
     @staticmethod
-    def _write_preview(batch: files.FileBatch, data: np.ndarray, stem: str) -> dict[str, str]:
+    def _write_preview(batch: atomic_files.FileBatch, data: np.ndarray, stem: str) -> dict[str, str]:
         filename = f"{stem.rstrip('_')}_preview_{os.urandom(4).hex()}.png"
         temporary = batch.temporary(os.path.join(folder_paths.get_temp_directory(), filename), suffix=".png")
         _preview(data).save(temporary, compress_level=1)

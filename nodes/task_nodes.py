@@ -8,7 +8,8 @@ from comfy_api.latest import io
 
 from ..e2p_core import ensemble, hints, imaging, representations
 from ..e2p_core.comfyui import compat, pipeline
-from ..e2p_core.tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
+from ..e2p_core.release import DEFAULT_SEED, PROCESSING_RESOLUTION
+from ..e2p_core.tasks import task_spec
 from . import categories
 from .loader_nodes import E2PModel
 

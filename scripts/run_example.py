@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE  # noqa: E402
+from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE  # noqa: E402
 from e2p_dev.comfy_runtime import DEFAULT_CACHE_DIR, HarnessSetupError  # noqa: E402
 from e2p_dev.example_run import RunFailed, UserActionNeeded  # noqa: E402
 from e2p_dev.example_run.demo import (DEMO_LABEL, DEMO_RESOLUTION, DEMO_SUBFOLDER, adapt_for_demo,  # noqa: E402

@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from bench import memory_sampling
 from bench.shapes import DitShape
-from e2p_core import formats
+from e2p_core import checkpoint_layouts
 from e2p_dev import tiny_models as tm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_streamed_checkpoint_is_a_valid_file_of_the_layout(tmp_path, layout):
     assert size == path.stat().st_size and metadata == {"e2p.task": "depth"}
     assert {name: tuple(t.shape) for name, t in tensors.items()} == tm.layout_tensor_shapes(shape, layout)
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
-    bfl = formats.to_bfl(tensors)
+    bfl = checkpoint_layouts.to_bfl(tensors)
     assert bfl.layout == layout
     for name, tensor in bfl.state_dict.items():
         mean, spread = tm.scaled_init(name, tuple(tensor.shape))

@@ -25,9 +25,9 @@ def test_stock_loader_is_used_where_detection_describes_the_model(checkpoint, mo
     """Where ComfyUI's detector gets the head count right (current versions: heads from the hidden size), the model
     comes from comfy.sd.load_diffusion_model_state_dict itself; elsewhere from the corrected config."""
     import comfy.sd
-    from e2p_core import formats
+    from e2p_core import checkpoint_layouts
     from e2p_core.comfyui import compat, loader
-    from e2p_core.files import read_safetensors
+    from e2p_core.safetensors_io import read_safetensors
 
     tensors, _ = read_safetensors(checkpoint)
     detected = compat.detect_flux_config(tensors)
@@ -36,7 +36,7 @@ def test_stock_loader_is_used_where_detection_describes_the_model(checkpoint, mo
     monkeypatch.setattr(comfy.sd, "load_diffusion_model_state_dict",
                         lambda *args, **kwargs: stock_calls.append(1) or original(*args, **kwargs))
     loader.load_e2p_checkpoint(checkpoint, "fp32")
-    assert bool(stock_calls) == (detected["num_heads"] == formats.infer_shape(tensors).num_heads)
+    assert bool(stock_calls) == (detected["num_heads"] == checkpoint_layouts.infer_shape(tensors).num_heads)
 
 
 def test_key_check_compares_after_comfyui_renames(tmp_path):

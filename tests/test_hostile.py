@@ -8,7 +8,7 @@ import torch
 
 from e2p_dev import tiny_models as tm
 from e2p_dev.weight_files import LeavesAMark
-from e2p_core import files, formats, imaging
+from e2p_core import checkpoint_layouts, imaging, safetensors_io
 from e2p_core.comfyui import loader
 
 pytestmark = pytest.mark.usefixtures("comfy_inprocess")
@@ -23,14 +23,15 @@ def test_truncated_file(tmp_path, good_file):
     data = open(good_file, "rb").read()
     truncated = tmp_path / "depth.safetensors"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(files.WeightFileError, match="is truncated: its data ends at byte .*; download it again"):
+    with pytest.raises(safetensors_io.WeightFileError,
+                       match="is truncated: its data ends at byte .*; download it again"):
         loader.load_e2p_checkpoint(str(truncated))
 
 
 def test_random_bytes(tmp_path):
     path = tmp_path / "depth.safetensors"
     path.write_bytes(np.random.default_rng(0).bytes(4096))
-    with pytest.raises(files.WeightFileError, match="not a readable safetensors file"):
+    with pytest.raises(safetensors_io.WeightFileError, match="not a readable safetensors file"):
         loader.load_e2p_checkpoint(str(path))
 
 
@@ -40,13 +41,13 @@ def test_pickles_are_refused_without_unpickling(tmp_path, name):
     path = tmp_path / name
     with open(path, "wb") as handle:
         pickle.dump({"state_dict": LeavesAMark(str(marker))}, handle)
-    with pytest.raises(files.WeightFileError, match="pickle"):
+    with pytest.raises(safetensors_io.WeightFileError, match="pickle"):
         loader.load_e2p_checkpoint(str(path))
     assert not marker.exists()
 
 
 def test_missing_file_names_the_folder(tmp_path):
-    with pytest.raises(files.WeightFileError, match="models folder"):
+    with pytest.raises(safetensors_io.WeightFileError, match="models folder"):
         loader.load_e2p_checkpoint(str(tmp_path / "nowhere.safetensors"))
 
 
@@ -58,14 +59,14 @@ def test_missing_file_names_the_folder(tmp_path):
 ])
 def test_other_architectures_are_named(tmp_path, keys, expected):
     path = tm.write(str(tmp_path / "other.safetensors"), {k: torch.zeros(s) for k, s in keys.items()})
-    with pytest.raises(formats.UnsupportedCheckpoint, match=expected):
+    with pytest.raises(checkpoint_layouts.UnsupportedCheckpoint, match=expected):
         loader.load_e2p_checkpoint(path)
 
 
 def test_flux_fill_is_refused(tmp_path):
     bfl = tm.bfl_state_dict(seed=72)
     bfl["img_in.weight"] = torch.zeros(bfl["img_in.weight"].shape[0], 384)
-    with pytest.raises(formats.UnsupportedCheckpoint, match="Fill"):
+    with pytest.raises(checkpoint_layouts.UnsupportedCheckpoint, match="Fill"):
         loader.load_e2p_checkpoint(tm.write(str(tmp_path / "fill.safetensors"), bfl))
 
 
@@ -85,7 +86,7 @@ def test_checkpoint_given_as_lora_is_explained(tmp_path, good_file):
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory, good_file):
     from e2p_core.comfyui import api
-    from e2p_core.conditioning_file import save_conditioning
+    from e2p_core.saved_conditioning import save_conditioning
 
     folder = tmp_path_factory.mktemp("predictor")
     cond, pooled = tm.conditioning()

@@ -9,7 +9,8 @@ from e2p_dev import tiny_models as tm
 from e2p_core import representations
 from e2p_core.colormaps import COLORMAPS, apply_colormap
 from e2p_core.comfyui import conditioning
-from e2p_core.tasks import META_TASK, task_spec
+from e2p_core.metadata_keys import META_TASK
+from e2p_core.tasks import task_spec
 
 
 class FakeFluxClip:

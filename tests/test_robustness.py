@@ -12,8 +12,9 @@ from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
 from e2p_core import tasks
 from e2p_core.comfyui import conditioning
-from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_REPRESENTATION, META_TASK, task_spec
+from e2p_core.saved_conditioning import save_conditioning
+from e2p_core.metadata_keys import META_PROMPT, META_REPRESENTATION, META_TASK
+from e2p_core.tasks import task_spec
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import png
 import pytest
 from PIL import Image
 
-from e2p_core.model_files import KONTEXT_BASE, MODEL_FILES
+from e2p_core.model_registry import KONTEXT_BASE, MODEL_FILES
 from e2p_dev.comfy_runtime import REPO_ROOT, comfyui_dir
 from e2p_dev.example_run import UserActionNeeded, demo, missing_files, workflow
 from e2p_dev.example_run.scene import render_example_scene

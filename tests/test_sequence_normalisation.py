@@ -10,8 +10,9 @@ import torch
 
 from e2p_dev import tiny_models as tm
 from e2p_core.comfyui import pipeline
-from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
+from e2p_core.saved_conditioning import save_conditioning
+from e2p_core.metadata_keys import META_PROMPT, META_TASK
+from e2p_core.tasks import task_spec
 
 FRAMES, HEIGHT, WIDTH, PAN = 5, 12, 40, 6
 

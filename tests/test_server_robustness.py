@@ -87,7 +87,7 @@ def hostile_files(tiny_files, work_dir):
     import torch
 
     from e2p_dev import tiny_models as tm
-    from e2p_core.tasks import META_TASK
+    from e2p_core.metadata_keys import META_TASK
 
     files, image_path = tiny_files
     files = dict(files)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from e2p_core import float_files, representations
-from e2p_core.tasks import TASK_NAMES, TASKS, task_spec
+from e2p_core import float_images, representations
+from e2p_core.tasks import TASKS, TASK_NAMES, task_spec
 
 
 def test_names_and_the_accessor():
@@ -54,10 +54,10 @@ def test_saved_float_contents_are_float_file_contents():
     for name in TASK_NAMES:
         spec = task_spec(name)
         conventions = representations.NORMAL_CONVENTIONS if spec.uses_normal_convention else ("controlnet_bae",)
-        assert all(spec.saved_content(convention) in float_files.CONTENTS for convention in conventions)
+        assert all(spec.saved_content(convention) in float_images.CONTENTS for convention in conventions)
     assert task_spec("normal").saved_content("directx") == "normals_directx"
-    assert task_spec("depth").float_channels == float_files.CHANNELS_GRAY_IMAGE
-    assert task_spec("matting").float_channels == float_files.CHANNELS_GRAY_MASK
+    assert task_spec("depth").float_channels == float_images.CHANNELS_GRAY_IMAGE
+    assert task_spec("matting").float_channels == float_images.CHANNELS_GRAY_MASK
 
 
 def test_uncertainty_mask_scales_only_the_normal_angles():

@@ -15,8 +15,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from e2p_core import files, formats
-from e2p_core.tasks import META_TASK, TASK_NAMES
+from e2p_core import checkpoint_layouts, safetensors_io
+from e2p_core.metadata_keys import META_TASK
+from e2p_core.tasks import TASK_NAMES
 from e2p_dev import tiny_models as tm
 from e2p_dev.weight_files import LeavesAMark, read_header, with_header, write_with_header_start
 
@@ -31,7 +32,7 @@ SMALL = {"weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "scale":
 def test_safetensors_that_begin_like_a_pickle_or_zip_are_read(tmp_path, start):
     path = write_with_header_start(str(tmp_path / "weights.safetensors"), SMALL, start, {META_TASK: "depth"})
     assert open(path, "rb").read(len(start)) == start
-    tensors, metadata = files.read_safetensors(path)
+    tensors, metadata = safetensors_io.read_safetensors(path)
     assert metadata[META_TASK] == "depth"
     assert tensors.keys() == SMALL.keys() and all(torch.equal(tensors[k], v) for k, v in SMALL.items())
 
@@ -40,7 +41,7 @@ def test_every_first_byte_a_header_can_have_is_read(tmp_path):
     """Header lengths are multiples of 8, so a valid file begins with one of 32 bytes: each of them is read."""
     for first in range(0, 256, 8):
         path = write_with_header_start(str(tmp_path / f"{first}.safetensors"), SMALL, bytes([first]))
-        tensors, _ = files.read_safetensors(path)
+        tensors, _ = safetensors_io.read_safetensors(path)
         assert torch.equal(tensors["weight"], SMALL["weight"])
 
 
@@ -49,7 +50,7 @@ def test_a_null_metadata_entry_is_read(tmp_path):
     data = save(SMALL)
     path = tmp_path / "weights.safetensors"
     path.write_bytes(with_header(data, {**read_header(data), "__metadata__": None}))
-    tensors, metadata = files.read_safetensors(str(path))
+    tensors, metadata = safetensors_io.read_safetensors(str(path))
     assert metadata == {} and torch.equal(tensors["weight"], SMALL["weight"])
 
 
@@ -72,8 +73,8 @@ def test_pickles_are_refused_by_their_structure_without_unpickling(tmp_path, kin
     data, description = pickled({"state_dict": LeavesAMark(str(marker)), "weight": torch.zeros(3)})[kind]
     path = tmp_path / "depth.safetensors"
     path.write_bytes(data)
-    with pytest.raises(files.WeightFileError, match=f"^depth.safetensors is {description}.*never unpickled"):
-        files.read_safetensors(str(path))
+    with pytest.raises(safetensors_io.WeightFileError, match=f"^depth.safetensors is {description}.*never unpickled"):
+        safetensors_io.read_safetensors(str(path))
     assert not marker.exists()
 
 
@@ -83,8 +84,8 @@ def test_a_zip_archive_is_named(tmp_path):
         zipped.writestr("depth.safetensors", save(SMALL))
     path = tmp_path / "depth.safetensors"
     path.write_bytes(archive.getvalue())
-    with pytest.raises(files.WeightFileError, match="is a zip archive, not a safetensors file: unzip it"):
-        files.read_safetensors(str(path))
+    with pytest.raises(safetensors_io.WeightFileError, match="is a zip archive, not a safetensors file: unzip it"):
+        safetensors_io.read_safetensors(str(path))
 
 
 def damaged_files() -> dict[str, tuple[bytes, str]]:
@@ -126,8 +127,8 @@ def test_damaged_files_name_the_damage(tmp_path, case):
     data, message = damaged_files()[case]
     path = tmp_path / "depth.safetensors"
     path.write_bytes(data)
-    with pytest.raises(files.WeightFileError, match=f"^depth.safetensors.*{message}"):
-        files.read_safetensors(str(path))
+    with pytest.raises(safetensors_io.WeightFileError, match=f"^depth.safetensors.*{message}"):
+        safetensors_io.read_safetensors(str(path))
     with pytest.raises(Exception):          # what is refused here, the safetensors library refuses as well
         with safe_open(str(path), framework="pt") as handle:
             [handle.get_tensor(key) for key in handle.keys()]
@@ -136,23 +137,23 @@ def test_damaged_files_name_the_damage(tmp_path, case):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn,
                                    torch.float8_e5m2, torch.float64])
 def test_float_weights_pass_the_dtype_check(dtype):
-    files.check_float_tensors("w.safetensors", {"a": torch.empty(2, 2, dtype=dtype, device="meta")})
+    safetensors_io.check_float_tensors("w.safetensors", {"a": torch.empty(2, 2, dtype=dtype, device="meta")})
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.uint8, torch.int8, torch.int64, torch.complex64])
 def test_non_float_weights_are_refused_naming_file_and_tensor(dtype):
     tensors = {"a": torch.empty(2, device="meta"), "b": torch.empty(2, dtype=dtype, device="meta")}
     name = str(dtype).replace("torch.", "")
-    with pytest.raises(files.WeightFileError,
+    with pytest.raises(safetensors_io.WeightFileError,
                        match=rf"^w.safetensors: 1 of its 2 tensors are not floating point \(e.g. b is {name}\)"):
-        files.check_float_tensors("w.safetensors", tensors)
+        safetensors_io.check_float_tensors("w.safetensors", tensors)
 
 
 def test_comfyui_quantized_weights_are_pointed_to_comfyuis_loader():
     tensors = {"x.weight": torch.empty(2, dtype=torch.int8, device="meta"),
                "x.comfy_quant": torch.empty(2, dtype=torch.uint8, device="meta")}
-    with pytest.raises(files.WeightFileError, match="quantized in ComfyUI's own format .* UNETLoader"):
-        files.check_float_tensors("q.safetensors", tensors)
+    with pytest.raises(safetensors_io.WeightFileError, match="quantized in ComfyUI's own format .* UNETLoader"):
+        safetensors_io.check_float_tensors("q.safetensors", tensors)
 
 
 # --- checkpoints and LoRAs through the loaders (ComfyUI in-process) --------------------------------------------
@@ -205,7 +206,7 @@ def test_a_checkpoint_missing_a_tensor_names_it(loader, tmp_path, bfl):
                                                   r"transformer of its size .* has: double_blocks.0.img_attn.proj.bias;"
                                                   r" the file is incomplete \(download it again\)"):
         loader.load_e2p_checkpoint(path, "fp32")
-    official = tm.in_layout(bfl, formats.DIFFSYNTH, "pipe.dit.")
+    official = tm.in_layout(bfl, checkpoint_layouts.DIFFSYNTH, "pipe.dit.")
     del official["pipe.dit.blocks.0.ff_a.0.bias"]
     path = tm.write(str(tmp_path / "depth.safetensors"), official)
     with pytest.raises(loader.E2PLoadError, match=r"^depth.safetensors lacks 1 tensor .*: "
@@ -223,16 +224,17 @@ def test_a_wrong_tensor_shape_names_the_file_the_tensor_and_both_shapes(loader, 
             f"[{hidden}, {hidden}]. The file is not an Edit2Perceive / FLUX.1 Kontext checkpoint of this architecture,"
             " or it is damaged")):
         loader.load_e2p_checkpoint(path, "fp32")
-    official = tm.in_layout(narrow, formats.DIFFSYNTH, "pipe.dit.")
+    official = tm.in_layout(narrow, checkpoint_layouts.DIFFSYNTH, "pipe.dit.")
     path = tm.write(str(tmp_path / "official.safetensors"), official)
     with pytest.raises(loader.E2PLoadError, match=rf"^official.safetensors: tensor pipe.dit.blocks.0.attn.a_to_out"
                                                   rf".weight has shape \[{hidden}, {hidden // 2}\]"):
         loader.load_e2p_checkpoint(path, "fp32")
-    split = tm.in_layout(bfl, formats.DIFFUSERS)
+    split = tm.in_layout(bfl, checkpoint_layouts.DIFFUSERS)
     split["transformer_blocks.0.attn.to_q.weight"] = torch.zeros(hidden, hidden // 2)
     path = tm.write(str(tmp_path / "diffusers.safetensors"), split)
-    with pytest.raises(formats.UnsupportedCheckpoint, match=r"^diffusers.safetensors: the tensors joined into "
-                                                            r"double_blocks.0.img_attn.qkv.weight do not fit together"):
+    with pytest.raises(checkpoint_layouts.UnsupportedCheckpoint,
+                       match=r"^diffusers.safetensors: the tensors joined into "
+                             r"double_blocks.0.img_attn.qkv.weight do not fit together"):
         loader.load_e2p_checkpoint(path, "fp32")
 
 
@@ -240,9 +242,9 @@ def test_a_wrong_tensor_shape_names_the_file_the_tensor_and_both_shapes(loader, 
 def test_non_float_checkpoints_are_refused_on_every_route(loader, tmp_path, bfl, lora, dtype):
     path = tm.write(str(tmp_path / "integer.safetensors"), {k: (v * 100).to(dtype) for k, v in bfl.items()})
     message = rf"^integer.safetensors: {len(bfl)} of its {len(bfl)} tensors are not floating point"
-    with pytest.raises(files.WeightFileError, match=message):
+    with pytest.raises(safetensors_io.WeightFileError, match=message):
         loader.load_e2p_checkpoint(path, "fp32")
-    with pytest.raises(files.WeightFileError, match=message):      # as the base of a LoRA
+    with pytest.raises(safetensors_io.WeightFileError, match=message):      # as the base of a LoRA
         loader.load_e2p_checkpoint(path, "fp32", lora_path=lora)
 
 

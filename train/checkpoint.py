@@ -19,7 +19,7 @@ import shutil
 
 import torch
 
-from e2p_core.files import atomic_publish_folder, atomic_write_text
+from e2p_core.atomic_files import atomic_publish_folder, atomic_write_text
 
 CHECKPOINT_FOLDER = "checkpoints"
 LATEST_FILE = "latest"

@@ -1,7 +1,7 @@
 """The fixed task conditioning, encoded once with transformers CLIP-L + T5 and cached to a file.
 
 Every training sample uses the same prompt, so the ~5B parameters of text encoders are needed for one forward
-pass only: encode, save (in the layout the ComfyUI nodes read, ``e2p_core.conditioning_file``), free them.
+pass only: encode, save (in the layout the ComfyUI nodes read, ``e2p_core.saved_conditioning``), free them.
 As officially: CLIP-L padded to 77 tokens gives the pooled vector; T5 padded to exactly 512 tokens runs without
 an attention mask (pad tokens take part) and gives the sequence.
 """
@@ -13,8 +13,10 @@ import os
 
 import torch
 
-from e2p_core.conditioning_file import load_conditioning, save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, META_TEXT_ENCODERS, T5_SEQUENCE_LENGTH, task_spec
+from e2p_core.saved_conditioning import load_conditioning, save_conditioning
+from e2p_core.metadata_keys import META_PROMPT, META_TASK, META_TEXT_ENCODERS
+from e2p_core.release import T5_SEQUENCE_LENGTH
+from e2p_core.tasks import task_spec
 
 CLIP_SEQUENCE_LENGTH = 77
 

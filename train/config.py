@@ -12,7 +12,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from e2p_core.tasks import TASK_NAMES, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from e2p_core.release import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from e2p_core.tasks import TASK_NAMES
 
 from .objective import CONSISTENCY_VARIANTS, NOISE_MODES, OBJECTIVES, TIMESTEP_MODES, ObjectiveConfig
 

@@ -15,11 +15,12 @@ import os
 
 import torch
 
-from e2p_core import formats
-from e2p_core.conditioning_file import atomic_save_safetensors
-from e2p_core.files import read_safetensors
-from e2p_core.tasks import (META_EMA_DECAY, META_FORMAT, META_LORA_RANK, META_PROMPT, META_REPRESENTATION, META_TASK,
-                            META_TIME_EMBEDDING, task_spec)
+from e2p_core import checkpoint_layouts
+from e2p_core.saved_conditioning import atomic_save_safetensors
+from e2p_core.safetensors_io import read_safetensors
+from e2p_core.metadata_keys import (META_EMA_DECAY, META_FORMAT, META_LORA_RANK, META_PROMPT, META_REPRESENTATION,
+                                    META_TASK, META_TIME_EMBEDDING)
+from e2p_core.tasks import task_spec
 
 from . import lora
 
@@ -43,7 +44,7 @@ def file_metadata(task: str, time_embedding: str, file_format: str, ema_decay: f
 def export_full(state_dict: dict[str, torch.Tensor], path: str, task: str, time_embedding: str,
                 ema_decay: float | None = None) -> str:
     """diffusers-named transformer tensors -> BFL safetensors with the metadata the nodes read."""
-    bfl = formats.to_bfl(state_dict).state_dict
+    bfl = checkpoint_layouts.to_bfl(state_dict).state_dict
     atomic_save_safetensors(path, {k: v.contiguous() for k, v in bfl.items()},
                             file_metadata(task, time_embedding, FORMAT_FULL, ema_decay))
     return path
@@ -88,11 +89,11 @@ def convert_official_checkpoint(path: str, out_folder: str) -> list[str]:
 
 def _fused_lora_pairs(tensors: dict[str, torch.Tensor], depth: int, single: int) -> dict[str, tuple]:
     """Official LoRA tensors (kohya or DiffSynth/peft names) -> {BFL weight name: (down, up, alpha or None)}."""
-    targets = formats.diffsynth_lora_targets(depth, single)
+    targets = checkpoint_layouts.diffsynth_lora_targets(depth, single)
     kohya = {"lora_unet_" + bfl[:-len(".weight")].replace(".", "_"): bfl for bfl in targets.values()}
-    normalized = formats.normalize_lora_keys(tensors)
+    normalized = checkpoint_layouts.normalize_lora_keys(tensors)
     pairs = {}
-    for name, module in formats.lora_modules(normalized).items():
+    for name, module in checkpoint_layouts.lora_modules(normalized).items():
         bfl = kohya.get(name, targets.get(name))
         if bfl is None:
             raise ExportError(f"LoRA module '{name}' is neither a kohya nor a DiffSynth FLUX name this model has")
@@ -109,7 +110,7 @@ def lora_for_trainer(path: str, depth: int, single: int, rank: int, alpha: float
     the trainer's adapter tensors, exactly; the file's alpha/rank is folded into ``up`` when it differs from the
     run's."""
     tensors, _ = read_safetensors(path)
-    normalized = formats.normalize_lora_keys(tensors)
+    normalized = checkpoint_layouts.normalize_lora_keys(tensors)
     if any(k.startswith(("transformer.", "transformer_blocks.", "single_transformer_blocks.")) for k in normalized):
         raise ExportError(f"{os.path.basename(path)} has one adapter per split diffusers layer (q, k, v apart), which "
                           "the official layout (one adapter per fused layer) cannot continue exactly; start a new LoRA "

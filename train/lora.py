@@ -22,7 +22,7 @@ import re
 import torch
 from torch import nn
 
-from e2p_core import formats
+from e2p_core import checkpoint_layouts
 
 LORA_RANK = 64
 ADAPTER_PREFIX = "e2p_lora_"
@@ -57,7 +57,7 @@ class FusedLoRA(nn.Module):
 
 def official_targets(depth: int, single_depth: int) -> list[str]:
     """BFL module names of the 13 fused layers per block the official LoRA adapts (304 for FLUX.1)."""
-    names = formats.diffsynth_lora_targets(depth, single_depth).values()
+    names = checkpoint_layouts.diffsynth_lora_targets(depth, single_depth).values()
     return sorted(n[:-len(".weight")] for n in names if n.startswith(tuple(_BLOCKS)))
 
 
@@ -85,7 +85,7 @@ def add_lora(transformer: nn.Module, rank: int = LORA_RANK, alpha: float | None 
     """Install the official-layout adapters (up = 0: the model is unchanged) and freeze everything else."""
     config = transformer.config
     depth, single = config.num_layers, config.num_single_layers
-    rules = {r.bfl[:-len(".weight")]: r for r in formats._diffusers_rules(depth, single)}
+    rules = {r.bfl[:-len(".weight")]: r for r in checkpoint_layouts._diffusers_rules(depth, single)}
     modules = dict(transformer.named_modules())
     transformer.requires_grad_(False)
     adapters = []

@@ -7,7 +7,7 @@
 * ``FluxVAE`` wraps a diffusers ``AutoencoderKL`` in the FLUX ae layout: encode = posterior mean, shifted and
   scaled into model space; decode = the inverse.
 * Loaders accept a diffusers folder (the FLUX.1 Kontext release layout) or a single safetensors file in any
-  layout ``e2p_core.formats`` knows (BFL, DiffSynth/official, diffusers).
+  layout ``e2p_core.checkpoint_layouts`` knows (BFL, DiffSynth/official, diffusers).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 import torch
 from torch import nn
 
-from e2p_core import formats, schedule
-from e2p_core.files import read_safetensors
+from e2p_core import checkpoint_layouts, schedule
+from e2p_core.safetensors_io import read_safetensors
 from e2p_core.flow import official_time_embedding, one_step_estimate
-from e2p_core.tasks import EMBEDDED_GUIDANCE, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from e2p_core.release import EMBEDDED_GUIDANCE, TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
 LATENT_CHANNELS = 16
 VAE_SCALE = 0.3611
@@ -202,7 +202,7 @@ class FluxVAE(nn.Module):
 
 def flux_config_from_bfl(bfl: dict[str, torch.Tensor]) -> dict:
     """diffusers FluxTransformer2DModel config for BFL tensors (architecture read off the shapes)."""
-    shape = formats.infer_shape(bfl)
+    shape = checkpoint_layouts.infer_shape(bfl)
     if shape.mlp_ratio != 4.0:
         raise ModelLoadError(f"MLP ratio {shape.mlp_ratio} is not FLUX.1's 4; this is not a FLUX.1 Kontext model")
     return {
@@ -215,15 +215,15 @@ def flux_config_from_bfl(bfl: dict[str, torch.Tensor]) -> dict:
 
 
 def transformer_from_state_dict(state_dict: dict[str, torch.Tensor], source: str = "checkpoint"):
-    """A diffusers FluxTransformer2DModel from tensors in any layout e2p_core.formats knows."""
+    """A diffusers FluxTransformer2DModel from tensors in any layout e2p_core.checkpoint_layouts knows."""
     from diffusers import FluxTransformer2DModel
 
     try:
-        conversion = formats.to_bfl(state_dict)
-    except formats.UnsupportedCheckpoint as error:
+        conversion = checkpoint_layouts.to_bfl(state_dict)
+    except checkpoint_layouts.UnsupportedCheckpoint as error:
         raise ModelLoadError(f"{source}: {error}")
     config = flux_config_from_bfl(conversion.state_dict)
-    diffusers_sd = formats.from_bfl(conversion.state_dict, formats.DIFFUSERS)
+    diffusers_sd = checkpoint_layouts.from_bfl(conversion.state_dict, checkpoint_layouts.DIFFUSERS)
     from accelerate import init_empty_weights
 
     with init_empty_weights():
@@ -276,7 +276,8 @@ def load_vae(path: str):
         return AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
     tensors, _ = read_safetensors(path)
     if "decoder.conv_in.weight" not in tensors:
-        raise ModelLoadError(f"{os.path.basename(path)} is not a VAE: it looks like {formats.describe_foreign(tensors)}")
+        raise ModelLoadError(f"{os.path.basename(path)} is not a VAE: it looks like "
+                             f"{checkpoint_layouts.describe_foreign(tensors)}")
     if tensors["decoder.conv_in.weight"].shape[1] != LATENT_CHANNELS:
         raise ModelLoadError(f"{os.path.basename(path)} has {tensors['decoder.conv_in.weight'].shape[1]} latent "
                              "channels; the FLUX ae has 16 (is this an SD/SDXL VAE?)")

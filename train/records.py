@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from e2p_core.files import atomic_write_text
+from e2p_core.atomic_files import atomic_write_text
 
 log = logging.getLogger("e2p.train")
 

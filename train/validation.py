@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from e2p_core.flow import seeded_noise
-from e2p_core.tasks import DEFAULT_SEED, task_spec
+from e2p_core.release import DEFAULT_SEED
+from e2p_core.tasks import task_spec
 
 from .assembly import Models
 from .model import one_step_prediction

@@ -9,7 +9,7 @@ import shutil
 
 import torch
 
-from e2p_core.files import atomic_write
+from e2p_core.atomic_files import atomic_write
 
 from . import checkpoint, export, lora
 from .assembly import build_models

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 
 from . import compat, pipeline, sampling
-from ..files import read_safetensors
-from ..conditioning_file import load_conditioning
+from ..safetensors_io import read_safetensors
+from ..saved_conditioning import load_conditioning
 from ..hints import MattingHints
 from .loader import E2PModel, load_e2p_checkpoint
-from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
+from ..release import DEFAULT_SEED, PROCESSING_RESOLUTION
+from ..tasks import task_spec
 
 
 def load_vae(path: str):

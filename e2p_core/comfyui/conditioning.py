@@ -14,8 +14,10 @@ import os
 import torch
 
 from . import compat
-from ..conditioning_file import ConditioningFileError, load_conditioning, save_conditioning
-from ..tasks import META_ENCODER, META_PROMPT, META_TASK, T5_SEQUENCE_LENGTH, task_spec
+from ..saved_conditioning import ConditioningFileError, load_conditioning, save_conditioning
+from ..metadata_keys import META_ENCODER, META_PROMPT, META_TASK
+from ..release import T5_SEQUENCE_LENGTH
+from ..tasks import task_spec
 
 log = logging.getLogger("edit2perceive")
 

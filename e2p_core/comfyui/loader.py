@@ -17,13 +17,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from .. import formats
-from ..model_files import KONTEXT_BASE
+from .. import checkpoint_layouts
+from ..model_registry import KONTEXT_BASE
 from . import compat
-from ..files import check_float_tensors, read_safetensors, read_safetensors_layout, stream_safetensors
+from ..safetensors_io import check_float_tensors, read_safetensors, read_safetensors_layout, stream_safetensors
 from .patches import apply_e2p_patches
-from ..tasks import (META_REPRESENTATION, META_TASK, META_TIME_EMBEDDING, TASK_AUTO, TASK_NAMES, TASKS,
-                     TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK, task_from_file_name, task_spec)
+from ..metadata_keys import META_REPRESENTATION, META_TASK, META_TIME_EMBEDDING
+from ..release import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from ..tasks import TASKS, TASK_AUTO, TASK_NAMES, task_from_file_name, task_spec
 
 log = logging.getLogger("edit2perceive")
 
@@ -159,13 +160,13 @@ def build_flux_patcher(bfl_state_dict: dict[str, torch.Tensor], weight_dtype: st
     ``source`` and ``file_name`` (BFL name -> the file's own name for it) are for the messages."""
     if weight_dtype not in WEIGHT_DTYPES:
         raise E2PLoadError(f"unknown weight dtype '{weight_dtype}'; use one of {', '.join(WEIGHT_DTYPES)}")
-    shape = formats.infer_shape(bfl_state_dict)
+    shape = checkpoint_layouts.infer_shape(bfl_state_dict)
     detected = compat.detect_flux_config(bfl_state_dict)
     if detected is None:
         raise E2PLoadError(f"ComfyUI {compat.comfyui_version()} does not recognise these tensors as a FLUX.1 "
                            "transformer; the file is of another architecture, or ComfyUI needs an update")
     config = detected if detected.get("num_heads") == shape.num_heads else {**detected, "num_heads": shape.num_heads}
-    known_names = set(bfl_state_dict) | set(formats.bfl_tensor_names(shape.depth, shape.depth_single_blocks))
+    known_names = set(bfl_state_dict) | set(checkpoint_layouts.bfl_tensor_names(shape.depth, shape.depth_single_blocks))
     expected, renames = compat.flux_model_weights(bfl_state_dict, config, known_names)
     _check_against_model(bfl_state_dict, expected, renames, shape, source, file_name)
     dtype = WEIGHT_DTYPES[weight_dtype]
@@ -188,7 +189,7 @@ def _listed(names: list[str], shown: int = 4) -> str:
 
 
 def _check_against_model(bfl_state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Size],
-                         renames: dict[str, str], shape: formats.FluxShape, source: str,
+                         renames: dict[str, str], shape: checkpoint_layouts.FluxShape, source: str,
                          file_name: Callable[[str], str]) -> None:
     """Refuse tensors that the FLUX model ComfyUI builds for this file lacks, needs or shapes otherwise, named as
     the file names them."""
@@ -221,7 +222,8 @@ def lora_key_map(patcher) -> dict[str, object]:
     DiffSynth/peft module names (the official trainer's) and bare diffusers names (without ``transformer.``)."""
     key_map = compat.stock_lora_key_map(patcher)
     config = compat.unet_config(patcher)
-    for source, target in formats.diffsynth_lora_targets(config["depth"], config["depth_single_blocks"]).items():
+    official_targets = checkpoint_layouts.diffsynth_lora_targets(config["depth"], config["depth_single_blocks"])
+    for source, target in official_targets.items():
         key_map.setdefault(source, f"diffusion_model.{target}")
     for name, target in list(key_map.items()):
         if name.startswith("transformer."):
@@ -264,11 +266,11 @@ def apply_lora(patcher, lora_state_dict: dict[str, torch.Tensor], strength: floa
     ComfyUI itself skips a module whose shapes do not fit (with only a log line) and fails on a broken pair, so
     each is refused here, naming the module. The report counts the patches the clone really holds."""
     strength = check_lora_strength(strength)
-    normalized = formats.normalize_lora_keys(lora_state_dict)
-    modules = formats.lora_modules(normalized)
+    normalized = checkpoint_layouts.normalize_lora_keys(lora_state_dict)
+    modules = checkpoint_layouts.lora_modules(normalized)
     if not any(module.has_half for module in modules.values()):
         raise E2PLoadError(f"{source} has no LoRA tensors (lora_A/lora_B or lora_down/lora_up); it looks like "
-                           f"{formats.describe_foreign(lora_state_dict)}")
+                           f"{checkpoint_layouts.describe_foreign(lora_state_dict)}")
     damaged = [(name, "; ".join(found)) for name, module in sorted(modules.items()) if (found := module.defects())]
     if damaged:
         raise _refusal(source, "is damaged", damaged, len(modules),
@@ -323,12 +325,12 @@ def load_base_model(path: str, weight_dtype: str = "default") -> tuple[object, d
     name = os.path.basename(path)
     layout, metadata = read_safetensors_layout(path)
     try:
-        plan = formats.plan_to_bfl(layout)
+        plan = checkpoint_layouts.plan_to_bfl(layout)
         check_float_tensors(name, layout)
         weights = plan.convert_stream(stream_safetensors(path, plan.source_groups()))
         patcher, shape = build_flux_patcher(plan.convert(layout), weight_dtype, weights, name, plan.file_name)
-    except formats.UnsupportedCheckpoint as error:
-        raise formats.UnsupportedCheckpoint(f"{name}: {error}") from None
+    except checkpoint_layouts.UnsupportedCheckpoint as error:
+        raise checkpoint_layouts.UnsupportedCheckpoint(f"{name}: {error}") from None
     notes = [f"{name}: {plan.layout} layout, hidden {shape.hidden_size}, "
              f"{shape.depth}+{shape.depth_single_blocks} blocks, {shape.num_heads} heads"]
     if plan.ignored_keys:

@@ -18,7 +18,7 @@ import torch
 
 from . import compat
 from ..flow import official_time_embedding
-from ..tasks import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
+from ..release import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
 WRAPPER_KEY = "edit2perceive"
 

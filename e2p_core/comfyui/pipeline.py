@@ -20,7 +20,8 @@ from . import compat
 from ..flow import seeded_noise
 from .sampling import predict_latent
 from ..hints import HINT_POINT_COUNT, MattingHints, hint_map_on_canvas, hint_map_to_image
-from ..tasks import DEFAULT_SEED, PROCESSING_RESOLUTION, task_spec
+from ..release import DEFAULT_SEED, PROCESSING_RESOLUTION
+from ..tasks import task_spec
 
 
 class NonFinitePrediction(ValueError):

@@ -11,7 +11,7 @@ import torch
 from .. import schedule
 from . import compat
 from ..flow import euler_step, seeded_noise
-from ..tasks import DEFAULT_SEED, EMBEDDED_GUIDANCE
+from ..release import DEFAULT_SEED, EMBEDDED_GUIDANCE
 
 
 def official_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, landing_sigma=0.0):

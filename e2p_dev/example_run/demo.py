@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from e2p_core.model_files import folder_for
+from e2p_core.model_registry import folder_for
 from e2p_dev.example_run import UserActionNeeded
 from e2p_dev.example_run.workflow import E2P_LOADERS, E2P_TASK_NODES, TEXT_ENCODER_LOADERS, file_inputs
 

@@ -1,11 +1,11 @@
 """The guide printed instead of running when model files are missing: for each file the exact path to put it at,
-the repository to download it from (``e2p_core.model_files``) and the node that needs it."""
+the repository to download it from (``e2p_core.model_registry``) and the node that needs it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from e2p_core.model_files import E2P_SOURCE, KONTEXT_BASE, MODEL_FILES, PACK_FOLDER, folder_for
+from e2p_core.model_registry import E2P_SOURCE, KONTEXT_BASE, MODEL_FILES, PACK_FOLDER, folder_for
 from e2p_dev.example_run.workflow import LORA_OF_CHECKPOINT
 
 

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE
+from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE
 from e2p_dev.comfy_runtime import REPO_ROOT
 from e2p_dev.example_run import RunFailed
 from e2p_dev.example_run.scene import render_example_scene

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE, folder_for
+from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE, folder_for
 from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
 from e2p_dev.comfy_runtime import REPO_ROOT
@@ -74,7 +74,7 @@ def workflow_paths() -> list[Path]:
 
 
 def _save(models: Path, name: str, tensors: dict[str, torch.Tensor], searched: tuple[str, ...] = ()) -> None:
-    """Writes a released file's stand-in into its folder (the folder ``searched`` finds it in, see model_files)."""
+    """Writes a released file's stand-in into its folder (the folder ``searched`` finds it in, see model_registry)."""
     tm.write(str(models / folder_for(name, searched) / name), tensors)
 
 
@@ -83,10 +83,11 @@ def _half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def write_models(models: Path) -> None:
-    """Tiny weights under every file name the workflows use (see e2p_core.model_files)."""
+    """Tiny weights under every file name the workflows use (see e2p_core.model_registry)."""
     from e2p_core.comfyui import conditioning
-    from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, TASK_NAMES, task_spec
+    from e2p_core.saved_conditioning import save_conditioning
+    from e2p_core.metadata_keys import META_PROMPT, META_TASK
+    from e2p_core.tasks import TASK_NAMES, task_spec
 
     for seed, task in enumerate(TASK_NAMES, start=71):
         bfl = tm.bfl_state_dict(depth=1, single_depth=1, seed=seed)

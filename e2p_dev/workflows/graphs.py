@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2p_core.model_files import INPUT_FOLDERS, KONTEXT_BASE, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
+from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
 from e2p_core.tasks import TASK_NAMES
 
 BYPASSED = 4  # litegraph node mode "bypass": the node is skipped and left out of the prompt

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.usefixtures("comfy_core")
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
-    from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
+    from e2p_core.saved_conditioning import save_conditioning
+    from e2p_core.metadata_keys import META_PROMPT, META_TASK
+    from e2p_core.tasks import task_spec
 
     folder = tmp_path_factory.mktemp("tiny_e2p")
     base = tm.bfl_state_dict(seed=3)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from e2p_dev import comfy_runtime
 from e2p_dev import tiny_models as tm
-from e2p_core import float_files
+from e2p_core import float_images
 from e2p_eval import label as labelling
 from e2p_eval.label import main
 
@@ -52,8 +52,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from e2p_core.comfyui.api import E2PPredictor
-    from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
+    from e2p_core.saved_conditioning import save_conditioning
+    from e2p_core.metadata_keys import META_PROMPT, META_TASK
+    from e2p_core.tasks import task_spec
 
     folder = tmp_path_factory.mktemp("tiny_label")
     model = tm.write(str(folder / "depth_e2p.safetensors"), tm.in_layout(tm.bfl_state_dict(seed=3), "diffsynth"))
@@ -152,7 +153,7 @@ def test_one_process_labels_every_image_as_save_float_image_would(reference, tin
     assert json.loads(label_text.pop("e2p.label_settings"))["model"] == "depth_e2p.safetensors"
     assert label_text.pop("e2p.label_source") == "i2.png"
     assert label_text == node_text
-    assert label_text[float_files.META_CONTENT] == "sqrt_depth"
+    assert label_text[float_images.META_CONTENT] == "sqrt_depth"
 
 
 def read_float_file(path):
@@ -177,8 +178,9 @@ def test_normals_and_alpha_are_the_node_outputs_as_save_float_image_writes_them(
 
     from e2p_core import representations
     from e2p_core.comfyui.api import E2PPredictor
-    from e2p_core.conditioning_file import save_conditioning
-    from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
+    from e2p_core.saved_conditioning import save_conditioning
+    from e2p_core.metadata_keys import META_PROMPT, META_TASK
+    from e2p_core.tasks import task_spec
 
     cond, pooled = tm.conditioning(seed=4)
     conditioning = str(tmp_path / f"{task}_cond.safetensors")
@@ -206,7 +208,7 @@ def test_normals_and_alpha_are_the_node_outputs_as_save_float_image_writes_them(
     entry = saved.ui["files"][0]
     node_values, node_meta = read_float_file(os.path.join(folder_paths.get_output_directory(), entry["subfolder"],
                                                           entry["filename"]))
-    extension = float_files.FILE_FORMATS[file_format]
+    extension = float_images.FILE_FORMATS[file_format]
     label_values, label_meta = read_float_file(str(tmp_path / "out" / "labels" / f"i2.{extension}"))
     assert label_values.shape == node_values.shape == (SIZES[2][0], SIZES[2][1], 3)[:3 if task == "normal" else 2]
     assert np.array_equal(label_values, node_values)

@@ -58,7 +58,7 @@ def test_fixed_seed_noise_is_drawn_batch_shaped(multi_res):
 
 
 def test_matting_flow_loss_counts_the_unknown_region_only(tmp_path, monkeypatch):
-    from e2p_core.conditioning_file import load_conditioning
+    from e2p_core.saved_conditioning import load_conditioning
     from train.assembly import build_models
     from train.step import compute_loss
 

@@ -93,7 +93,7 @@ def test_exported_kohya_file_patches_like_by_hand_in_the_pack_and_in_stock_comfy
     import comfy.sd
 
     from e2p_core.comfyui import loader
-    from e2p_core.files import read_safetensors
+    from e2p_core.safetensors_io import read_safetensors
     from train import export
     from train.lora import is_adapter_parameter
 

@@ -25,8 +25,8 @@ BF16_TOLERANCE = 0.015
 def trainer_and_node_latents(tmp_path, task, mode, time_embedding, mixed_precision="no", learning_rate=None):
     from e2p_core.comfyui import api
     from e2p_core.flow import seeded_noise
-    from e2p_core.tasks import META_TASK, META_TIME_EMBEDDING
-    from e2p_core.files import read_safetensors
+    from e2p_core.metadata_keys import META_TASK, META_TIME_EMBEDDING
+    from e2p_core.safetensors_io import read_safetensors
     from train.model import one_step_prediction
     from train.step import reference_latents
     from train.train import run
@@ -45,7 +45,7 @@ def trainer_and_node_latents(tmp_path, task, mode, time_embedding, mixed_precisi
     _, models = load_trained(config.output_dir)
     sample = dataset[3]
     batch = {k: v[None] for k, v in sample.items() if torch.is_tensor(v)}
-    from e2p_core.conditioning_file import load_conditioning
+    from e2p_core.saved_conditioning import load_conditioning
 
     cond, pooled, _ = load_conditioning(config.conditioning)
     with torch.no_grad():

@@ -36,7 +36,7 @@ def tiny_text_encoders(folder):
 
 
 def test_conditioning_is_encoded_once_cached_and_checked(tmp_path):
-    from e2p_core.conditioning_file import load_conditioning
+    from e2p_core.saved_conditioning import load_conditioning
     from train.conditioning import ConditioningError, prepare_conditioning
 
     encoders = tiny_text_encoders(str(tmp_path / "encoders"))
@@ -106,7 +106,7 @@ def test_8bit_adamw_needs_bitsandbytes(tmp_path):
 
 
 def test_official_checkpoint_converts_exactly(tmp_path):
-    from e2p_core import formats
+    from e2p_core import checkpoint_layouts
     from train.__main__ import main
     from train.model import load_transformer
 
@@ -116,7 +116,7 @@ def test_official_checkpoint_converts_exactly(tmp_path):
     path = tm.write(str(tmp_path / "depth.safetensors"), official)
     assert main(["convert-official", path, str(tmp_path / "converted")]) == 0
     model = load_transformer(str(tmp_path / "converted"))
-    converted = formats.to_bfl(model.state_dict()).state_dict
+    converted = checkpoint_layouts.to_bfl(model.state_dict()).state_dict
     assert converted.keys() == bfl.keys()
     assert all(torch.equal(converted[k], bfl[k]) for k in bfl)
 

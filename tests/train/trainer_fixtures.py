@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import Dataset
 
 from e2p_core import hints, representations
-from e2p_core.conditioning_file import save_conditioning
-from e2p_core.tasks import META_PROMPT, META_TASK, task_spec
+from e2p_core.saved_conditioning import save_conditioning
+from e2p_core.metadata_keys import META_PROMPT, META_TASK
+from e2p_core.tasks import task_spec
 
 RESOLUTION = 32
 CONTEXT_DIM = 64

@@ -29,7 +29,7 @@ def test_there_are_workflows_with_thumbnails():
 
 @pytest.mark.parametrize("path", workflow_paths(), ids=lambda p: p.stem)
 def test_workflow_file_is_a_frontend_save_and_names_its_files(path):
-    from e2p_core.model_files import MODEL_FILES
+    from e2p_core.model_registry import MODEL_FILES
     from e2p_dev.workflows.graphs import ALL_GRAPHS
 
     folders = next(graph for graph in (make() for make in ALL_GRAPHS) if graph.name == path.stem).model_files()
@@ -54,7 +54,7 @@ def test_download_links_are_public_registry_files(path):
     """The frontend's "download missing models" follows each node's properties.models: every entry is the
     registry's file and link, into the folder that node reads; no Hugging Face link in the file (notes included)
     points into a gated repository or outside the registry's sources."""
-    from e2p_core.model_files import GATED_REPOSITORIES, HF, MODEL_FILES
+    from e2p_core.model_registry import GATED_REPOSITORIES, HF, MODEL_FILES
     from e2p_dev.workflows.graphs import ALL_GRAPHS
 
     folders = next(graph for graph in (make() for make in ALL_GRAPHS) if graph.name == path.stem).model_files()

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-from .files import atomic_write_bytes
+from .atomic_files import atomic_write_bytes
 
 PNG16_MAX = 65535
 PNG16_NON_FINITE = "16-bit PNG cannot hold NaN or infinite values; save as EXR (exr32) instead"

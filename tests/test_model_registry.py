@@ -1,4 +1,4 @@
-"""e2p_core.model_files, the one registry of released file -> models/ folder -> download, and its users."""
+"""e2p_core.model_registry, the one registry of released file -> models/ folder -> download, and its users."""
 
 import importlib.metadata
 import json
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from e2p_core import model_files
-from e2p_core.model_files import MODEL_FILES, folder_for
+from e2p_core import model_registry
+from e2p_core.model_registry import MODEL_FILES, folder_for
 
 
 def test_every_released_file_has_a_public_hugging_face_download_link():
@@ -15,10 +15,10 @@ def test_every_released_file_has_a_public_hugging_face_download_link():
     frontend's "download missing models" with HTTP 401."""
     for name, entry in MODEL_FILES.items():
         assert entry.name == name
-        assert entry.source.startswith(f"{model_files.HF}/")
-        repository = entry.source[len(f"{model_files.HF}/"):]
+        assert entry.source.startswith(f"{model_registry.HF}/")
+        repository = entry.source[len(f"{model_registry.HF}/"):]
         assert repository.count("/") == 1, f"{entry.source} is not a repository address"
-        assert not repository.startswith(model_files.GATED_REPOSITORIES), f"{name} comes from gated {repository}"
+        assert not repository.startswith(model_registry.GATED_REPOSITORIES), f"{name} comes from gated {repository}"
         assert entry.url.startswith(f"{entry.source}/resolve/main/") and entry.url.endswith(f"/{name}")
 
 
@@ -54,7 +54,7 @@ def test_files_core_templates_use_have_their_names_links_and_folders():
     templates = core_template_files()
     assert templates, "no workflow templates found: ComfyUI's comfyui-workflow-templates packages are missing"
     shared = {name for name in MODEL_FILES if name in templates}
-    assert {model_files.KONTEXT_BASE, "ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors",
+    assert {model_registry.KONTEXT_BASE, "ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors",
             "flux1-dev-fp8.safetensors", "flux1-depth-dev-lora.safetensors"} <= shared
     for name in shared:
         entry = MODEL_FILES[name]
@@ -64,21 +64,21 @@ def test_files_core_templates_use_have_their_names_links_and_folders():
 
 def test_official_weights_go_to_the_pack_folder_and_the_base_to_diffusion_models():
     for task in ("depth", "normal", "matting"):
-        assert MODEL_FILES[f"{task}.safetensors"].folder == model_files.PACK_FOLDER
-        assert MODEL_FILES[f"{task}_lora.safetensors"].folder == model_files.PACK_FOLDER
-        assert MODEL_FILES[f"{task}.safetensors"].source == model_files.E2P_SOURCE
-    assert MODEL_FILES[model_files.KONTEXT_BASE].folder == "diffusion_models"
+        assert MODEL_FILES[f"{task}.safetensors"].folder == model_registry.PACK_FOLDER
+        assert MODEL_FILES[f"{task}_lora.safetensors"].folder == model_registry.PACK_FOLDER
+        assert MODEL_FILES[f"{task}.safetensors"].source == model_registry.E2P_SOURCE
+    assert MODEL_FILES[model_registry.KONTEXT_BASE].folder == "diffusion_models"
 
 
 def test_folder_for_follows_the_loader_that_reads_the_file():
-    e2p_lora_input = model_files.INPUT_FOLDERS[("LoadE2PModel", "lora")]
-    stock_lora_input = model_files.INPUT_FOLDERS[("LoraLoaderModelOnly", "lora_name")]
-    assert folder_for("depth_lora.safetensors", e2p_lora_input) == model_files.PACK_FOLDER
+    e2p_lora_input = model_registry.INPUT_FOLDERS[("LoadE2PModel", "lora")]
+    stock_lora_input = model_registry.INPUT_FOLDERS[("LoraLoaderModelOnly", "lora_name")]
+    assert folder_for("depth_lora.safetensors", e2p_lora_input) == model_registry.PACK_FOLDER
     assert folder_for("depth_lora.safetensors", stock_lora_input) == "loras"
-    base_input = model_files.INPUT_FOLDERS[("LoadE2PModel", "checkpoint")]
-    assert folder_for(model_files.KONTEXT_BASE, base_input) == "diffusion_models"
-    assert folder_for("subfolder/depth.safetensors", base_input) == model_files.PACK_FOLDER
-    assert folder_for("my_finetune.safetensors", base_input) == model_files.PACK_FOLDER
+    base_input = model_registry.INPUT_FOLDERS[("LoadE2PModel", "checkpoint")]
+    assert folder_for(model_registry.KONTEXT_BASE, base_input) == "diffusion_models"
+    assert folder_for("subfolder/depth.safetensors", base_input) == model_registry.PACK_FOLDER
+    assert folder_for("my_finetune.safetensors", base_input) == model_registry.PACK_FOLDER
     with pytest.raises(ValueError, match="no folder is known"):
         folder_for("my_finetune.safetensors", ())
 
@@ -86,6 +86,6 @@ def test_folder_for_follows_the_loader_that_reads_the_file():
 def test_the_node_pack_registers_the_registry_folder(comfy_inprocess):
     import folder_paths
 
-    paths, extensions = folder_paths.folder_names_and_paths[model_files.PACK_FOLDER]
-    assert extensions == set(model_files.WEIGHT_EXTENSIONS)
-    assert str(comfy_inprocess.models_dir / model_files.PACK_FOLDER) in paths
+    paths, extensions = folder_paths.folder_names_and_paths[model_registry.PACK_FOLDER]
+    assert extensions == set(model_registry.WEIGHT_EXTENSIONS)
+    assert str(comfy_inprocess.models_dir / model_registry.PACK_FOLDER) in paths

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from e2p_core import formats
+from e2p_core import checkpoint_layouts
 from e2p_dev.tiny_models import bfl_state_dict, in_layout
 
 
@@ -23,7 +23,7 @@ def assert_same(a, b):
     ("diffusers", ""), ("diffusers", "transformer."),
 ])
 def test_every_layout_converts_to_identical_bfl(bfl, layout, prefix):
-    conversion = formats.to_bfl(in_layout(bfl, layout, prefix))
+    conversion = checkpoint_layouts.to_bfl(in_layout(bfl, layout, prefix))
     assert conversion.layout == layout and conversion.prefix == prefix
     assert_same(conversion.state_dict, bfl)
 
@@ -50,17 +50,17 @@ def test_diffusers_qkv_is_split_in_q_k_v_order(bfl):
 def test_unused_coordinate_encoder_is_dropped_and_reported(bfl):
     ds = in_layout(bfl, "diffsynth")
     ds["coord_encoder.proj.weight"] = torch.zeros(4, 4)
-    conversion = formats.to_bfl(ds)
+    conversion = checkpoint_layouts.to_bfl(ds)
     assert conversion.ignored_keys == ["coord_encoder.proj.weight"]
     assert_same(conversion.state_dict, bfl)
 
 
 def test_shape_is_inferred_from_tensors(bfl):
-    shape = formats.infer_shape(bfl)
+    shape = checkpoint_layouts.infer_shape(bfl)
     assert (shape.hidden_size, shape.num_heads, shape.depth, shape.depth_single_blocks) == (256, 2, 2, 2)
     assert shape.guidance_embed and shape.context_in_dim == 64 and shape.vec_in_dim == 768
     no_guidance = {k: v for k, v in bfl.items() if not k.startswith("guidance_in.")}
-    assert not formats.infer_shape(no_guidance).guidance_embed
+    assert not checkpoint_layouts.infer_shape(no_guidance).guidance_embed
 
 
 @pytest.mark.parametrize("keys,expected", [
@@ -70,14 +70,14 @@ def test_shape_is_inferred_from_tensors(bfl):
     ({"double_blocks.0.img_attn.qkv.lora_down.weight": 1}, "LoRA"),
 ])
 def test_foreign_architectures_are_named(keys, expected):
-    with pytest.raises(formats.UnsupportedCheckpoint, match=expected):
-        formats.to_bfl({k: torch.zeros(1) for k in keys})
+    with pytest.raises(checkpoint_layouts.UnsupportedCheckpoint, match=expected):
+        checkpoint_layouts.to_bfl({k: torch.zeros(1) for k in keys})
 
 
 def test_missing_block_is_reported():
     broken = {k: v for k, v in bfl_state_dict(depth=3).items() if not k.startswith("double_blocks.1.")}
-    with pytest.raises(formats.UnsupportedCheckpoint, match=r"double blocks \[1\] are missing"):
-        formats.to_bfl(broken)
+    with pytest.raises(checkpoint_layouts.UnsupportedCheckpoint, match=r"double blocks \[1\] are missing"):
+        checkpoint_layouts.to_bfl(broken)
 
 
 @pytest.mark.parametrize("scales", [
@@ -88,17 +88,17 @@ def test_scaled_fp8_files_are_sent_to_comfyuis_loader(bfl, scales):
     """Read as plain fp8, such a file's weights would be off by their scales: it is refused with the route that
     works (UNETLoader, then E2P Model from MODEL)."""
     for prefix in ("", "model.diffusion_model."):
-        with pytest.raises(formats.UnsupportedCheckpoint, match="scaled-fp8 file.*UNETLoader.*E2P Model from MODEL"):
-            formats.to_bfl({f"{prefix}{k}": v for k, v in {**bfl, **scales}.items()})
+        with pytest.raises(checkpoint_layouts.UnsupportedCheckpoint, match="scaled-fp8 file.*UNETLoader.*E2P Model from MODEL"):
+            checkpoint_layouts.to_bfl({f"{prefix}{k}": v for k, v in {**bfl, **scales}.items()})
 
 
 def test_lora_key_normalisation():
     keys = {"pipe.dit.blocks.0.attn.a_to_qkv.lora_A.default.weight": torch.zeros(1),
             "base_model.model.single_blocks.0.to_qkv_mlp.lora_B.default.weight": torch.zeros(1)}
-    normalized = formats.normalize_lora_keys(keys)
+    normalized = checkpoint_layouts.normalize_lora_keys(keys)
     assert set(normalized) == {"blocks.0.attn.a_to_qkv.lora_A.weight", "single_blocks.0.to_qkv_mlp.lora_B.weight"}
-    assert set(formats.lora_modules(normalized)) == {"blocks.0.attn.a_to_qkv", "single_blocks.0.to_qkv_mlp"}
-    block_layers = [m for m in formats.diffsynth_lora_targets(19, 38) if m.startswith(("blocks.", "single_blocks."))]
+    assert set(checkpoint_layouts.lora_modules(normalized)) == {"blocks.0.attn.a_to_qkv", "single_blocks.0.to_qkv_mlp"}
+    block_layers = [m for m in checkpoint_layouts.diffsynth_lora_targets(19, 38) if m.startswith(("blocks.", "single_blocks."))]
     assert len(block_layers) == 304   # the official LoRA adapts the 304 Linear layers of the 19 + 38 blocks
 
 
@@ -106,16 +106,16 @@ def test_lora_key_normalisation():
                                      ("lora.up.weight", "lora.down.weight"), ("lora_B", "lora_A")])
 def test_lora_halves_pair_in_every_naming_comfyui_reads(up, down):
     lora = {f"layer.{up}": torch.zeros(8, 2), f"layer.{down}": torch.zeros(2, 5), "layer.alpha": torch.tensor(2.0)}
-    module = formats.lora_modules(lora)["layer"]
+    module = checkpoint_layouts.lora_modules(lora)["layer"]
     assert module.defects() == [] and module.rank == 2
     assert module.target_defect((8, 5)) is None
     assert "needs lora_up (8, 2) and lora_down (2, 6)" in module.target_defect((8, 6))
 
 
 def test_lora_halves_of_two_namings_or_given_twice_are_defects():
-    mixed = formats.lora_modules({"layer.lora_up.weight": torch.zeros(8, 2), "layer.lora_A.weight": torch.zeros(2, 5)})
+    mixed = checkpoint_layouts.lora_modules({"layer.lora_up.weight": torch.zeros(8, 2), "layer.lora_A.weight": torch.zeros(2, 5)})
     assert mixed["layer"].defects() == ["pairs layer.lora_up.weight with layer.lora_A.weight, names of two "
                                         "different styles"]
-    twice = formats.lora_modules({"layer.lora_up.weight": torch.zeros(8, 2), "layer.lora_B.weight": torch.zeros(8, 2),
+    twice = checkpoint_layouts.lora_modules({"layer.lora_up.weight": torch.zeros(8, 2), "layer.lora_B.weight": torch.zeros(8, 2),
                                   "layer.lora_down.weight": torch.zeros(2, 5)})
     assert twice["layer"].defects() == ["holds one half twice (layer.lora_B.weight, layer.lora_up.weight)"]

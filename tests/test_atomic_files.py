@@ -1,4 +1,4 @@
-"""The one durable atomic write (``e2p_core.files``): fsync of file and folder before/after the rename, and an
+"""The one durable atomic write (``e2p_core.atomic_files``): fsync of file and folder before/after the rename, and an
 error part-way leaves neither the target nor a temporary file behind."""
 
 import os
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from e2p_core import files
-from e2p_core.conditioning_file import load_conditioning, save_conditioning
+from e2p_core import atomic_files
+from e2p_core.saved_conditioning import load_conditioning, save_conditioning
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def fsync_log(monkeypatch):
 
 def test_file_is_fsynced_before_rename_and_folder_after(tmp_path, fsync_log):
     target = str(tmp_path / "out.bin")
-    files.atomic_write_bytes(target, b"payload")
+    atomic_files.atomic_write_bytes(target, b"payload")
     assert open(target, "rb").read() == b"payload"
     kinds = [kind for kind, _ in fsync_log]
     assert kinds == ["fsync", "replace", "fsync"]
@@ -48,7 +48,7 @@ def test_error_mid_write_leaves_no_target_and_no_temporary(tmp_path, existing):
     if existing is not None:
         target.write_bytes(existing)
     with pytest.raises(RuntimeError, match="disk full"):
-        with files.atomic_write(str(target)) as temporary, open(temporary, "wb") as stream:
+        with atomic_files.atomic_write(str(target)) as temporary, open(temporary, "wb") as stream:
             stream.write(b"half")
             raise RuntimeError("disk full")
     if existing is None:
@@ -63,7 +63,7 @@ def test_failing_fsync_publishes_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError):
-        files.atomic_write_text(str(tmp_path / "x.txt"), "text")
+        atomic_files.atomic_write_text(str(tmp_path / "x.txt"), "text")
     assert os.listdir(tmp_path) == []
 
 
@@ -73,7 +73,7 @@ def test_folder_publish_fsyncs_every_file_then_renames(tmp_path, fsync_log):
     (partial / "a.bin").write_bytes(b"a")
     (partial / "sub" / "b.bin").write_bytes(b"b")
     final = tmp_path / "step-1"
-    files.atomic_publish_folder(str(partial), str(final))
+    atomic_files.atomic_publish_folder(str(partial), str(final))
     rename_at = fsync_log.index(("replace", str(final)))
     synced_before = {path for kind, path in fsync_log[:rename_at]}
     assert {str(partial / "a.bin"), str(partial / "sub" / "b.bin"), str(partial), str(partial / "sub")} <= synced_before
@@ -135,7 +135,7 @@ def test_training_checkpoint_is_fsynced_before_its_folder_is_renamed(tmp_path, f
 
 def test_error_while_writing_the_second_file_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="encoder failed"):
-        with files.FileBatch() as batch:
+        with atomic_files.FileBatch() as batch:
             batch.write_bytes(str(tmp_path / "a.bin"), b"a")
             batch.write_bytes(str(tmp_path / "preview" / "a.png"), b"p")
             raise RuntimeError("encoder failed")
@@ -155,8 +155,8 @@ def test_failure_publishing_the_second_file_takes_back_the_first(tmp_path, monke
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", replace_failing_at_b)
-    with pytest.raises(files.FileSaveError, match=r"cannot save .*b\.bin: .*Input/output error"):
-        with files.FileBatch() as batch:
+    with pytest.raises(atomic_files.FileSaveError, match=r"cannot save .*b\.bin: .*Input/output error"):
+        with atomic_files.FileBatch() as batch:
             batch.write_bytes(str(tmp_path / "a.bin"), b"new a")
             batch.write_bytes(str(tmp_path / "b.bin"), b"new b")
     assert "a.bin" in renames, "the first file was published before the second failed"
@@ -166,7 +166,7 @@ def test_failure_publishing_the_second_file_takes_back_the_first(tmp_path, monke
 def test_batch_replaces_earlier_files_when_it_succeeds(tmp_path):
     for name in ("a.bin", "b.bin"):
         (tmp_path / name).write_bytes(b"earlier")
-    with files.FileBatch() as batch:
+    with atomic_files.FileBatch() as batch:
         batch.write_bytes(str(tmp_path / "a.bin"), b"new a")
         batch.write_bytes(str(tmp_path / "b.bin"), b"new b")
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == {"a.bin": b"new a", "b.bin": b"new b"}
@@ -174,8 +174,8 @@ def test_batch_replaces_earlier_files_when_it_succeeds(tmp_path):
 
 def test_folder_at_the_second_target_is_named_and_nothing_is_left(tmp_path):
     (tmp_path / "b.bin").mkdir()
-    with pytest.raises(files.FileSaveError) as raised:
-        with files.FileBatch() as batch:
+    with pytest.raises(atomic_files.FileSaveError) as raised:
+        with atomic_files.FileBatch() as batch:
             batch.write_bytes(str(tmp_path / "a.bin"), b"a")
             batch.write_bytes(str(tmp_path / "b.bin"), b"b")
     assert str(raised.value) == (f"cannot save {tmp_path / 'b.bin'}: {tmp_path / 'b.bin'} is a folder where a file is "
@@ -185,8 +185,8 @@ def test_folder_at_the_second_target_is_named_and_nothing_is_left(tmp_path):
 
 def test_file_in_place_of_a_folder_is_named_and_nothing_is_left(tmp_path):
     (tmp_path / "previews").write_bytes(b"not a folder")
-    with pytest.raises(files.FileSaveError) as raised:
-        with files.FileBatch() as batch:
+    with pytest.raises(atomic_files.FileSaveError) as raised:
+        with atomic_files.FileBatch() as batch:
             batch.write_bytes(str(tmp_path / "a.bin"), b"a")
             batch.write_bytes(str(tmp_path / "previews" / "sub" / "a.png"), b"p")
     assert str(raised.value) == (f"cannot save {tmp_path / 'previews' / 'sub' / 'a.png'}: {tmp_path / 'previews'} is "
@@ -196,7 +196,7 @@ def test_file_in_place_of_a_folder_is_named_and_nothing_is_left(tmp_path):
 
 def test_same_target_twice_is_refused(tmp_path):
     with pytest.raises(ValueError, match="saved twice"):
-        with files.FileBatch() as batch:
+        with atomic_files.FileBatch() as batch:
             batch.write_bytes(str(tmp_path / "a.bin"), b"1")
             batch.write_bytes(str(tmp_path / "a.bin"), b"2")
     assert os.listdir(tmp_path) == []
@@ -210,19 +210,19 @@ def test_same_target_twice_is_refused(tmp_path):
     (OSError(5, "Input/output error", "/out/a.png"), "/out/a.png: Input/output error"),
 ])
 def test_os_errors_are_explained_in_one_line(error, message):
-    explained = files.explain_os_error(error, "/out/a.png")
+    explained = atomic_files.explain_os_error(error, "/out/a.png")
     assert explained.startswith(message) and "\n" not in explained and "Errno" not in explained
 
 
 def test_prefix_whose_folder_is_a_file_is_refused_with_the_file_named(tmp_path):
     (tmp_path / "depth").write_bytes(b"a file, not a folder")
     with pytest.raises(ValueError) as raised:
-        files.check_filename_prefix("depth/run1/frame", str(tmp_path))
+        atomic_files.check_filename_prefix("depth/run1/frame", str(tmp_path))
     assert str(raised.value) == (f"filename_prefix 'depth/run1/frame' saves into the folder 'depth/run1', but "
                                  f"{tmp_path / 'depth'} is a file; choose another filename_prefix, or move or rename "
                                  "that file")
-    assert files.check_filename_prefix("other/frame", str(tmp_path)) == "other/frame"
-    assert files.check_filename_prefix("frame", str(tmp_path)) == "frame"
+    assert atomic_files.check_filename_prefix("other/frame", str(tmp_path)) == "other/frame"
+    assert atomic_files.check_filename_prefix("frame", str(tmp_path)) == "frame"
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
@@ -234,11 +234,11 @@ def test_files_are_created_with_the_process_umask(tmp_path, mask):
 
     previous = os.umask(mask)
     try:
-        files.atomic_write_bytes(str(tmp_path / "bytes.bin"), b"x")
-        files.atomic_write_text(str(tmp_path / "text.txt"), "x")
+        atomic_files.atomic_write_bytes(str(tmp_path / "bytes.bin"), b"x")
+        atomic_files.atomic_write_text(str(tmp_path / "text.txt"), "x")
         save_conditioning(str(tmp_path / "cond.safetensors"), torch.ones(1, 2, 3), torch.ones(1, 4), {})
         save_prediction(str(tmp_path / "pred.npy"), np.ones((2, 2)))
-        with files.FileBatch() as batch:
+        with atomic_files.FileBatch() as batch:
             batch.write_bytes(str(tmp_path / "batch" / "a.exr"), b"a")
             Image.new("RGB", (2, 2)).save(batch.temporary(str(tmp_path / "batch" / "a.png"), suffix=".png"))
     finally:

@@ -1,4 +1,4 @@
-"""16-bit PNG and float EXR files: written by e2p_core.float_files, read back by independent libraries (pypng and
+"""16-bit PNG and float EXR files: written by e2p_core.float_images, read back by independent libraries (pypng and
 Pillow for PNG, the OpenEXR bindings for EXR), and the save node as ComfyUI runs it."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from e2p_core import float_files
+from e2p_core import float_images
 
 HALF_STEP_SLACK = 1e-9
 
@@ -41,12 +41,12 @@ def smooth_ramp(height, width, low, high):
 def test_png16_round_trip_within_half_a_step(tmp_path, shape, low, high):
     data = np.random.default_rng(1).uniform(low, high, size=shape).astype(np.float32)
     data.flat[0], data.flat[-1] = low, high
-    value_range = float_files.png16_range(data)
+    value_range = float_images.png16_range(data)
     path = str(tmp_path / "map.png")
-    float_files.write_png16(path, data, value_range, {"e2p.value_min": repr(low)})
+    float_images.write_png16(path, data, value_range, {"e2p.value_min": repr(low)})
     codes, bit_depth = read_png16(path)
     assert bit_depth == 16 and codes.shape == data.shape
-    decoded = float_files.dequantize_png16(codes, value_range)
+    decoded = float_images.dequantize_png16(codes, value_range)
     step = (value_range[1] - value_range[0]) / 65535
     assert np.abs(decoded - data).max() <= step / 2 + HALF_STEP_SLACK * max(1.0, abs(high))
     assert codes.min() == round((data.min() - value_range[0]) / (value_range[1] - value_range[0]) * 65535)
@@ -57,9 +57,9 @@ def test_png16_round_trip_within_half_a_step(tmp_path, shape, low, high):
 def test_png16_unit_data_keeps_its_scale(tmp_path):
     """Alpha, disparity and normal colours stay ordinary images: 0 -> 0 and 1 -> 65535 whatever the data's range."""
     data = np.array([[0.25, 0.5], [0.75, 0.5]], dtype=np.float32)
-    assert float_files.png16_range(data) == (0.0, 1.0)
+    assert float_images.png16_range(data) == (0.0, 1.0)
     path = str(tmp_path / "alpha.png")
-    float_files.write_png16(path, data, float_files.png16_range(data))
+    float_images.write_png16(path, data, float_images.png16_range(data))
     codes, _ = read_png16(path)
     assert codes.tolist() == [[16384, 32768], [49151, 32768]]
 
@@ -67,7 +67,7 @@ def test_png16_unit_data_keeps_its_scale(tmp_path):
 def test_png16_smooth_map_compresses_and_pillow_reads_it(tmp_path):
     data = smooth_ramp(128, 160, 0.5, 10.0)
     path = str(tmp_path / "depth.png")
-    float_files.write_png16(path, data, float_files.png16_range(data))
+    float_images.write_png16(path, data, float_images.png16_range(data))
     assert os.path.getsize(path) < data.size * 2 / 4
     with Image.open(path) as image:
         assert image.size == (160, 128) and image.mode.startswith("I")
@@ -78,24 +78,24 @@ def test_png16_smooth_map_compresses_and_pillow_reads_it(tmp_path):
 def test_png16_text_metadata_reads_back(tmp_path):
     text = {"e2p.value_min": "0.5", "e2p.content_description": "depth in metres", "workflow": json.dumps({"t": "ü€"})}
     path = str(tmp_path / "meta.png")
-    float_files.write_png16(path, np.zeros((2, 3), np.float32), (0.0, 1.0), text)
+    float_images.write_png16(path, np.zeros((2, 3), np.float32), (0.0, 1.0), text)
     with Image.open(path) as image:
         assert image.text == text
 
 
 def test_png16_constant_map_and_bad_input(tmp_path):
     constant = np.full((3, 4), 7.25, dtype=np.float32)
-    low, high = float_files.png16_range(constant)
+    low, high = float_images.png16_range(constant)
     assert (low, high) == (7.25, 7.25)
     path = str(tmp_path / "constant.png")
-    float_files.write_png16(path, constant, (low, high))
-    assert np.all(float_files.dequantize_png16(read_png16(path)[0], (low, high)) == 7.25)
+    float_images.write_png16(path, constant, (low, high))
+    assert np.all(float_images.dequantize_png16(read_png16(path)[0], (low, high)) == 7.25)
     with pytest.raises(ValueError, match="EXR"):
-        float_files.write_png16(path, np.array([[1.0, np.nan]]), (0.0, 1.0))
+        float_images.write_png16(path, np.array([[1.0, np.nan]]), (0.0, 1.0))
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
-        float_files.write_png16(path, np.zeros((2, 2, 4)), (0.0, 1.0))
+        float_images.write_png16(path, np.zeros((2, 2, 4)), (0.0, 1.0))
     with pytest.raises(ValueError, match="no finite values"):
-        float_files.png16_range(np.full((2, 2), np.inf))
+        float_images.png16_range(np.full((2, 2), np.inf))
 
 
 @pytest.mark.parametrize("shape, names", [((7, 11), ["Y"]), ((7, 11, 3), ["B", "G", "R"])])
@@ -104,7 +104,7 @@ def test_exr_round_trip_is_exact(tmp_path, shape, names):
     data.flat[0], data.flat[1], data.flat[2] = np.nan, np.inf, -np.float32(1e-42)   # NaN, inf and a denormal
     attributes = {"e2p.value_min": "-3.5", "e2p.content_description": "unit normals, +X left"}
     path = str(tmp_path / "map.exr")
-    float_files.write_exr(path, data, attributes)
+    float_images.write_exr(path, data, attributes)
     channels, header = read_exr(path)
     assert sorted(channels) == names
     planes = data[..., None] if data.ndim == 2 else data
@@ -118,7 +118,7 @@ def test_exr_round_trip_is_exact(tmp_path, shape, names):
 
 def test_exr_rejects_overlong_attribute_names(tmp_path):
     with pytest.raises(ValueError, match="31"):
-        float_files.write_exr(str(tmp_path / "x.exr"), np.zeros((2, 2), np.float32), {"e" * 32: "x"})
+        float_images.write_exr(str(tmp_path / "x.exr"), np.zeros((2, 2), np.float32), {"e" * 32: "x"})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def test_node_saves_depth_as_gray_png16_with_range_and_workflow(save_node):
     assert text["e2p.content"] == "metric_depth" and "metres" in text["e2p.content_description"]
     assert float(text["e2p.value_min"]) == pytest.approx(0.5) and float(text["e2p.value_max"]) == pytest.approx(10.0)
     value_range = (float(text["e2p.png16_low"]), float(text["e2p.png16_high"]))
-    decoded = float_files.dequantize_png16(codes, value_range)
+    decoded = float_images.dequantize_png16(codes, value_range)
     assert np.abs(decoded - metric.numpy()).max() <= (10.0 - 0.5) / 65535 / 2 + 1e-6
     assert json.loads(text["prompt"]) == prompt and json.loads(text["workflow"]) == {"nodes": []}
     again = run_save(save_node, filename_prefix="float_test/metric", file_format="png16", content="metric_depth",
@@ -215,16 +215,16 @@ def test_exr32_stores_nan_and_infinities_even_a_map_of_nothing_else(tmp_path):
     """As the README says: exr32 keeps every float value; png16, which cannot, refuses with a pointer to exr32."""
     mixed = np.array([[np.nan, np.inf], [-np.inf, 0.25]], dtype=np.float32)
     for data, value_range in ((mixed, ("0.25", "0.25")), (np.full((2, 3), np.nan, np.float32), ("nan", "nan"))):
-        float_files.check_savable(data, "exr32")
-        metadata = float_files.float_file_metadata(data, "metric_depth", float_files.CHANNELS_GRAY_MASK, "exr32")
-        assert (metadata[float_files.META_VALUE_MIN], metadata[float_files.META_VALUE_MAX]) == value_range
+        float_images.check_savable(data, "exr32")
+        metadata = float_images.float_file_metadata(data, "metric_depth", float_images.CHANNELS_GRAY_MASK, "exr32")
+        assert (metadata[float_images.META_VALUE_MIN], metadata[float_images.META_VALUE_MAX]) == value_range
         path = tmp_path / "map.exr"
-        path.write_bytes(float_files.encode_float_file(data, "exr32", metadata))
+        path.write_bytes(float_images.encode_float_file(data, "exr32", metadata))
         channels, header = read_exr(str(path))
         assert np.array_equal(channels["Y"], data, equal_nan=True)
-        assert header[float_files.META_VALUE_MIN] == value_range[0]
+        assert header[float_images.META_VALUE_MIN] == value_range[0]
         with pytest.raises(ValueError, match=r"16-bit PNG cannot hold NaN .*exr32"):
-            float_files.check_savable(data, "png16")
+            float_images.check_savable(data, "png16")
 
 
 def test_node_saves_an_all_nan_map_as_exr32_with_a_preview(comfy_inprocess):
@@ -236,7 +236,7 @@ def test_node_saves_an_all_nan_map_as_exr32_with_a_preview(comfy_inprocess):
     folder = os.path.join(folder_paths.get_output_directory(), "float_nan")
     (name,) = os.listdir(folder)
     channels, header = read_exr(os.path.join(folder, name))
-    assert np.isnan(channels["Y"]).all() and header[float_files.META_VALUE_MAX] == "nan"
+    assert np.isnan(channels["Y"]).all() and header[float_images.META_VALUE_MAX] == "nan"
     (preview,) = set(os.listdir(folder_paths.get_temp_directory())) - before
     with Image.open(os.path.join(folder_paths.get_temp_directory(), preview)) as image:
         assert image.size == (8, 6)

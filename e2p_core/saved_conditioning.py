@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open
 
-from .files import atomic_write
+from .safetensors_io import atomic_save_safetensors
 
 
 class ConditioningFileError(ValueError):
     """A conditioning file that cannot be used; the message says how to regenerate it."""
-
-
-def atomic_save_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Written through ``atomic_write``: a crash or power loss never leaves half a file behind."""
-    with atomic_write(path, suffix=".safetensors") as temporary:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
 
 
 def save_conditioning(path: str, cond: torch.Tensor, pooled: torch.Tensor, metadata: dict[str, str]) -> None:
