@@ -356,3 +356,44 @@ def ply_bytes(mesh: DepthMesh, comment: str = "") -> bytes:
     rows = np.empty(len(mesh.vertices), dtype=record)
     rows["position"], rows["normal"], rows["color"] = mesh.vertices, mesh.normals, mesh.colors
     return ("\n".join(lines) + "\n").encode("ascii") + rows.tobytes()
+
+
+@dataclass
+class MeshBatch:
+    """Meshes of one batch stacked into the tensors of ComfyUI's MESH: [B, N, 3] vertices, [B, F, 3] faces and each
+    per-vertex field [B, N, k]; per-item counts when the items differ in size and the MESH can hold counts."""
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    per_vertex: dict[str, torch.Tensor]
+    vertex_counts: torch.Tensor | None = None
+    face_counts: torch.Tensor | None = None
+
+
+def _padded_stack(items: list[torch.Tensor], length: int, repeat_last: bool) -> torch.Tensor:
+    padded = []
+    for item in items:
+        missing = length - item.shape[0]
+        fill = item[-1:].expand(missing, *item.shape[1:]) if repeat_last else item.new_zeros(missing, *item.shape[1:])
+        padded.append(torch.cat([item, fill]))
+    return torch.stack(padded)
+
+
+def batch_meshes(vertices: list[torch.Tensor], faces: list[torch.Tensor], per_vertex: dict[str, list[torch.Tensor]],
+                 with_counts: bool) -> MeshBatch:
+    """One tensor per field for items of any size. With counts, items are zero-padded and the counts say how much
+    is real. Without (a MESH that has no counts), padding repeats an item's last vertex and adds zero-area
+    triangles on it, which glTF writers keep and viewers draw as nothing."""
+    vertex_counts = [int(v.shape[0]) for v in vertices]
+    face_counts = [int(f.shape[0]) for f in faces]
+    longest = max(vertex_counts)
+    fields = {name: _padded_stack(values, longest, repeat_last=not with_counts) for name, values in per_vertex.items()}
+    if len(set(vertex_counts)) == 1 and len(set(face_counts)) == 1:
+        return MeshBatch(torch.stack(vertices), torch.stack(faces), fields)
+    if with_counts:
+        return MeshBatch(_padded_stack(vertices, longest, repeat_last=False),
+                         _padded_stack(faces, max(face_counts), repeat_last=False), fields,
+                         torch.tensor(vertex_counts, dtype=torch.int64), torch.tensor(face_counts, dtype=torch.int64))
+    padded_faces = [torch.cat([f, torch.full((max(face_counts) - f.shape[0], 3), count - 1, dtype=f.dtype)])
+                    for f, count in zip(faces, vertex_counts)]
+    return MeshBatch(_padded_stack(vertices, longest, repeat_last=True), torch.stack(padded_faces), fields)

@@ -171,5 +171,6 @@ class E2PDepthTo3D(io.ComfyNode):
             return [torch.from_numpy(getattr(item, name).astype(dtype)) for item in meshes]
 
         texture = torch.stack([torch.from_numpy(item.texture).float() / 255.0 for item in meshes])
-        return compat.native_mesh(tensors("vertices"), tensors("faces", "int64"), uvs=tensors("uvs"),
-                                        normals=tensors("normals"), texture=texture)
+        batch = mesh.batch_meshes(tensors("vertices"), tensors("faces", "int64"),
+                                  {"uvs": tensors("uvs"), "normals": tensors("normals")}, compat.mesh_has_counts())
+        return compat.native_mesh(batch, texture)

@@ -76,6 +76,8 @@ from typing import Iterable
 
 import torch
 
+from ..mesh import MeshBatch
+
 log = logging.getLogger("edit2perceive")
 
 REFERENCE_METHOD = "offset"   # every reference at RoPE index 1; the pack removes the spatial offset itself
@@ -488,50 +490,26 @@ def has_native_mesh() -> bool:
     return native_mesh_fields() is not None
 
 
-def native_mesh(vertices: list[torch.Tensor], faces: list[torch.Tensor], **per_vertex_and_texture):
-    """One mesh per batch item as ComfyUI's ``MESH``, with each optional field this version's MESH accepts.
+def mesh_has_counts() -> bool:
+    """Whether this version's MESH holds items of different sizes with per-item counts (0.33.0)."""
+    return {"vertex_counts", "face_counts"} <= (native_mesh_fields() or frozenset())
 
-    ``per_vertex_and_texture`` may hold ``uvs``, ``normals``, ``vertex_colors`` (lists of [N_i, k] tensors, one per
-    item) and ``texture`` ([B, H, W, 3] float). Items of different sizes are zero-padded with per-item counts where
-    MESH has them (0.33.0). Without counts (0.3.75) padding repeats an item's last vertex and adds zero-area
-    triangles on it, which SaveGLB writes and viewers draw as nothing. Fields the version lacks are left out.
-    """
+
+def native_mesh(batch: MeshBatch, texture: torch.Tensor | None = None):
+    """A batch of meshes (``e2p_core.mesh.batch_meshes``, made for ``mesh_has_counts()``) as ComfyUI's ``MESH``,
+    with each optional field this version's MESH accepts; fields it lacks are left out."""
     fields = native_mesh_fields()
     if fields is None:
         raise ComfyCompatError(f"ComfyUI {comfyui_version()} has no MESH type; update ComfyUI to pass meshes to "
                                "its 3D nodes (the GLB and PLY files are written either way)")
     from comfy_api.latest import Types
 
-    counted = {"vertex_counts", "face_counts"} <= fields
-    vertex_counts = [int(v.shape[0]) for v in vertices]
-    face_counts = [int(f.shape[0]) for f in faces]
-    uniform = len(set(vertex_counts)) == 1 and len(set(face_counts)) == 1
-    options = {}
-    for name, value in per_vertex_and_texture.items():
-        if value is None or name not in fields:
-            continue
-        options[name] = value if name == "texture" else _padded_stack(value, max(vertex_counts),
-                                                                       repeat_last=not counted)
-    if uniform:
-        return Types.MESH(torch.stack(vertices), torch.stack(faces), **options)
-    if counted:
-        options["vertex_counts"] = torch.tensor(vertex_counts, dtype=torch.int64)
-        options["face_counts"] = torch.tensor(face_counts, dtype=torch.int64)
-        return Types.MESH(_padded_stack(vertices, max(vertex_counts), repeat_last=False),
-                          _padded_stack(faces, max(face_counts), repeat_last=False), **options)
-    padded_faces = [torch.cat([f, torch.full((max(face_counts) - f.shape[0], 3), count - 1, dtype=f.dtype)])
-                    for f, count in zip(faces, vertex_counts)]
-    return Types.MESH(_padded_stack(vertices, max(vertex_counts), repeat_last=True), torch.stack(padded_faces),
-                      **options)
-
-
-def _padded_stack(items: list[torch.Tensor], length: int, repeat_last: bool) -> torch.Tensor:
-    padded = []
-    for item in items:
-        missing = length - item.shape[0]
-        fill = item[-1:].expand(missing, *item.shape[1:]) if repeat_last else item.new_zeros(missing, *item.shape[1:])
-        padded.append(torch.cat([item, fill]))
-    return torch.stack(padded)
+    options = {name: value for name, value in batch.per_vertex.items() if name in fields}
+    if texture is not None and "texture" in fields:
+        options["texture"] = texture
+    if batch.vertex_counts is not None:
+        options.update(vertex_counts=batch.vertex_counts, face_counts=batch.face_counts)
+    return Types.MESH(batch.vertices, batch.faces, **options)
 
 
 # ---------------------------------------------------------------------------------------------------------------
