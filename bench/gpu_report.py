@@ -26,9 +26,9 @@ def runs_cell(runs: list[float]) -> str:
 def setup_table(result: dict) -> str:
     rows = [["machine", result.get("machine", "-")], ["python", result.get("python", "-")],
             ["ComfyUI", f"{result.get('comfyui', '-')} ({result.get('comfyui_origin', '-')})"],
-            ["wheels installed from the carry", ", ".join(result.get("installed", []))
+            ["wheels installed from the bundle", ", ".join(result.get("installed", []))
              or result.get("note", "none needed")],
-            ["carried packages already present", ", ".join(result.get("already_present", [])) or "none"]]
+            ["bundled packages already present", ", ".join(result.get("already_present", [])) or "none"]]
     return report.markdown_table(["setup", "value"], rows)
 
 

@@ -1,7 +1,7 @@
 """GPU numbers in one command: the 12B shape (random weights made on the device) on a bare CUDA machine.
 
-Installs the carried wheels the machine lacks (bench/gpu_requirements.txt, filled by bench/gpu_prepare.sh), unpacks
-the carried ComfyUI source, then measures in a fixed order, each part with its own time budget, printing a Markdown
+Installs the wheels of the offline bundle that the machine lacks (bench/gpu_requirements.txt, filled by
+bench/gpu_prepare.sh), unpacks the bundle's ComfyUI source, then measures in a fixed order, each part with its own time budget, printing a Markdown
 table as each part ends and writing them all under --out: per-stage time and DiT TFLOP/s (load, stages), a video
 clip through the one-item loop (video), peak memory in bf16 (memory_bf16), ours vs diffusers' FluxKontextPipeline
 at 1 and 8 steps (diffusers), fp8_e4m3fn weights (fp8), and bf16 with ComfyUI left ~16 GiB of the card, by dynamic
@@ -40,10 +40,10 @@ from bench.gpu_parts import CAPPED_PARTS, EVENT_MARKER, MAIN_PARTS  # noqa: E402
 from e2p_dev.comfy_runtime import DEFAULT_CACHE_DIR, read_comfyui_version  # noqa: E402
 
 REQUIREMENTS = REPO_ROOT / "bench" / "gpu_requirements.txt"
-DEFAULT_CARRY = REPO_ROOT / ".gpu_carry"
+DEFAULT_BUNDLE = REPO_ROOT / ".gpu_bundle"
 DEFAULT_WORK = Path("/tmp/e2p_gpu_suite")
 ALL_PARTS = (*MAIN_PARTS, *CAPPED_PARTS)
-# Seconds per part on the H200 (sum 420: the whole run, setup included, stays under 8 minutes). Measured parts stop
+# Seconds per part, sized on an H200 (sum 420: the whole run, setup included, stays under 8 minutes). Measured parts stop
 # repeating when the next run would not fit; a part still running at its budget x1.2 + 10 s is ended.
 GPU_BUDGETS = {"setup": 40, "load": 70, "stages": 35, "video": 25, "memory_bf16": 15, "diffusers": 75, "fp8": 50,
                "capped_dynamic": 55, "capped_lowvram": 55}
@@ -68,7 +68,7 @@ PART_DESCRIPTIONS = {
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def carried_requirements() -> list[tuple[str, str]]:
+def bundled_requirements() -> list[tuple[str, str]]:
     """(name, version) pairs of bench/gpu_requirements.txt."""
     pairs = []
     for line in REQUIREMENTS.read_text().splitlines():
@@ -83,48 +83,48 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def install_missing(carry: Path, site_dir: Path) -> dict:
-    """pip-install, from the carried wheels only, each requirement this Python does not have (any version: the
+def install_missing(bundle: Path, site_dir: Path) -> dict:
+    """pip-install, from the bundle's wheels only, each requirement this Python does not have (any version: the
     machine's own packages win), into ``site_dir``, which is put on the path of this process and its children.
-    Without a carry folder (the tests' own environment) nothing is installed."""
-    if not carry.is_dir():
-        return {"installed": [], "already_present": [], "note": f"no carry folder at {carry}: packages as they are"}
+    Without a bundle folder (the tests' own environment) nothing is installed."""
+    if not bundle.is_dir():
+        return {"installed": [], "already_present": [], "note": f"no bundle folder at {bundle}: packages as they are"}
     site_dir.mkdir(parents=True, exist_ok=True)   # on the path first: a rerun finds what an earlier run installed
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site_dir), os.environ.get("PYTHONPATH")]))
     sys.path.insert(0, str(site_dir))
     present, missing = [], []
-    for name, version in carried_requirements():
+    for name, version in bundled_requirements():
         try:
             present.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             missing.append((name, version))
     installed = []
     if missing:
-        wheel_dir = carry / "wheels"
+        wheel_dir = bundle / "wheels"
         wheels = {}
         for path in wheel_dir.glob("*.whl"):
             wheels[normalized(path.name.split("-")[0])] = path
         absent = [f"{name}=={version}" for name, version in missing if normalized(name) not in wheels]
         if absent:
-            raise SystemExit(f"missing here and not carried in {wheel_dir}: {', '.join(absent)}. Run "
-                             "`bash bench/gpu_prepare.sh` on a machine with PyPI access and carry the folder.")
+            raise SystemExit(f"missing here and not in the bundle {wheel_dir}: {', '.join(absent)}. Run "
+                             "`bash bench/gpu_prepare.sh` on a machine with PyPI access and copy its folder here.")
         files = [str(wheels[normalized(name)]) for name, _ in missing]
         command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                    "--no-cache-dir", "--disable-pip-version-check", "--upgrade", "--target", str(site_dir), *files]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
-            raise SystemExit(f"pip could not install the carried wheels:\n{completed.stderr[-3000:]}")
+            raise SystemExit(f"pip could not install the bundle's wheels:\n{completed.stderr[-3000:]}")
         installed = [Path(f).name for f in files]
         importlib.invalidate_caches()
     return {"installed": installed, "already_present": present}
 
 
 def find_comfyui(args) -> tuple[Path, str]:
-    """The ComfyUI to run: --comfyui, else the carried archive unpacked under the work folder, else the tests'
+    """The ComfyUI to run: --comfyui, else the bundle's archive unpacked under the work folder, else the tests'
     ComfyUI ($E2P_COMFYUI_DIR or the default cache path)."""
     if args.comfyui:
         return args.comfyui, "given with --comfyui"
-    archives = sorted(args.carry.glob("ComfyUI-*.tar.gz")) if args.carry.is_dir() else []
+    archives = sorted(args.bundle.glob("ComfyUI-*.tar.gz")) if args.bundle.is_dir() else []
     if archives:
         archive = archives[-1]
         target = args.work_dir / archive.name[:-len(".tar.gz")]
@@ -346,8 +346,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--total-s", type=float, help=f"the whole run's budget; default {GPU_TOTAL_S} on the GPU")
     parser.add_argument("--cap-gib", type=float, default=16.0, help="GPU memory ComfyUI is left in the capped parts")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak, if the device name is not known")
-    parser.add_argument("--carry", type=Path, default=DEFAULT_CARRY, help="folder from bench/gpu_prepare.sh")
-    parser.add_argument("--comfyui", type=Path, help="use this ComfyUI folder instead of the carried archive")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE,
+                        help="offline wheel bundle from bench/gpu_prepare.sh")
+    parser.add_argument("--comfyui", type=Path, help="use this ComfyUI folder instead of the bundle's archive")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
                         help="scratch: unpacked ComfyUI, installed wheels, ComfyUI base folder")
     parser.add_argument("--out", type=Path, help="where the tables go; default $OUT, else bench/results/gpu_run")
@@ -395,11 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     setup = suite.outcomes["setup"]
     start = time.monotonic()
     try:
-        setup.result = install_missing(args.carry, args.work_dir / "site")
+        setup.result = install_missing(args.bundle, args.work_dir / "site")
         root, origin = find_comfyui(args)
         version = read_comfyui_version(root)
         if version is None:
-            raise SystemExit(f"no ComfyUI at {root} ({origin}); carry the archive (bench/gpu_prepare.sh) or pass "
+            raise SystemExit(f"no ComfyUI at {root} ({origin}); copy the bundle (bench/gpu_prepare.sh) or pass "
                              "--comfyui DIR")
         os.environ["E2P_COMFYUI_DIR"] = str(root)
         setup.result.update({"comfyui": version, "comfyui_origin": origin, "comfyui_dir": str(root),

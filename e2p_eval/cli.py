@@ -1,4 +1,4 @@
-"""Command line: ``python -m e2p_eval {predict,evaluate,run,report} ...`` (usage: README, section Evaluation)."""
+"""Command line: ``python -m e2p_eval {predict,evaluate,run,report} ...`` (usage: docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _add_predict_args(parser) -> None:
 def _add_evaluate_args(parser) -> None:
     parser.add_argument("--protocol", default="official", choices=sorted(protocols.PRESETS),
                         help="official (default): the released scripts' protocol, numbers comparable with the "
-                             "paper; standard: the usual benchmark definitions (README, section Evaluation)")
+                             "paper; standard: the usual benchmark definitions (docs/evaluation.md, Protocols)")
     parser.add_argument("--depth-align", choices=protocols.ALIGN_SPACES + (protocols.ALIGN_FROM_CHECKPOINT,),
                         help="depth alignment space (official: chosen from the checkpoint path)")
     parser.add_argument("--normal-aggregation", choices=protocols.NORMAL_AGGREGATIONS)

@@ -2,7 +2,7 @@
 
 ``python -m e2p_eval.label --task depth --input FOLDER|LIST.txt|VIDEO --out OUT --model ... --vae ...
 --conditioning ...`` on one process, or the same under ``accelerate launch`` for several GPUs and machines
-(usage: README, section Labelling; docs/labelling.md).
+(usage: docs/labelling.md).
 
 Every item runs through the evaluation's predictor (``e2p_core.comfyui.api.E2PPredictor``, the nodes' path) and is saved
 as the 16-bit PNG or float EXR that *Save Float Image* writes, under ``OUT/labels/``. Why it can be killed and

@@ -10,7 +10,7 @@ Two presets:
   valid pixels of a dataset with the DIODE validity mask, matting errors in the trimap's unknown region with the
   DIM definitions.
 
-The README section "Evaluation" lists every difference between the two.
+docs/evaluation.md ("Protocols") lists every difference between the two.
 """
 
 from __future__ import annotations

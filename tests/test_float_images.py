@@ -212,7 +212,7 @@ def test_node_errors_say_what_to_connect(save_node):
 
 
 def test_exr32_stores_nan_and_infinities_even_a_map_of_nothing_else(tmp_path):
-    """As the README says: exr32 keeps every float value; png16, which cannot, refuses with a pointer to exr32."""
+    """As docs/file_formats.md says: exr32 keeps every float value; png16, which cannot, refuses with a pointer to exr32."""
     mixed = np.array([[np.nan, np.inf], [-np.inf, 0.25]], dtype=np.float32)
     for data, value_range in ((mixed, ("0.25", "0.25")), (np.full((2, 3), np.nan, np.float32), ("nan", "nan"))):
         float_images.check_savable(data, "exr32")

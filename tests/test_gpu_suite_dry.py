@@ -28,7 +28,7 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     command = [sys.executable, str(REPO_ROOT / "bench" / "gpu_suite.py"), "--dry-run", "--shape", "smoke",
                "--resolutions", "64", "--video-frames", "2", "--video-resolution", "64", "--repeats", "1",
                "--warmup", "0", "--diffusers-steps", "1", "2", "--comfyui", str(comfy_runtime.comfyui_dir()),
-               "--carry", str(work / "no_carry"), "--work-dir", str(work / "work"), "--out", str(work / "out")]
+               "--bundle", str(work / "no_bundle"), "--work-dir", str(work / "work"), "--out", str(work / "out")]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     return completed, work / "out"
 
@@ -81,12 +81,12 @@ def test_dry_run_report_has_every_table(dry_run):
 
 
 def test_missing_wheel_is_named(tmp_path, monkeypatch):
-    """A package this Python lacks and the carry folder has no wheel for stops setup with the fix."""
+    """A package this Python lacks and the offline bundle has no wheel for stops setup with the fix."""
     from bench import gpu_suite
 
     (tmp_path / "wheels").mkdir()
     monkeypatch.setattr(sys, "path", list(sys.path))          # install_missing puts its site folder on both
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
-    monkeypatch.setattr(gpu_suite, "carried_requirements", lambda: [("e2p-no-such-package", "1.0")])
-    with pytest.raises(SystemExit, match=r"not carried in .*e2p-no-such-package==1\.0.*bench/gpu_prepare\.sh"):
+    monkeypatch.setattr(gpu_suite, "bundled_requirements", lambda: [("e2p-no-such-package", "1.0")])
+    with pytest.raises(SystemExit, match=r"not in the bundle .*e2p-no-such-package==1\.0.*bench/gpu_prepare\.sh"):
         gpu_suite.install_missing(tmp_path, tmp_path / "site")

@@ -154,7 +154,7 @@ def test_errors_are_node_errors_and_the_server_keeps_serving(server):
     assert saved_image(server, entry).shape == (40, 56, 3)
 
 
-# The README's Nodes section: each node sits beside the host's own node of its kind (read from the host), or,
+# docs/nodes.md, The nodes: each node sits beside the host's own node of its kind (read from the host), or,
 # where the host has none (0.3.75), in the category current ComfyUI gives that kind.
 NODE_KINDS = {
     "LoadE2PModel": ("Load E2P Model", "model loader"),
@@ -189,7 +189,7 @@ def test_object_info_shows_names_aliases_and_categories_beside_core_nodes(server
         entry = info[name]
         assert entry["display_name"] == display_name
         core_node = CORE_NODE_OF_KIND[kind]
-        if version != "0.3.75":   # current ComfyUI has a node of every kind, in the category the README names
+        if version != "0.3.75":   # current ComfyUI has a node of every kind, in the category docs/nodes.md names
             assert core_node in info, core_node
             assert entry["category"] == CURRENT_CATEGORY[kind], name
         expected = info[core_node]["category"] if core_node in info else CURRENT_CATEGORY[kind]

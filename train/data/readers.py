@@ -284,7 +284,7 @@ FLOAT_SUFFIXES = {".npy", ".exr"}
 
 
 class GenericDataset(SampleSource):
-    """Your own data, described by a manifest (JSON or CSV; format in the README "Preparing data" section).
+    """Your own data, described by a manifest (JSON or CSV; format in docs/training.md, "Preparing data").
 
     Depth: 16-bit PNG (needs ``depth_scale``, metres per unit), ``.npy`` or ``.exr`` (metres unless
     ``depth_scale`` says otherwise); valid where ``depth_min < d < depth_max`` and the optional ``mask`` is non-zero.
