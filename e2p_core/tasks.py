@@ -1,7 +1,9 @@
 """The task table: every per-task fact the nodes, the trainer and the evaluation share (no ComfyUI imports).
 
 Code that behaves differently per task asks the task's ``TaskSpec`` (``task_spec(name)``) instead of comparing
-task names; a table elsewhere that is keyed by task is checked against ``TASK_NAMES`` by the tests.
+task names. A layer above the core that keeps its own per-task table (the trainer's losses, the evaluation's
+metrics) keys it by ``TASK_NAMES``; tests/test_task_tables.py lists every such table and checks it names exactly
+these tasks. docs/adding_a_task.md lists the files a new task touches.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class TaskSpec:
     # official inference.py uses another sentence, but training, app.py and the evaluation all use this one.
     prompt: str
     representation: str                      # what the decoder's [-1, 1] output means (META_REPRESENTATION)
+    ground_truth: str                        # the truth's name: training manifest column, evaluation file role
     output_channels: int                     # 1: a map [..., H, W]; 3: vectors [..., H, W, 3]
     needs_hint: bool                         # a second reference image (the hint point map) goes with the input
     uses_trimap: bool                        # the ground truth comes with a trimap whose unknown region is scored
@@ -50,6 +53,7 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec(name="depth", prompt="Transform to depth map while maintaining original composition",
              representation="sqrt_depth_p2p98",   # sqrt(depth), 2..98 percentile -> [-1, 1], near = -1
+             ground_truth="depth",
              output_channels=1, needs_hint=False, uses_trimap=False, affine_invariant=True,
              uses_normal_convention=False, decode=representations.decode_depth,
              after_resampling=representations.clamp_unit_interval, combine=ensemble.combine_depth,
@@ -57,6 +61,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
              float_channels=float_images.CHANNELS_GRAY_IMAGE),
     TaskSpec(name="normal", prompt="Transform to normal map while maintaining original composition",
              representation="unit_normals_bae",   # unit camera-space normals, +X left, +Y up, +Z to viewer
+             ground_truth="normal",
              output_channels=3, needs_hint=False, uses_trimap=False, affine_invariant=False,
              uses_normal_convention=True, decode=representations.decode_normals,
              after_resampling=representations.unit_normals, combine=ensemble.combine_normals,
@@ -64,6 +69,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
              float_channels=float_images.CHANNELS_RGB),
     TaskSpec(name="matting", prompt="Transform to matting map while maintaining original composition",
              representation="alpha",              # alpha in [-1, 1], 3 equal channels
+             ground_truth="alpha",
              output_channels=1, needs_hint=True, uses_trimap=True, affine_invariant=False,
              uses_normal_convention=False, decode=representations.decode_alpha,
              after_resampling=representations.clamp_unit_interval, combine=ensemble.combine_alpha,

@@ -46,9 +46,8 @@ def _dataset_list(args, task: str) -> list[tuple[str, str, str | None]]:
 
 def _add_dataset_args(parser, required: bool) -> None:
     parser.add_argument("--dataset", action="append", metavar="NAME=ROOT", required=required,
-                        help="an evaluation set and its folder or .tar (repeat for several). Depth: "
-                             f"{', '.join(DATASETS['depth'])}; normal: {', '.join(DATASETS['normal'])}; "
-                             f"matting: {', '.join(DATASETS['matting'])}")
+                        help="an evaluation set and its folder or .tar (repeat for several). "
+                             + "; ".join(f"{task}: {', '.join(names)}" for task, names in DATASETS.items()))
     parser.add_argument("--split", action="append", metavar="NAME=FILE",
                         help="a split list (Marigold / official format) restricting and ordering a dataset's images; "
                              "without one every image found in the dataset's layout is used")

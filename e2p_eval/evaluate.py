@@ -22,37 +22,6 @@ from . import protocol as protocols, report
 from .datasets import EvalDataset, open_dataset
 from .predict import prediction_path
 
-# Per-image CSV columns after the task's metrics (protocols.TASK_METRICS).
-EXTRA_COLUMNS = {"depth": ("valid_pixels", "scale", "shift"), "normal": ("valid_pixels",),
-                 "matting": ("region_pixels",)}
-
-
-def depth_row(prediction: np.ndarray, target, aggregate: protocols.DatasetAggregate,
-              alignment: str | None) -> dict:
-    result = protocols.evaluate_depth(prediction, target, alignment)
-    counted = aggregate.add_depth(result)
-    return dict(result or {}, status="ok" if counted else
-                ("too few valid pixels" if result is None else "excluded (SILog 0 or not finite)"))
-
-
-def normal_row(prediction: np.ndarray, target, aggregate: protocols.DatasetAggregate, alignment: str | None) -> dict:
-    errors = protocols.normal_errors(prediction, target, aggregate.protocol)
-    row = protocols.normal_image_statistics(errors, aggregate.protocol)
-    row["status"] = "ok" if aggregate.add_normal(errors, row) else "no valid pixels"
-    return row
-
-
-def matting_row(prediction: np.ndarray, target, aggregate: protocols.DatasetAggregate,
-                alignment: str | None) -> dict:
-    row = protocols.evaluate_matting(prediction, target, aggregate.protocol)
-    row["status"] = "ok" if aggregate.add_matting(row) else "not finite"
-    return row
-
-
-# The protocol's per-image evaluation of each task: one CSV row, tallied into the dataset aggregate.
-IMAGE_ROWS = {"depth": depth_row, "normal": normal_row, "matting": matting_row}
-
-
 @dataclass
 class DatasetResult:
     name: str
@@ -66,7 +35,7 @@ def evaluate_dataset(task: str, dataset: EvalDataset, out_dir: str, protocol: pr
                      alignment: str | None, csv_path: str, show_progress: bool = True) -> DatasetResult:
     """Per-image metrics of one dataset into ``csv_path``; dataset-level numbers returned."""
     aggregate = protocols.DatasetAggregate(task, protocol)
-    columns = ["image", "status"] + list(protocols.TASK_METRICS[task]) + list(EXTRA_COLUMNS[task])
+    columns = ["image", "status"] + list(protocols.TASK_METRICS[task]) + list(protocols.EXTRA_COLUMNS[task])
     missing = 0
     with atomic_write(csv_path, suffix=".csv") as temporary, \
             open(temporary, "w", newline="", encoding="utf-8") as handle:
@@ -79,7 +48,7 @@ def evaluate_dataset(task: str, dataset: EvalDataset, out_dir: str, protocol: pr
                 writer.writerow({"image": sample.key, "status": "no prediction"})
                 continue
             prediction = np.load(path)
-            row = IMAGE_ROWS[task](prediction, dataset.read_target(sample), aggregate, alignment)
+            row = protocols.IMAGE_ROWS[task](prediction, dataset.read_target(sample), aggregate, alignment)
             row["image"] = sample.key
             writer.writerow(row)
     summary = aggregate.result()

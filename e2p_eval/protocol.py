@@ -333,8 +333,7 @@ class DatasetAggregate:
         self.rows: list[dict[str, float]] = []
         self.counted = 0
         self.skipped = 0
-        self.pooled = metrics.PooledAngularStatistics() if (
-            task == "normal" and protocol.normal_aggregation == "pooled") else None
+        self.pooled: metrics.PooledAngularStatistics | None = None    # every pixel's angle, pooled protocols only
 
     def _tally(self, row: dict[str, float] | None, counts: bool) -> bool:
         """Keep an image's row in the means when it counts; otherwise only count it as skipped."""
@@ -349,7 +348,8 @@ class DatasetAggregate:
         return self._tally(result, depth_image_counts(result, self.protocol))
 
     def add_normal(self, errors: np.ndarray, stats: dict[str, float]) -> bool:
-        if self.pooled is not None:
+        if self.protocol.normal_aggregation == "pooled":
+            self.pooled = self.pooled or metrics.PooledAngularStatistics()
             self.pooled.add(errors)
         return self._tally(stats, math.isfinite(stats["mean"]))
 
@@ -361,19 +361,66 @@ class DatasetAggregate:
         return counts
 
     def result(self) -> dict[str, float]:
-        keys = TASK_METRICS[self.task]
-        if self.pooled is not None:
-            summary = self.pooled.result()
-        elif self.task == "matting":
-            # nanmean per metric, as the official script does
-            summary = {}
-            for key in keys:
-                values = np.array([row[key] for row in self.rows], dtype=np.float64)
-                finite = values[np.isfinite(values)]
-                summary[key] = float(finite.mean()) if finite.size else float("nan")
-        else:
-            summary = {key: float(np.mean([row[key] for row in self.rows])) if self.rows else float("nan")
-                       for key in keys}
+        summary = DATASET_MEANS[self.task](self, TASK_METRICS[self.task])
         summary["images"] = self.counted
         summary["skipped"] = self.skipped
         return summary
+
+
+def mean_of_counted(aggregate: DatasetAggregate, keys) -> dict[str, float]:
+    """The mean of each metric over the images that count."""
+    return {key: float(np.mean([row[key] for row in aggregate.rows])) if aggregate.rows else float("nan")
+            for key in keys}
+
+
+def normal_means(aggregate: DatasetAggregate, keys) -> dict[str, float]:
+    """Per-image statistics averaged, or under a pooled protocol the statistics of all the dataset's pixels."""
+    if aggregate.protocol.normal_aggregation == "pooled":
+        return (aggregate.pooled or metrics.PooledAngularStatistics()).result()
+    return mean_of_counted(aggregate, keys)
+
+
+def finite_means(aggregate: DatasetAggregate, keys) -> dict[str, float]:
+    """The mean of each metric over the images where that metric is finite (nanmean, as the official matting
+    script does)."""
+    summary = {}
+    for key in keys:
+        values = np.array([row[key] for row in aggregate.rows], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        summary[key] = float(finite.mean()) if finite.size else float("nan")
+    return summary
+
+
+# How each task's per-image numbers become the dataset's numbers.
+DATASET_MEANS = {"depth": mean_of_counted, "normal": normal_means, "matting": finite_means}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One image's row
+# ---------------------------------------------------------------------------------------------------------------
+
+def depth_row(prediction: np.ndarray, target, aggregate: DatasetAggregate, alignment: str | None) -> dict:
+    result = evaluate_depth(prediction, target, alignment)
+    counted = aggregate.add_depth(result)
+    return dict(result or {}, status="ok" if counted else
+                ("too few valid pixels" if result is None else "excluded (SILog 0 or not finite)"))
+
+
+def normal_row(prediction: np.ndarray, target, aggregate: DatasetAggregate, alignment: str | None) -> dict:
+    errors = normal_errors(prediction, target, aggregate.protocol)
+    row = normal_image_statistics(errors, aggregate.protocol)
+    row["status"] = "ok" if aggregate.add_normal(errors, row) else "no valid pixels"
+    return row
+
+
+def matting_row(prediction: np.ndarray, target, aggregate: DatasetAggregate, alignment: str | None) -> dict:
+    row = evaluate_matting(prediction, target, aggregate.protocol)
+    row["status"] = "ok" if aggregate.add_matting(row) else "not finite"
+    return row
+
+
+# Each task's evaluation of one image: its CSV row (the task's metrics, then EXTRA_COLUMNS, then a status), tallied
+# into the dataset aggregate.
+IMAGE_ROWS = {"depth": depth_row, "normal": normal_row, "matting": matting_row}
+EXTRA_COLUMNS = {"depth": ("valid_pixels", "scale", "shift"), "normal": ("valid_pixels",),
+                 "matting": ("region_pixels",)}

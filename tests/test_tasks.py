@@ -1,4 +1,4 @@
-"""The task table (e2p_core.tasks): one owner of the per-task facts, and every per-task dispatch covers its tasks."""
+"""The task table (e2p_core.tasks): one owner of the per-task facts (the tables above the core: test_task_tables)."""
 
 import pytest
 import torch
@@ -24,6 +24,7 @@ def test_facts_follow_the_official_setup():
     assert [name for name in TASK_NAMES if TASKS[name].needs_hint] == ["matting"]
     assert [name for name in TASK_NAMES if TASKS[name].uses_trimap] == ["matting"]
     assert [name for name in TASK_NAMES if TASKS[name].affine_invariant] == ["depth"]
+    assert [spec.ground_truth for spec in (depth, normal, matting)] == ["depth", "normal", "alpha"]
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -65,15 +66,3 @@ def test_uncertainty_mask_scales_only_the_normal_angles():
     assert torch.equal(task_spec("depth").uncertainty_mask(spread), spread)
     assert torch.equal(task_spec("matting").uncertainty_mask(spread), spread)
     assert torch.allclose(task_spec("normal").uncertainty_mask(spread), spread / 180.0)
-
-
-def test_per_task_protocol_tables_cover_every_task():
-    """What stays keyed by task name (evaluation protocols, the objective's loss choices, report layout) must name
-    exactly the tasks of the table."""
-    from e2p_eval import evaluate, protocol, report
-    from train import objective
-
-    for table in (protocol.TASK_METRICS, evaluate.IMAGE_ROWS, evaluate.EXTRA_COLUMNS, report.HEADLINE, report.UNITS):
-        assert set(table) == set(TASK_NAMES)
-    assert set(objective.CONSISTENCY_LOSSES) == {(name, variant) for name in TASK_NAMES
-                                                 for variant in objective.CONSISTENCY_VARIANTS}

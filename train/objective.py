@@ -302,18 +302,23 @@ def matting_sad_mse_grad(decoded: torch.Tensor, target: torch.Tensor, trimap: to
     return sad + mse + grad
 
 
-# (task, consistency variant) -> loss(decoded, target, scored, weights) -> the scalar the trainer minimises, where
+# task -> consistency variant -> loss(decoded, target, scored, weights) -> the scalar the trainer minimises, where
 # ``scored`` is the trimap for tasks that have one and the valid mask otherwise. The paper's and the released losses
 # are the objective's own per-task choices.
 CONSISTENCY_LOSSES = {
-    ("depth", "paper"): lambda decoded, target, scored, weights: depth_ssi_l1(decoded, target, scored).mean(),
-    ("depth", "released"): lambda decoded, target, scored, weights: depth_silog_sobel(decoded, target, scored),
-    ("normal", "paper"): lambda decoded, target, scored, weights: normal_angular(decoded, target, scored).mean(),
-    ("normal", "released"): lambda decoded, target, scored, weights: normal_degrees_weighted(decoded, target, scored,
-                                                                                             weights).mean(),
-    ("matting", "paper"): lambda decoded, target, scored, weights: matting_l1(decoded, target, scored).mean(),
-    ("matting", "released"): lambda decoded, target, scored, weights: matting_sad_mse_grad(decoded, target,
-                                                                                           scored).mean(),
+    "depth": {
+        "paper": lambda decoded, target, scored, weights: depth_ssi_l1(decoded, target, scored).mean(),
+        "released": lambda decoded, target, scored, weights: depth_silog_sobel(decoded, target, scored),
+    },
+    "normal": {
+        "paper": lambda decoded, target, scored, weights: normal_angular(decoded, target, scored).mean(),
+        "released": lambda decoded, target, scored, weights: normal_degrees_weighted(decoded, target, scored,
+                                                                                     weights).mean(),
+    },
+    "matting": {
+        "paper": lambda decoded, target, scored, weights: matting_l1(decoded, target, scored).mean(),
+        "released": lambda decoded, target, scored, weights: matting_sad_mse_grad(decoded, target, scored).mean(),
+    },
 }
 
 
@@ -322,7 +327,7 @@ def consistency_loss(config: ObjectiveConfig, decoded: torch.Tensor, batch: dict
     """The pixel-space loss of the decoded one-step estimate, reduced to the batch mean (a scalar)."""
     spec = task_spec(config.task)
     scored = batch["trimap"] if spec.uses_trimap else batch["valid"]
-    return CONSISTENCY_LOSSES[spec.name, config.consistency](decoded, batch["target"], scored, weights)
+    return CONSISTENCY_LOSSES[spec.name][config.consistency](decoded, batch["target"], scored, weights)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
-from e2p_core.tasks import TASK_NAMES
 
 BYPASSED = 4  # litegraph node mode "bypass": the node is skipped and left out of the prompt
 
@@ -268,14 +267,14 @@ def quickstart() -> Graph:
     g = Graph("e2p_quickstart", "Edit2Perceive quickstart: one image to depth, normals and an alpha matte")
     image = g.add("LoadImage", 0, image=INPUT_FILES["image"])
     vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    task_nodes = {"depth": "E2PDepth", "normal": "E2PNormal", "matting": "E2PMatting"}   # the tasks it shows
     loaders = {task: g.add("LoadE2PModel", 1, f"Load E2P Model ({task})", checkpoint=f"{task}.safetensors",
-                           task=task) for task in TASK_NAMES}
+                           task=task) for task in task_nodes}
     clip = _text_encoder(g, 0, *loaders.values())
-    depth = g.add("E2PDepth", 2)
-    normal = g.add("E2PNormal", 2)
-    matting = g.add("E2PMatting", 2)
-    for task, node in (("depth", depth), ("normal", normal), ("matting", matting)):
+    nodes = {task: g.add(node_type, 2) for task, node_type in task_nodes.items()}
+    for task, node in nodes.items():
         _e2p_inputs(g, loaders[task], vae, image, node)
+    depth, normal, matting = nodes["depth"], nodes["normal"], nodes["matting"]
     colorized = g.add("E2PColorizeDepth", 3)
     g.link(depth, "sqrt_depth", colorized, "depth")
     save_color = g.add("SaveImage", 4, "Save depth (colour)", filename_prefix="edit2perceive/depth_color")

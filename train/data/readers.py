@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from e2p_core import representations as rep
-from e2p_core.tasks import TASK_NAMES
+from e2p_core.tasks import TASK_NAMES, TASKS, task_spec
 
 from . import io
 from .errors import DataSpecError, SampleError
@@ -245,11 +245,14 @@ class SintelNormal(MarigoldNormalList):
     list_hint = "data_split/sintel_normals/sintel_filtered.txt of the official repository"
 
 
+HYPERSIM_READERS = {"depth": HypersimDepth, "normal": HypersimNormal}
+
+
 def hypersim(root, framing, task="depth", **options):
     """Hypersim gives depth or normals from the same processed tree, depending on the task."""
-    if task == "normal":
-        return HypersimNormal(root, framing, task, **options)
-    return HypersimDepth(root, framing, task, **options)
+    if task not in HYPERSIM_READERS:
+        raise DataSpecError(f"Hypersim provides {' / '.join(HYPERSIM_READERS)} samples, not '{task}'")
+    return HYPERSIM_READERS[task](root, framing, task, **options)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,8 +281,8 @@ class MattingList(SampleSource):
 # Generic manifest format
 # ---------------------------------------------------------------------------------------------------------------
 
-TARGET_COLUMN = {"depth": "depth", "normal": "normal", "matting": "alpha"}
-MANIFEST_COLUMNS = {"name", "image", "depth", "normal", "alpha", "mask", "depth_scale"}
+# Each task's ground truth is the column its TaskSpec names (depth, normal, alpha).
+MANIFEST_COLUMNS = {"name", "image", "mask", "depth_scale"} | {spec.ground_truth for spec in TASKS.values()}
 FLOAT_SUFFIXES = {".npy", ".exr"}
 
 
@@ -311,7 +314,7 @@ class GenericDataset(SampleSource):
                                 f"{', '.join(sorted(rep.NORMAL_CONVENTIONS))}")
         if not self.depth_max > self.depth_min >= 0.0:
             raise DataSpecError(f"need 0 <= depth_min < depth_max, got {self.depth_min} and {self.depth_max}")
-        column = TARGET_COLUMN[task]
+        column = task_spec(task).ground_truth
         for number, row in enumerate(rows, start=1):
             if not row.get("image") or not row.get(column):
                 continue
@@ -326,19 +329,24 @@ class GenericDataset(SampleSource):
     def decode(self, record: Record, rng: np.random.Generator) -> dict:
         rgb = io.read_rgb(record.files["image"])
         mask = read_mask(record.files["mask"]) if "mask" in record.files else None
-        if self.task == "depth":
-            depth = self.read_depth(record)
-            valid = (depth > self.depth_min) & (depth < self.depth_max)
-            if mask is not None:
-                if mask.shape != depth.shape:
-                    raise SampleError(record.name, f"mask is {mask.shape[1]}x{mask.shape[0]} but depth is "
-                                                   f"{depth.shape[1]}x{depth.shape[0]}")
-                valid &= mask
-            return depth_sample(record.name, rgb, depth, valid, self.framing, rng)
-        if self.task == "normal":
-            stored = read_normals(record.files["normal"])
-            native = rep.convert_normals(torch.from_numpy(stored), self.normal_convention).numpy()
-            return normal_sample(record.name, rgb, native, self.framing, rng, valid=mask)
+        return GENERIC_SAMPLES[self.task](self, record, rgb, mask, rng)
+
+    def depth_from_row(self, record: Record, rgb: np.ndarray, mask: np.ndarray | None, rng) -> dict:
+        depth = self.read_depth(record)
+        valid = (depth > self.depth_min) & (depth < self.depth_max)
+        if mask is not None:
+            if mask.shape != depth.shape:
+                raise SampleError(record.name, f"mask is {mask.shape[1]}x{mask.shape[0]} but depth is "
+                                               f"{depth.shape[1]}x{depth.shape[0]}")
+            valid &= mask
+        return depth_sample(record.name, rgb, depth, valid, self.framing, rng)
+
+    def normal_from_row(self, record: Record, rgb: np.ndarray, mask: np.ndarray | None, rng) -> dict:
+        stored = read_normals(record.files["normal"])
+        native = rep.convert_normals(torch.from_numpy(stored), self.normal_convention).numpy()
+        return normal_sample(record.name, rgb, native, self.framing, rng, valid=mask)
+
+    def matting_from_row(self, record: Record, rgb: np.ndarray, mask: np.ndarray | None, rng) -> dict:
         return matting_sample(record.name, rgb, io.read_alpha(record.files["alpha"]), self.framing, rng)
 
     def read_depth(self, record: Record) -> np.ndarray:
@@ -352,6 +360,11 @@ class GenericDataset(SampleSource):
             raise SampleError(record.name, f"{path.name} is an integer PNG: set depth_scale (metres per stored "
                                            "unit, e.g. 0.001 for millimetres) in the manifest or dataset config")
         return io.read_integer_png(path).astype(np.float32) * float(scale)
+
+
+# task -> how a manifest row becomes that task's training sample (the row's ground truth read, the mask applied).
+GENERIC_SAMPLES = {"depth": GenericDataset.depth_from_row, "normal": GenericDataset.normal_from_row,
+                   "matting": GenericDataset.matting_from_row}
 
 
 def _first(*values):
@@ -419,7 +432,7 @@ def read_manifest(path: Path) -> tuple[dict, list[dict]]:
 # Format name -> (constructor, tasks it can provide). Matting sets share one list reader.
 FORMATS = {
     "generic": (GenericDataset, TASK_NAMES),
-    "hypersim": (hypersim, ("depth", "normal")),
+    "hypersim": (hypersim, tuple(HYPERSIM_READERS)),
     "vkitti2": (VirtualKitti2Depth, ("depth",)),
     "interiorverse": (InteriorVerseNormal, ("normal",)),
     "sintel": (SintelNormal, ("normal",)),
