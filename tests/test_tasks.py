@@ -1,10 +1,11 @@
-"""The task table (e2p_core.tasks): one owner of the per-task facts, and every per-task dispatch covers its tasks."""
+"""The task table (e2p_core.tasks): one owner of the per-task facts, every per-task dispatch covers its tasks, and
+the task a file's name states."""
 
 import pytest
 import torch
 
 from e2p_core import float_images, representations
-from e2p_core.tasks import TASKS, TASK_NAMES, task_spec
+from e2p_core.tasks import TASKS, TASK_NAMES, task_from_file_name, task_spec
 
 
 def test_names_and_the_accessor():
@@ -77,3 +78,12 @@ def test_per_task_protocol_tables_cover_every_task():
         assert set(table) == set(TASK_NAMES)
     assert set(objective.CONSISTENCY_LOSSES) == {(name, variant) for name in TASK_NAMES
                                                  for variant in objective.CONSISTENCY_VARIANTS}
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("depth.safetensors", "depth"), ("Edit2Perceive/NORMAL_lora.safetensors", "normal"),
+    ("e2p-matting-v2.sft", "matting"), ("flux1-kontext-dev.safetensors", None),
+    ("depth_to_normal.safetensors", None), ("", None),
+])
+def test_task_from_file_name(name, expected):
+    assert task_from_file_name(name) == expected
