@@ -10,17 +10,10 @@ import time
 
 import psutil
 import pytest
-import requests
 
 from test_server import install, task_prompt, tiny_files  # noqa: F401  (fixture re-use)
 
 pytestmark = pytest.mark.server
-
-
-def session():
-    http = requests.Session()
-    http.trust_env = False
-    return http
 
 
 def batch_prompt(task, frames, seed=42, resolution=64):
@@ -30,16 +23,6 @@ def batch_prompt(task, frames, seed=42, resolution=64):
     return prompt
 
 
-def wait_until_running(server, prompt_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = session().get(f"{server.url}/queue", timeout=10).json()["queue_running"]
-        if any(item[1] == prompt_id for item in running):
-            return
-        time.sleep(0.1)
-    raise AssertionError("the prompt never started")
-
-
 def test_interrupt_stops_a_batch_between_items(comfy_server, tiny_files):
     server = comfy_server(prepare=install(*tiny_files))
     started = time.monotonic()
@@ -47,7 +30,7 @@ def test_interrupt_stops_a_batch_between_items(comfy_server, tiny_files):
     two_frames = time.monotonic() - started
     status, reply = server.post_prompt(batch_prompt("depth", 40, seed=2))
     assert status == 200
-    wait_until_running(server, reply["prompt_id"])
+    server.wait_until_running(reply["prompt_id"])
     time.sleep(min(2.0, two_frames))
     server.interrupt()
     entry = server.wait_for(reply["prompt_id"], timeout=300)
