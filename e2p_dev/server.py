@@ -418,6 +418,22 @@ class ComfyServer:
             raise ServerError(f"a prompt did not finish within {timeout:.0f}s.\n{self.log_tail()}") from None
         return self._succeeded(self.wait_for(prompt_id, timeout)), texts
 
+    def wait_until_running(self, prompt_id: str, timeout: float = 60.0) -> None:
+        """Polls /queue until the prompt is the one running (to interrupt it part-way, say)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(item[1] == prompt_id for item in self._get_ok("/queue").json()["queue_running"]):
+                return
+            time.sleep(POLL_INTERVAL_S / 2)
+        raise ServerError(f"prompt {prompt_id} did not start within {timeout:.0f}s.\n{self.log_tail()}")
+
+    def free_cache(self) -> None:
+        """POST /free: ComfyUI unloads its models and drops its cached node outputs, so the next prompt runs every
+        node again."""
+        status, content = self._post("/free", {"free_memory": True})
+        if status != 200:
+            raise ServerError(f"/free answered HTTP {status}: {content[:500].decode(errors='replace')}")
+
     def interrupt(self, prompt_id: str | None = None) -> None:
         status, content = self._post("/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
         if status != 200:

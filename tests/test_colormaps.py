@@ -1,5 +1,5 @@
 """E2PColorizeDepth's colour maps: the perceptual ones equal matplotlib's within 1/255 at every value (matplotlib is
-a development requirement only), spectral and gray keep their earlier behaviour."""
+a development requirement only), spectral runs linearly through its stops and gray repeats the clamped value."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ varying saturated colours, and over hard-edged stripes), at 64 x 64, 200 x 150 a
 What is asserted, over the soft pixels (0 < alpha < 1), as mean absolute error per colour channel:
 
 * the colour a compositor gets: the premultiplied estimate alpha * F_hat against alpha * F must be at least 3x closer
-  than the image's own colour, alpha * I (what the earlier ``rgba`` composites to over a new background, and
-  exactly the earlier ``foreground`` output, image x alpha). This is the comparison the acceptance criterion means.
+  than the image's own colour, alpha * I (what an RGBA of the image's colours composites to over a new background,
+  and exactly image x alpha, the foreground without estimation).
   The straight colours (F_hat against F, the image I against F) are held to the same 3x.
 * re-compositing the estimate over its estimated background, alpha * F_hat + (1 - alpha) * B_hat, reproduces the
   image within 1/255 on average over the soft pixels.

@@ -1,6 +1,6 @@
 """Batched passes and ensembles through the pipeline and the nodes (in-process ComfyUI, tiny random models).
 
-Several frames in one pass must predict what the one-at-a-time loop does; ensemble_size 1 must be today's single
+Several frames in one pass must predict what the one-at-a-time loop does; ensemble_size 1 must be the plain single
 step exactly; ensembles compose with batching.
 """
 

@@ -1,5 +1,6 @@
 """Loading streams a checkpoint into the model (one memory mapping of the file at a time, none left behind), and
-loaders of one base file share its FLUX weights while any of them is held, without keeping them alive.
+loaders of one base file share its FLUX weights while any of them is held, without keeping them alive, and
+ComfyUI's partial loading (--novram) predicts what a full load does.
 
 How much memory that saves is measured by bench/load_memory.py; these tests pin the mechanism."""
 
@@ -100,3 +101,31 @@ def test_shared_base_is_freed_when_no_loader_holds_it(base_and_loras):
     assert model() is None, "the FLUX weights outlived every loader that held them"
     again = loader.load_e2p_checkpoint(base, "fp32", loras[2])
     assert again.patcher.model is not None and "FLUX weights shared" not in " ".join(again.description)
+
+
+def test_novram_partial_loading_matches_full_load(tmp_path, monkeypatch):
+    """ComfyUI's --novram path (every weight offloaded, cast per forward, LoRA applied by LowVramPatch) gives the
+    same prediction. On a CPU-only machine ComfyUI refuses --novram together with --cpu, so the test switches its
+    memory state in-process: the load device is treated as a GPU with NO_VRAM."""
+    import comfy.model_management as mm
+
+    bfl = tm.bfl_state_dict(seed=73)
+    pairs = tm.lora_pairs(bfl, seed=74)
+    base = tm.write(str(tmp_path / "kontext.safetensors"), bfl)
+    lora = tm.write(str(tmp_path / "lora.safetensors"), tm.kohya_lora(pairs))
+    ref = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(9))
+    cond, pooled = tm.conditioning()
+
+    def run():
+        e2p = loader.load_e2p_checkpoint(base, "fp32", lora)
+        with torch.inference_mode():
+            return sampling.predict_latent(e2p.patcher, [ref], cond, pooled), e2p.patcher
+
+    full, _ = run()
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    offloaded, patcher = run()
+    assert patcher.model.model_lowvram, "the model was not partially loaded"
+    assert tm.scaled_error(offloaded, full) <= tm.RELATIVE_TOLERANCE
+    mm.unload_all_models()

@@ -89,15 +89,6 @@ def saved_image(server, entry, node="5"):
     return np.asarray(Image.open(io.BytesIO(server.fetch_output(info))).convert("RGB"))
 
 
-def free_cache(server):
-    """POST /free: the next prompt re-executes every node instead of reusing cached outputs."""
-    import requests
-
-    session = requests.Session()
-    session.trust_env = False
-    session.post(f"{server.url}/free", json={"free_memory": True}, timeout=30).raise_for_status()
-
-
 def in_process(files, image_path, task, points=""):
     """The same prediction through e2p_core directly, quantised the way SaveImage does."""
     from e2p_core import hints, representations
@@ -122,7 +113,7 @@ def in_process(files, image_path, task, points=""):
 def test_three_tasks_through_the_api_match_the_core(server, tiny_files):
     files, image_path = tiny_files
     server.assert_pack_imported()
-    free_cache(server)
+    server.free_cache()
     for node in ("LoadE2PModel", "E2PDepth", "E2PNormal", "E2PMatting", "SqrtDecode"):
         assert node in server.object_info(node)
     for task, points in (("depth", ""), ("normal", ""), ("matting", "[[20, 15]]")):
@@ -131,7 +122,7 @@ def test_three_tasks_through_the_api_match_the_core(server, tiny_files):
         assert output.shape == (40, 56, 3)
         expected = in_process(files, image_path, task, points)
         assert np.abs(output.astype(int) - expected.astype(int)).max() <= 1, task
-        free_cache(server)
+        server.free_cache()
         again = saved_image(server, server.run_prompt(task_prompt(task, points=points), timeout=300))
         assert np.array_equal(output, again), f"{task} is not deterministic across runs"
 

@@ -1,10 +1,11 @@
-"""The task table (e2p_core.tasks): one owner of the per-task facts (the tables above the core: test_task_tables)."""
+"""The task table (e2p_core.tasks): one owner of the per-task facts (the tables above the core: test_task_tables),
+and the task a file's name states."""
 
 import pytest
 import torch
 
 from e2p_core import float_images, representations
-from e2p_core.tasks import TASKS, TASK_NAMES, task_spec
+from e2p_core.tasks import TASKS, TASK_NAMES, task_from_file_name, task_spec
 
 
 def test_names_and_the_accessor():
@@ -66,3 +67,12 @@ def test_uncertainty_mask_scales_only_the_normal_angles():
     assert torch.equal(task_spec("depth").uncertainty_mask(spread), spread)
     assert torch.equal(task_spec("matting").uncertainty_mask(spread), spread)
     assert torch.allclose(task_spec("normal").uncertainty_mask(spread), spread / 180.0)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("depth.safetensors", "depth"), ("Edit2Perceive/NORMAL_lora.safetensors", "normal"),
+    ("e2p-matting-v2.sft", "matting"), ("flux1-kontext-dev.safetensors", None),
+    ("depth_to_normal.safetensors", None), ("", None),
+])
+def test_task_from_file_name(name, expected):
+    assert task_from_file_name(name) == expected

@@ -199,7 +199,8 @@ def test_checkpoints_and_loras_that_begin_like_a_pickle_or_zip_load(loader, tmp_
 
 
 def test_a_checkpoint_missing_a_tensor_names_it(loader, tmp_path, bfl):
-    """The case first refused as a 'pickle/zip file': a checkpoint that lacks one tensor and begins with 0x80."""
+    """A checkpoint that lacks one tensor and begins with 0x80 (a pickle's first byte) is called incomplete, not a
+    pickle."""
     incomplete = {k: v for k, v in bfl.items() if k != "double_blocks.0.img_attn.proj.bias"}
     path = write_with_header_start(str(tmp_path / "incomplete.safetensors"), incomplete, b"\x80")
     with pytest.raises(loader.E2PLoadError, match=r"^incomplete.safetensors lacks 1 tensor that a FLUX.1 Kontext "

@@ -1,4 +1,4 @@
-"""Criterion 3: the CLI evaluates a tiny random checkpoint through the real E2PPredictor (ComfyUI in-process)."""
+"""The CLI evaluates a tiny random checkpoint through the real E2PPredictor (ComfyUI in-process)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 16, item 4: the labelling CLI (``python -m e2p_eval.label``) on a tiny random checkpoint in the real file
+"""The labelling CLI (``python -m e2p_eval.label``) on a tiny random checkpoint in the real file
 formats, on the CPU.
 
 Every run that is compared byte for byte uses one thread per process (OMP_NUM_THREADS=1 in subprocesses,

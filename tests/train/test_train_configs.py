@@ -1,4 +1,4 @@
-"""Issue 12, item 3: one shipped config per released checkpoint, each what its official script really ran, the
+"""One shipped config per released checkpoint, each what its official script really ran, the
 paper's curriculum as its own config, and the side-by-side table in docs/training.md.
 
 The expected values are the official scripts' arguments (scripts/Kontext_*.sh of showlab/Edit2Perceive) with the

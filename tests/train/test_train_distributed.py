@@ -1,4 +1,4 @@
-"""Issue 5, criterion 4: ``accelerate launch --num_processes 2`` (CPU, gloo) trains like one process with the
+"""``accelerate launch --num_processes 2`` (CPU, gloo) trains like one process with the
 doubled batch: the same samples, timesteps and noise per global batch, gradients averaged by DDP.
 
 The noise is ``random`` (drawn per sample): the official ``fixed_seed`` noise is drawn per process's micro-batch

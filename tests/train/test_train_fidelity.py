@@ -1,4 +1,4 @@
-"""Issue 12, items 4-6: the trainer's matting flow-loss mask, seeded noise and training hints are the official ones.
+"""The trainer's matting flow-loss mask, seeded noise and training hints are the official ones.
 
 Each expected value is computed here from the official rule as the release's code applies it (scripts/train.py,
 pipelines/flux_image_new.py, utils/multi_res_noise.py, models/unified_dataset.py), not through the trainer.

@@ -1,4 +1,4 @@
-"""Issue 12, item 2: the trainer's LoRA has the official layout (one adapter per fused FLUX layer, 13 per block,
+"""The trainer's LoRA has the official layout (one adapter per fused FLUX layer, 13 per block,
 rank 64 / alpha 64 by default) and exports kohya ``lora_unet_*`` files that the pack's loader and ComfyUI's stock
 LoRA loader (``LoraLoaderModelOnly``'s ``comfy.sd.load_lora_for_models``) both apply as W + alpha/rank * up @ down.
 """

@@ -1,4 +1,4 @@
-"""Issue 5, criterion 2: a short run lowers the loss for every task, full fine-tune and LoRA.
+"""A short run lowers the loss for every task, full fine-tune and LoRA.
 
 The default objective (paper curriculum: flow matching + lambda-weighted consistency) runs on tiny models and
 in-test scenes. Its total is normalised to the flow loss and scaled by a rising lambda, so the flow term is the

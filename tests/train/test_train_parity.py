@@ -1,4 +1,4 @@
-"""Issue 5, criterion 6: what the trainer exports loads in the nodes' core and predicts what the trainer predicts.
+"""What the trainer exports loads in the nodes' core and predicts what the trainer predicts.
 
 A short run trains the tiny model (full, and LoRA) so the weights differ from the base; the exported file goes
 through the same loader the LoadE2PModel node uses (``e2p_core.comfyui.api.E2PPredictor``, ComfyUI's FLUX class, its

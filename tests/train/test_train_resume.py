@@ -1,4 +1,4 @@
-"""Issue 5, criterion 5: kill a training process, resume it, and the run continues as if never interrupted.
+"""Kill a training process, resume it, and the run continues as if never interrupted.
 
 The killed run (SIGKILL, so nothing is flushed or cleaned up) resumes from its newest complete checkpoint: the
 step count continues from there, and the loss at every step equals an uninterrupted run's (same data order,

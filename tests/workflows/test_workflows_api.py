@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 import workflow_env
@@ -21,12 +20,6 @@ pytestmark = pytest.mark.server
 
 
 converter = environment.load_converter()
-
-
-def free_cache(server) -> None:
-    session = requests.Session()
-    session.trust_env = False
-    session.post(f"{server.url}/free", json={"free_memory": True}, timeout=30).raise_for_status()
 
 
 def output_files(entry: dict) -> list[dict]:
@@ -68,7 +61,7 @@ def test_template_endpoint_lists_every_workflow(workflow_server):
 
 def test_every_workflow_runs_through_prompt(workflow_server, tmp_path):
     object_info = workflow_server.object_info()
-    free_cache(workflow_server)
+    workflow_server.free_cache()
     saved = []
     for name, path in workflow_env.workflows_to_run():
         prompt = shrink(converter.convert(load_workflow(path), object_info))

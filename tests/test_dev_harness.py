@@ -1,4 +1,5 @@
-"""Proves the development harness itself (e2p_dev.comfy_runtime, e2p_dev.server): ComfyUI boots in-process and as a server, and pack failures are caught."""
+"""The development harness itself (e2p_dev.comfy_runtime, e2p_dev.server): ComfyUI boots in-process and as a
+server, and pack failures are caught."""
 
 from __future__ import annotations
 

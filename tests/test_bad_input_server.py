@@ -1,21 +1,19 @@
-"""Unattended queues: interrupts, low-memory modes and model swapping in a real ComfyUI server."""
+"""Bad input and unattended queues in a real ComfyUI server: bad files, tasks, hints, VAEs and save prefixes are node
+errors that say what to do while the queue goes on, an interrupt stops a batch between items, low-memory modes
+complete, and swapping models run after run does not leak memory.
+
+The same refusals in-process are in test_bad_input_nodes.py; /prompt validation of missing files and unknown choices
+is with the main server tests in test_server.py, which share one server."""
 
 import os
 import time
 
 import psutil
 import pytest
-import requests
 
 from test_server import install, task_prompt, tiny_files  # noqa: F401  (fixture re-use)
 
 pytestmark = pytest.mark.server
-
-
-def session():
-    http = requests.Session()
-    http.trust_env = False
-    return http
 
 
 def batch_prompt(task, frames, seed=42, resolution=64):
@@ -25,16 +23,6 @@ def batch_prompt(task, frames, seed=42, resolution=64):
     return prompt
 
 
-def wait_until_running(server, prompt_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = session().get(f"{server.url}/queue", timeout=10).json()["queue_running"]
-        if any(item[1] == prompt_id for item in running):
-            return
-        time.sleep(0.1)
-    raise AssertionError("the prompt never started")
-
-
 def test_interrupt_stops_a_batch_between_items(comfy_server, tiny_files):
     server = comfy_server(prepare=install(*tiny_files))
     started = time.monotonic()
@@ -42,7 +30,7 @@ def test_interrupt_stops_a_batch_between_items(comfy_server, tiny_files):
     two_frames = time.monotonic() - started
     status, reply = server.post_prompt(batch_prompt("depth", 40, seed=2))
     assert status == 200
-    wait_until_running(server, reply["prompt_id"])
+    server.wait_until_running(reply["prompt_id"])
     time.sleep(min(2.0, two_frames))
     server.interrupt()
     entry = server.wait_for(reply["prompt_id"], timeout=300)
@@ -140,8 +128,8 @@ def test_bad_files_and_hints_are_node_errors_and_the_queue_goes_on(comfy_server,
     assert server.run_prompt(task_prompt("depth"), timeout=300)["status"]["status_str"] == "success"
 
 
-def issue15_files(tiny_files, work_dir):
-    """The tiny set plus what issue 15 found: released-style names without metadata, NaN weights, an SD VAE."""
+def misnamed_and_broken_files(tiny_files, work_dir):
+    """The tiny set plus released-style names without metadata, NaN weights and an SD VAE."""
     import torch
 
     from e2p_dev import tiny_models as tm
@@ -166,10 +154,10 @@ def float_save(prompt, prefix):
     return prompt
 
 
-def test_issue15_cases_are_node_errors_that_say_what_to_do(comfy_server, tiny_files, tmp_path):
+def test_refusals_are_node_errors_that_say_what_to_do(comfy_server, tiny_files, tmp_path):
     """Wrong task, NaN weights, tiny working sizes, hostile hints, an SD VAE and unusable save prefixes: each is a
     node error naming the cause and the fix, nothing is written for a refused save, and the queue goes on."""
-    server = comfy_server(prepare=install(*issue15_files(tiny_files, tmp_path)))
+    server = comfy_server(prepare=install(*misnamed_and_broken_files(tiny_files, tmp_path)))
     auto_unnamed = task_prompt("depth")
     auto_unnamed["1"]["inputs"]["task"] = "auto"
     tiny_resolution = task_prompt("depth")
@@ -189,18 +177,18 @@ def test_issue15_cases_are_node_errors_that_say_what_to_do(comfy_server, tiny_fi
         (nan_box, "E2PMatting", "box values must be finite numbers"),
         (deep_points, "E2PMatting", "nested too deeply"),
         (sd_vae, "E2PDepth", "this VAE makes 4-channel latents"),
-        (float_save(task_prompt("depth"), "issue15/nul\u0000byte"), "E2PSaveFloatImage", "control characters"),
-        (float_save(task_prompt("depth"), "issue15/" + "y" * 300), "E2PSaveFloatImage", "name part of 300 bytes"),
+        (float_save(task_prompt("depth"), "refused/nul\u0000byte"), "E2PSaveFloatImage", "control characters"),
+        (float_save(task_prompt("depth"), "refused/" + "y" * 300), "E2PSaveFloatImage", "name part of 300 bytes"),
     ]
     assert_node_errors(server, cases)
-    output = server.base_dir / "output" / "issue15"
+    output = server.base_dir / "output" / "refused"
     assert not output.exists() or not os.listdir(output), "a refused save left files behind"
 
     normal_auto = task_prompt("normal", checkpoint="normal.safetensors")
     normal_auto["1"]["inputs"]["task"] = "auto"
-    corner_pixel = task_prompt("matting", points="[[1, 1]]")          # was read as fractions: "x=56 lies outside"
+    corner_pixel = task_prompt("matting", points="[[1, 1]]")          # pixels, not fractions of the 56 x 40 image
     corner_fraction = task_prompt("matting", points="[[1, 1]]")
     corner_fraction["4"]["inputs"]["coordinates"] = "fractions"
-    for prompt in (normal_auto, corner_pixel, corner_fraction, float_save(task_prompt("depth"), "issue15/depth")):
+    for prompt in (normal_auto, corner_pixel, corner_fraction, float_save(task_prompt("depth"), "refused/depth")):
         assert server.run_prompt(prompt, timeout=300)["status"]["status_str"] == "success"
     assert sorted(os.listdir(output)) == ["depth_00001_.png"]

@@ -1,7 +1,9 @@
-"""Nothing silent, nothing cryptic, nothing left behind (issue 15, items 3-8), with the nodes as ComfyUI runs them:
-the task comes from the files or is refused, NaN predictions are node errors with the cause, hint units are
-stated, working sizes have a minimum, wrong companions (SD VAE, SD MODEL, foreign conditioning) are named, and a
-refused save leaves no file."""
+"""Bad input to the nodes as ComfyUI runs them (in-process): nothing silent, nothing cryptic, nothing left behind.
+
+The task comes from the files or is refused, and weights for another task or representation are named; NaN
+predictions are node errors with the cause; working sizes have a minimum; hints state their units and bad ones are
+explained; wrong companions (an SD VAE, an SD MODEL, conditioning of another width, none cached) and a missing
+model folder are named; a refused save leaves no file. The same files through a server: test_bad_input_server.py."""
 
 import os
 
@@ -10,7 +12,6 @@ import torch
 
 from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
-from e2p_core import tasks
 from e2p_core.comfyui import conditioning
 from e2p_core.saved_conditioning import save_conditioning
 from e2p_core.metadata_keys import META_PROMPT, META_REPRESENTATION, META_TASK
@@ -26,6 +27,7 @@ def installed(comfy_inprocess):
     tm.write(str(folder / "normal.safetensors"), bfl)
     tm.write(str(folder / "robust_untitled.safetensors"), bfl)
     tm.write(str(folder / "robust_tagged_depth_named_normal.safetensors"), bfl, {META_TASK: "depth"})
+    tm.write(str(folder / "robust_tagged_normal.safetensors"), bfl, {META_TASK: "normal"})
     stated = task_spec("depth").representation
     tm.write(str(folder / "robust_stated_depth.safetensors"), bfl, {META_TASK: "depth", META_REPRESENTATION: stated})
     tm.write(str(folder / "robust_linear_depth.safetensors"), bfl,
@@ -67,16 +69,7 @@ def depth_inputs(e2p, vae, image=None, **overrides):
     return inputs
 
 
-# --- 3: the task ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name,expected", [
-    ("depth.safetensors", "depth"), ("Edit2Perceive/NORMAL_lora.safetensors", "normal"),
-    ("e2p-matting-v2.sft", "matting"), ("flux1-kontext-dev.safetensors", None),
-    ("depth_to_normal.safetensors", None), ("", None),
-])
-def test_task_from_file_name(name, expected):
-    assert tasks.task_from_file_name(name) == expected
+# --- the task ---------------------------------------------------------------------------------------------------
 
 
 def test_task_auto_comes_from_metadata_then_file_name(installed):
@@ -112,6 +105,15 @@ def test_task_that_the_files_contradict_or_do_not_state_is_refused(installed, va
         installed.run_node("E2PDepth", **depth_inputs(normal, vae))
 
 
+def test_task_mismatches_are_refused(installed, vae):
+    with pytest.raises(ValueError, match="trained for 'normal'"):
+        load(installed, "robust_tagged_normal.safetensors", task="depth")
+    e2p = load(installed, "robust_untitled.safetensors", task="depth")[0]
+    with pytest.raises(ValueError, match="loaded for 'depth'"):
+        installed.run_node("E2PNormal", **depth_inputs(e2p, vae), convention="controlnet_bae",
+                           flip_x=False, flip_y=False, flip_z=False)
+
+
 def test_weights_for_another_representation_are_refused(installed):
     """e2p.representation is read back: weights that predict another encoding of the task would run and give
     plausible-looking, wrong values."""
@@ -126,7 +128,7 @@ def test_weights_for_another_representation_are_refused(installed):
         load(installed, "robust_kontext_base.safetensors", task="depth", lora="robust_linear_depth_lora.safetensors")
 
 
-# --- 4: non-finite predictions ----------------------------------------------------------------------------------
+# --- non-finite predictions -------------------------------------------------------------------------------------
 
 
 def test_nan_weights_are_a_node_error_naming_the_weights(installed, vae):
@@ -146,7 +148,7 @@ def test_fp16_overflow_is_a_node_error_suggesting_another_dtype(installed, vae):
         installed.run_node("E2PDepth", **depth_inputs(overflowing, vae))
 
 
-# --- 6: working size --------------------------------------------------------------------------------------------
+# --- working size -----------------------------------------------------------------------------------------------
 
 
 def test_working_sizes_below_the_minimum_are_refused(installed, vae):
@@ -162,7 +164,7 @@ def test_working_sizes_below_the_minimum_are_refused(installed, vae):
     assert result.shape == small.shape
 
 
-# --- 7: wrong companions and hostile values ---------------------------------------------------------------------
+# --- wrong companions, missing files and hostile values ---------------------------------------------------------
 
 
 def test_sd_vae_is_named(installed):
@@ -184,6 +186,27 @@ def test_conditioning_of_another_width_is_named(installed, tmp_path, monkeypatch
     with pytest.raises(ValueError, match=f"depth conditioning \\(cache {os.path.basename(path)}\\) is 768 wide.*takes "
                                          f"text {cond.shape[-1]} wide.*DualCLIPLoader"):
         load(installed, "robust_untitled.safetensors", task="depth")
+
+
+def test_missing_conditioning_names_the_fix(installed, tmp_path, monkeypatch):
+    paths = installed.pack_module.nodes.model_paths
+    monkeypatch.setattr(paths, "conditioning_cache_folder", lambda: str(tmp_path))
+    with pytest.raises(installed.pack_module.e2p_core.comfyui.conditioning.ConditioningUnavailable, match="DualCLIPLoader"):
+        load(installed, "robust_untitled.safetensors", task="depth")
+
+
+def test_missing_model_folder_lists_nothing_and_names_the_folder(installed, tmp_path, monkeypatch):
+    import folder_paths
+
+    paths = installed.pack_module.nodes.model_paths
+    absent = str(tmp_path / "not_created")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, paths.PACK_FOLDER,
+                        ([absent], folder_paths.folder_names_and_paths[paths.PACK_FOLDER][1]))
+    folder_paths.filename_list_cache.pop(paths.PACK_FOLDER, None)
+    assert "normal.safetensors" not in paths.checkpoint_choices()
+    with pytest.raises(FileNotFoundError, match="models/edit2perceive"):
+        paths.checkpoint_path("normal.safetensors")
+    folder_paths.filename_list_cache.pop(paths.PACK_FOLDER, None)
 
 
 def test_sd15_model_with_an_e2p_lora_is_named(installed):
@@ -218,7 +241,24 @@ def test_matting_coordinates_are_passed_through(installed, vae):
         installed.run_node("E2PMatting", **common, points="[" * 50000 + "]" * 50000, coordinates="pixels")
 
 
-# --- 8 and 7: saving --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("inputs,message", [
+    ({"points": "[[20, 24"}, "JSON"), ({"points": "[[900, 24]]"}, "outside"),
+    ({"box": "5, 5, 5, 20"}, "no area"), ({"box": "1, 2"}, "four numbers"),
+    ({"hint_mask": torch.ones(3, 48, 64)}, "3 masks for 2 images"),
+    ({"hint_mask": torch.zeros(1, 48, 64)}, "hint_mask is empty"),
+    ({"hint_mask": torch.ones(1, 48, 48)}, "hint_mask is 48x48 but the image is 64x48, another aspect ratio"),
+    ({"box": "50, 40, 10, 5", "hint_mask": torch.full((1, 48, 64), float("nan"))}, "hint_mask has 3072 NaN"),
+])
+def test_matting_rejects_bad_hints_clearly(installed, vae, inputs, message):
+    e2p = load(installed, "robust_untitled.safetensors", task="matting")[0]
+    images = torch.rand(2, 48, 64, 3, generator=torch.Generator().manual_seed(0))
+    options = dict(points="", box="", coordinates="pixels")
+    options.update(inputs)
+    with pytest.raises(ValueError, match=message):
+        installed.run_node("E2PMatting", **depth_inputs(e2p, vae, images), num_points=10, **options)
+
+
+# --- saving -----------------------------------------------------------------------------------------------------
 
 
 def _saved(folder, prefix):
