@@ -135,7 +135,7 @@ def predictor_from_weights(weights: RandomWeights, weight_dtype: str = "default"
 
     patcher, _ = build_flux_patcher(weights.dit, weight_dtype)
     model = E2PModel(apply_e2p_patches(patcher, TIME_EMBEDDING_OFFICIAL), TASK, TIME_EMBEDDING_OFFICIAL)
-    return E2PPredictor(TASK, model, compat.load_vae(weights.vae), weights.cond, weights.pooled)
+    return E2PPredictor(model.for_task(TASK, weights.cond, weights.pooled), compat.load_vae(weights.vae))
 
 
 def depth_prompt(resolution: int, seed: int) -> dict:

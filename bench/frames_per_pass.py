@@ -40,9 +40,8 @@ def measure(predictor, resolution: int, clip_frames: int, frames_per_pass: list[
 
     def predict(images: torch.Tensor, per_pass: int, index: int) -> torch.Tensor:
         with torch.inference_mode():
-            return pipeline.predict_task(predictor.model.patcher, predictor.vae, predictor.cond, predictor.pooled,
-                                         images, bench_model.TASK, resolution, seed=timing.run_seed(index),
-                                         frames_per_pass=per_pass).prediction
+            options = pipeline.PredictionOptions(resolution, seed=timing.run_seed(index), frames_per_pass=per_pass)
+            return pipeline.predict_task(predictor.model, predictor.vae, images, options).prediction
 
     def candidate(per_pass: int):
         def run(index: int) -> None:

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> str:
     vae_dtype = predictor.vae.vae_dtype
     pipeline = diffusers_pipeline(load_file(str(run.files.checkpoint)), load_file(str(run.files.vae)), run.shape,
                                   run.device, dit_dtype, vae_dtype)
-    prompt_embeds = predictor.cond.to(run.device, dit_dtype)
-    pooled_embeds = predictor.pooled.to(run.device, dit_dtype)
+    prompt_embeds = predictor.model.cond.to(run.device, dit_dtype)
+    pooled_embeds = predictor.model.pooled.to(run.device, dit_dtype)
     rows, raw, plot = [], {}, {}
     for resolution in run.resolutions:
         image = bench_model.test_image(resolution)

@@ -389,6 +389,41 @@ class UserHints(NamedTuple):
         return "\n".join([*(f"Warning: {warning}" for warning in self.warnings), status])
 
 
+@dataclass(frozen=True)
+class MattingConditioning:
+    """What the matting model's second reference is made from, checked in one place.
+
+    The nodes give ``hints`` (one MattingHints per image) that become point maps as in the official app. The
+    evaluation conditions as the official evaluation does instead: ``hint_maps`` [B, H, W] in [0, 1] are point maps
+    already made at the input size (the ground-truth point prompt), or ``hint_reference=False`` gives the model the
+    image alone, with no point-map reference (the official unprompted setting; the nodes always add one, all zero
+    without hints)."""
+
+    hints: list[MattingHints] | None = None
+    num_points: int = HINT_POINT_COUNT
+    hint_maps: torch.Tensor | None = None
+    hint_reference: bool = True
+
+    def check(self, batch: int, height: int, width: int) -> None:
+        """Refuse options that do not fit together or these images, else the model would silently get another
+        conditioning than asked for."""
+        if self.hints is not None and len(self.hints) != batch:
+            raise ValueError(f"{len(self.hints)} hint sets for {batch} images; give one per image or one for all")
+        if self.hint_maps is None:
+            if not self.hint_reference and self.hints is not None:
+                raise ValueError("hints were given with hint_reference=False, which feeds the image alone; drop the "
+                                 "hints or keep the hint reference")
+            return
+        if self.hints is not None or not self.hint_reference:
+            raise ValueError("hint_maps replace the point maps that hints would make and need the hint reference: "
+                             "give hints or hint_maps (not both), with hint_reference=True")
+        if tuple(self.hint_maps.shape) != (batch, height, width):
+            raise ValueError(f"hint_maps has shape {tuple(self.hint_maps.shape)}; give one point map per image at "
+                             f"its size, [B, H, W] = {(batch, height, width)}")
+        if not torch.isfinite(self.hint_maps).all():
+            raise ValueError("hint_maps hold NaN or infinite values; give point maps in [0, 1]")
+
+
 def _mask_at_image_size(mask: torch.Tensor, height: int, width: int, warnings: list[str]) -> torch.Tensor:
     """Masks [N, h, w] -> [N, height, width]: scaled (with a warning) when only the size differs, refused when
     the aspect ratio does, since stretching would move the painted area off the subject. Unpainted masks have no

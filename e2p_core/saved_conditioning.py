@@ -24,20 +24,21 @@ def save_conditioning(path: str, cond: torch.Tensor, pooled: torch.Tensor, metad
                             {k: str(v) for k, v in metadata.items()})
 
 
-def load_conditioning(path: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
-    """Read a conditioning file, refusing anything that is not a complete, finite one."""
+REENCODE = "delete it and connect a CLIP (DualCLIPLoader, type flux) so it is encoded again"
+
+
+def load_conditioning(path: str, fix: str = REENCODE) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
+    """Read a conditioning file, refusing anything that is not a complete, finite one; ``fix`` is what the refusal
+    tells the user to do (the nodes re-encode their cache, a script asks for another file)."""
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
-        raise ConditioningFileError(f"cannot read the cached conditioning {path} ({error}); delete it and connect "
-                                    "a CLIP (DualCLIPLoader, type flux) so it is encoded again")
+        raise ConditioningFileError(f"cannot read the conditioning file {path} ({error}); {fix}")
     if "conditioning" not in tensors or "pooled_output" not in tensors:
-        raise ConditioningFileError(f"{path} has no 'conditioning'/'pooled_output' tensors; delete it and connect a "
-                                    "CLIP so it is encoded again")
+        raise ConditioningFileError(f"{path} has no 'conditioning'/'pooled_output' tensors; {fix}")
     cond, pooled = tensors["conditioning"], tensors["pooled_output"]
     if cond.dim() != 3 or pooled.dim() != 2 or not torch.isfinite(cond).all() or not torch.isfinite(pooled).all():
-        raise ConditioningFileError(f"{path} holds malformed conditioning tensors; delete it and connect a CLIP "
-                                    "so it is encoded again")
+        raise ConditioningFileError(f"{path} holds malformed conditioning tensors; {fix}")
     return cond.float(), pooled.float(), metadata

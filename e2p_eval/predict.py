@@ -249,24 +249,6 @@ def ensure_comfyui(comfyui_root: str | None, cpu: bool) -> None:
     compat.parse_command_line(["--cpu"] if cpu else [])
 
 
-def check_conditioning_task(path: str, task: str) -> None:
-    """The cached conditioning records the task its prompt belongs to; another task's prompt would run silently
-    and give meaningless numbers."""
-    from safetensors import SafetensorError, safe_open
-
-    from e2p_core.metadata_keys import META_TASK
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            recorded = (handle.metadata() or {}).get(META_TASK)
-    except (OSError, SafetensorError) as error:
-        raise ValueError(f"cannot read the conditioning file {path} ({error}); pass a task conditioning "
-                         ".safetensors written by the nodes") from None
-    if recorded is not None and recorded != task:
-        raise ValueError(f"{path} holds the {recorded} prompt's conditioning, not the {task} one; pass the "
-                         f"{task}-*.safetensors file from models/embeddings/edit2perceive/")
-
-
 def load_predictor(settings: PredictionSettings):
     """The real E2PPredictor for these settings (ComfyUI must be importable, see :func:`ensure_comfyui`)."""
     from e2p_core.comfyui.api import E2PPredictor
@@ -276,7 +258,6 @@ def load_predictor(settings: PredictionSettings):
     if missing:
         raise ValueError(f"predicting needs {' and '.join(missing)} (the FLUX ae.safetensors and the cached task "
                          "conditioning .safetensors the nodes write)")
-    check_conditioning_task(settings.conditioning, settings.task)
     return E2PPredictor.from_files(task=settings.task, model=settings.model, conditioning=settings.conditioning,
                                    vae=settings.vae, lora=settings.lora, dtype=settings.dtype,
                                    time_embedding=settings.time_embedding)

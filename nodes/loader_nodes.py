@@ -45,12 +45,9 @@ def _model_outputs() -> list:
     ]
 
 
-def _bind_task(e2p: loader.E2PModel, requested_task: str, file_names: list[str], clip):
-    task, said_by = e2p.resolve_task(requested_task, file_names)
-    cond, pooled, source = conditioning.resolve_conditioning(task, model_paths.conditioning_cache_folder(), clip)
-    bound = e2p.for_task(task, cond, pooled, f"the {task} conditioning ({source})")
-    bound.description += [f"task: {task} ({said_by})", f"conditioning: {source}"]
-    return bound
+def _bind_task(e2p: loader.E2PModel, requested_task: str, file_names: list[str], clip) -> loader.BoundModel:
+    return e2p.bind(requested_task, file_names,
+                    lambda task: conditioning.resolve_conditioning(task, model_paths.conditioning_cache_folder(), clip))
 
 
 def _file_names(*choices: str) -> list[str]:

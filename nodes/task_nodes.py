@@ -59,20 +59,13 @@ def _uncertainty_output(unit: str):
     return io.Mask.Output(display_name="uncertainty", tooltip=f"{unit}. All 0 with ensemble_size 1.")
 
 
-def _check_task(e2p_model, task: str) -> None:
-    if e2p_model.task != task:
-        raise ValueError(f"this E2P model was loaded for '{e2p_model.task}'; set task = '{task}' in the loader "
-                         f"(with the {task} weights) for this node")
-
-
 def _run(e2p_model, vae, image, task, processing_resolution, resize_mode, steps, seed, ensemble_size,
-         frames_per_pass, image_hints=None, num_points=hints.HINT_POINT_COUNT):
-    _check_task(e2p_model, task)
+         frames_per_pass, matting: hints.MattingConditioning | None = None):
+    e2p_model.require_task(task)
     progress = compat.progress_bar(image.shape[0] * ensemble_size)
-    result = pipeline.predict_task(e2p_model.patcher, vae, e2p_model.cond, e2p_model.pooled, image, task,
-                                   processing_resolution, resize_mode, steps, seed, image_hints, num_points,
-                                   on_progress=progress.update, frames_per_pass=frames_per_pass,
-                                   ensemble_size=ensemble_size)
+    options = pipeline.PredictionOptions(processing_resolution, resize_mode, steps, seed, frames_per_pass,
+                                         ensemble_size)
+    result = pipeline.predict_task(e2p_model, vae, image, options, matting, on_progress=progress.update)
     return result._replace(uncertainty=task_spec(task).uncertainty_mask(result.uncertainty))
 
 
@@ -221,8 +214,8 @@ class E2PMatting(io.ComfyNode):
         user_hints = hints.matting_hints(image, points, box, coordinates, hint_mask, bbox)
         compat.show_text_on_node(user_hints.report())
         alpha, hint_maps, uncertainty = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode,
-                                             steps, seed, ensemble_size, frames_per_pass, user_hints.per_image,
-                                             num_points)
+                                             steps, seed, ensemble_size, frames_per_pass,
+                                             hints.MattingConditioning(user_hints.per_image, num_points))
         rgb = image[..., :3].float().clamp(0.0, 1.0)
         rgba = torch.cat([rgb, alpha[..., None]], dim=-1)
         hint_preview = hint_maps[..., None].expand(*hint_maps.shape, 3).contiguous()

@@ -128,6 +128,25 @@ def test_weights_for_another_representation_are_refused(installed):
         load(installed, "robust_kontext_base.safetensors", task="depth", lora="robust_linear_depth_lora.safetensors")
 
 
+@pytest.mark.parametrize("checkpoint, task, refusal", [
+    ("robust_tagged_depth_named_normal.safetensors", "normal", "trained for 'depth'"),
+    ("normal.safetensors", "depth", "is named for 'normal'"),
+    ("robust_untitled_linear.safetensors", "depth", "representation 'linear_depth'"),
+])
+def test_the_python_route_refuses_what_the_loader_node_refuses_in_the_same_words(installed, checkpoint, task,
+                                                                                  refusal):
+    """E2PPredictor.from_files binds through the loader's own check (E2PModel.bind)."""
+    from e2p_core.comfyui import api
+
+    with pytest.raises(ValueError, match=refusal) as by_node:
+        load(installed, checkpoint, task=task)
+    conditioning_file = conditioning.cached_files(str(installed.models_dir / "embeddings"), task)[0]
+    with pytest.raises(ValueError) as by_script:
+        api.E2PPredictor.from_files(task, str(installed.models_dir / "edit2perceive" / checkpoint), conditioning_file,
+                                    dtype="fp32")
+    assert str(by_script.value) == str(by_node.value)
+
+
 # --- non-finite predictions -------------------------------------------------------------------------------------
 
 

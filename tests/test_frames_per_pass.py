@@ -13,7 +13,7 @@ import torch
 from e2p_dev import tiny_models as tm
 from e2p_core import ensemble, imaging, representations, tasks
 from e2p_core.comfyui import compat, pipeline, sampling
-from e2p_core.hints import matting_hints
+from e2p_core.hints import MattingConditioning, matting_hints
 from test_nodes import image_batch, installed, load, task_inputs, vae  # noqa: F401  (fixtures)
 
 CLIP = 5
@@ -44,11 +44,12 @@ def record_decoded_normals(monkeypatch) -> list[torch.Tensor]:
     return records
 
 
-def run(e2p, vae, images, task, **options):
-    hints = matting_hints(images, "[[20, 24]]").per_image if task == "matting" else None
+def run(e2p, vae, images, task, on_progress=None, **options):
+    matting = (MattingConditioning(matting_hints(images, "[[20, 24]]").per_image) if task == "matting" else None)
+    e2p.require_task(task)
     with torch.inference_mode():
-        return pipeline.predict_task(e2p.patcher, vae, e2p.cond, e2p.pooled, images, task,
-                                     processing_resolution=64, seed=42, hints=hints, **options)
+        return pipeline.predict_task(e2p, vae, images, pipeline.PredictionOptions(64, seed=42, **options), matting,
+                                     on_progress)
 
 
 def hand_single_step(e2p, vae, image):

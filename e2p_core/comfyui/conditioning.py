@@ -78,6 +78,21 @@ def encode_task_prompt(clip, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     return cond.float().cpu(), extra["pooled_output"].float().cpu()
 
 
+def conditioning_file_for_task(path: str, task: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(cond, pooled, where it came from) from a conditioning file named by a script, refused when it was encoded
+    for another task or from another prompt: the scripts' counterpart of the loader nodes' cache lookup."""
+    cond, pooled, metadata = load_conditioning(path, f"pass the {task}-*.safetensors file the nodes wrote to "
+                                                     "models/embeddings/edit2perceive/")
+    recorded = metadata.get(META_TASK)
+    if recorded is not None and recorded != task:
+        raise ConditioningFileError(f"{path} holds the {recorded} prompt's conditioning, not the {task} one; pass "
+                                    f"the {task}-*.safetensors file from models/embeddings/edit2perceive/")
+    if metadata.get(META_PROMPT, task_spec(task).prompt) != task_spec(task).prompt:
+        raise ConditioningFileError(f"{path} was encoded from another prompt than the {task} task's; pass the "
+                                    f"{task}-*.safetensors file the nodes wrote to models/embeddings/edit2perceive/")
+    return cond, pooled, f"file {os.path.basename(path)}"
+
+
 def resolve_conditioning(task: str, cache_folder: str, clip=None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(cond, pooled, where it came from). With a CLIP: the cache entry for that encoder, else encode and cache.
     Without: the newest valid cache entry for the task."""

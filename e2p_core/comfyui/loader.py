@@ -41,16 +41,33 @@ class E2PLoadError(ValueError):
     """A model or LoRA that cannot be used; the message says what to do."""
 
 
+@dataclass(frozen=True)
+class BoundModel:
+    """Weights bound to the one task they were checked for, with that task's conditioning: what every prediction
+    takes (the task nodes, E2PPredictor, the evaluation and the labelling), so no caller passes the parts apart."""
+
+    patcher: object                     # comfy.model_patcher.ModelPatcher with the E2P patches applied
+    task: str
+    cond: torch.Tensor                  # the task prompt's T5 conditioning [1, L, D]
+    pooled: torch.Tensor                # its CLIP pooled output [1, P]
+    time_embedding: str
+    description: tuple[str, ...] = ()
+
+    def require_task(self, task: str) -> None:
+        """A task node refuses a model bound to another task (the loader's task widget decides the binding)."""
+        if self.task != task:
+            raise ValueError(f"this E2P model was loaded for '{self.task}'; set task = '{task}' in the loader "
+                             f"(with the {task} weights) for this node")
+
+
 @dataclass
 class E2PModel:
-    """What the task nodes need: the patched model, its task and how it was assembled."""
+    """Loaded weights before they are bound to a task: the patched model and what the files say about it."""
 
     patcher: object                     # comfy.model_patcher.ModelPatcher with the E2P patches applied
     task: str | None                    # from file metadata; None when the files do not say
     time_embedding: str
     description: list[str] = field(default_factory=list)
-    cond: torch.Tensor | None = None    # task conditioning, attached once resolved (see e2p_core.comfyui.conditioning)
-    pooled: torch.Tensor | None = None
     representation: str | None = None   # e2p.representation of the files; None when they do not say
 
     def resolve_task(self, requested: str, file_names: list[str | None]) -> tuple[str, str]:
@@ -88,7 +105,7 @@ class E2PModel:
                             f"selected; choose the {task} checkpoint/LoRA or set the task to '{self.task}' (or auto)")
 
     def for_task(self, task: str, cond: torch.Tensor, pooled: torch.Tensor,
-                 cond_source: str = "the conditioning") -> "E2PModel":
+                 cond_source: str = "the conditioning", notes: tuple[str, ...] = ()) -> BoundModel:
         """The model bound to a task and its conditioning; refuses weights whose metadata names another task and
         conditioning of another text encoder's width (which would fail deep inside the model)."""
         if self.task is not None and self.task != task:
@@ -101,8 +118,16 @@ class E2PModel:
                 f"{text_width} wide (pooled {pooled_width}): it was encoded by other text encoders. Delete that "
                 "file from models/embeddings/edit2perceive and connect the FLUX text encoders once (DualCLIPLoader: "
                 "clip_l + t5xxl, type flux) so it is encoded again")
-        return E2PModel(self.patcher, task, self.time_embedding, list(self.description), cond, pooled,
-                        self.representation)
+        return BoundModel(self.patcher, task, cond, pooled, self.time_embedding, (*self.description, *notes))
+
+    def bind(self, requested_task: str, file_names: list[str], conditioning_for) -> BoundModel:
+        """The one binding every route runs: the task (``auto`` or a choice, checked against the files' metadata
+        and names), then ``conditioning_for(task)`` -> (cond, pooled, where it came from), checked against the
+        model."""
+        task, said_by = self.resolve_task(requested_task, file_names)
+        cond, pooled, source = conditioning_for(task)
+        return self.for_task(task, cond, pooled, f"the {task} conditioning ({source})",
+                             (f"task: {task} ({said_by})", f"conditioning: {source}"))
 
 
 def _resolve_time_embedding(requested: str, metadata: dict[str, str]) -> str:

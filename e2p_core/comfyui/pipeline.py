@@ -11,6 +11,7 @@ combined as soon as its last member is done.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -19,7 +20,8 @@ from .. import ensemble, imaging
 from . import compat
 from ..flow import seeded_noise
 from .sampling import predict_latent
-from ..hints import HINT_POINT_COUNT, MattingHints, hint_map_on_canvas, hint_map_to_image
+from ..hints import MattingConditioning, MattingHints, hint_map_on_canvas, hint_map_to_image
+from .loader import BoundModel
 from ..release import DEFAULT_SEED, PROCESSING_RESOLUTION
 from ..tasks import task_spec
 
@@ -111,62 +113,52 @@ def _encode_frames(vae, images: torch.Tensor, frames: list[int], canvas: imaging
     return encoded
 
 
-def _check_hint_maps(spec, hints, hint_maps: torch.Tensor | None, hint_reference: bool, size: tuple) -> None:
-    """The evaluation's conditioning options must be meaningful together, else the model would silently get
-    another conditioning than asked for."""
-    if not spec.needs_hint and (hint_maps is not None or not hint_reference):
-        raise ValueError(f"hint_maps and hint_reference are matting conditioning; the {spec.name} task has none")
-    if hint_maps is None:
-        if not hint_reference and hints is not None:
-            raise ValueError("hints were given with hint_reference=False, which feeds the image alone; drop the "
-                             "hints or keep the hint reference")
-        return
-    if hints is not None or not hint_reference:
-        raise ValueError("hint_maps replace the point maps that hints would make and need the hint reference: give "
-                         "hints or hint_maps (not both), with hint_reference=True")
-    if tuple(hint_maps.shape) != tuple(size):
-        raise ValueError(f"hint_maps has shape {tuple(hint_maps.shape)}; give one point map per image at its size, "
-                         f"[B, H, W] = {tuple(size)}")
-    if not torch.isfinite(hint_maps).all():
-        raise ValueError("hint_maps hold NaN or infinite values; give point maps in [0, 1]")
+@dataclass(frozen=True)
+class PredictionOptions:
+    """How one prediction runs (the task nodes' widgets): working size, steps, noise, batching and ensembling."""
+
+    processing_resolution: int = PROCESSING_RESOLUTION
+    resize_mode: str = "aspect"
+    steps: int = 1
+    seed: int = DEFAULT_SEED
+    frames_per_pass: int = 1
+    ensemble_size: int = 1
+
+    def check(self) -> None:
+        if int(self.frames_per_pass) < 1 or int(self.ensemble_size) < 1:
+            raise ValueError(f"frames_per_pass ({self.frames_per_pass}) and ensemble_size ({self.ensemble_size}) "
+                             "must be at least 1")
 
 
-def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images: torch.Tensor, task: str,
-                 processing_resolution: int = PROCESSING_RESOLUTION, resize_mode: str = "aspect", steps: int = 1,
-                 seed: int = DEFAULT_SEED, hints: list[MattingHints] | None = None,
-                 num_hint_points: int = HINT_POINT_COUNT, on_progress=None,
-                 frames_per_pass: int = 1, ensemble_size: int = 1, hint_maps: torch.Tensor | None = None,
-                 hint_reference: bool = True) -> TaskPrediction:
-    """Run the task on IMAGE [B, H, W, 3] in [0, 1].
+def predict_task(model: BoundModel, vae, images: torch.Tensor, options: PredictionOptions = PredictionOptions(),
+                 matting: MattingConditioning | None = None, on_progress=None) -> TaskPrediction:
+    """Run the model's task on IMAGE [B, H, W, 3] in [0, 1]: the one prediction call of every route.
 
     Returns TaskPrediction: depth -> sqrt depth [B, H, W] in [0, 1] (near = 0); normal -> unit normals
     [B, H, W, 3] (E2P native convention); matting -> alpha [B, H, W]. ``hint_maps`` [B, H, W] (matting only) is
     the point map the model saw, resized to the input, for previews. ``uncertainty``: see e2p_core.ensemble.
-    ``frames_per_pass`` predictions share one transformer pass and one VAE decode; ``on_progress(count)`` is called
-    after each pass with the number of predictions it made (B * ensemble_size in all).
-
-    Matting conditioning: ``hints`` (one MattingHints per image) become point maps as in the official app. The
-    evaluation conditions as the official evaluation does instead: ``hint_maps`` [B, H, W] in [0, 1] are point maps
-    already made at the input size (the ground-truth point prompt), resized to the canvas as the image is;
-    ``hint_reference=False`` gives the model the image alone, with no point-map reference at all (the official
-    unprompted setting; the nodes always add one, all zero without hints).
+    ``options.frames_per_pass`` predictions share one transformer pass and one VAE decode; ``on_progress(count)``
+    is called after each pass with the number of predictions it made (B * ensemble_size in all). ``matting`` is
+    the matting conditioning (none = a reference all zero, as the nodes give without hints); the other tasks take
+    none.
     """
     if images.dim() != 4 or images.shape[-1] < 3:
         raise ValueError(f"expected an IMAGE batch [B, H, W, 3], got shape {tuple(images.shape)}")
     batch, height, width = images.shape[0], images.shape[1], images.shape[2]
     if batch == 0:
         raise ValueError("the image batch is empty (0 images); connect an image")
-    spec = task_spec(task)
-    if spec.needs_hint and hints is not None and len(hints) != batch:
-        raise ValueError(f"{len(hints)} hint sets for {batch} images; give one per image or one for all")
-    _check_hint_maps(spec, hints, hint_maps, hint_reference, (batch, height, width))
-    if int(frames_per_pass) < 1 or int(ensemble_size) < 1:
-        raise ValueError(f"frames_per_pass ({frames_per_pass}) and ensemble_size ({ensemble_size}) must be at least 1")
-    canvas = imaging.plan_canvas(height, width, processing_resolution, resize_mode)
-    check_vae(patcher, vae)
+    spec = task_spec(model.task)
+    if not spec.needs_hint and matting is not None:
+        raise ValueError(f"matting conditioning was given but the {spec.name} task has none")
+    matting = matting or MattingConditioning()
+    matting.check(batch, height, width)
+    options.check()
+    frames_per_pass, ensemble_size, seed = options.frames_per_pass, options.ensemble_size, options.seed
+    canvas = imaging.plan_canvas(height, width, options.processing_resolution, options.resize_mode)
+    check_vae(model.patcher, vae)
     decoder = compat.raw_vae_decoder(vae)
-    point_map_of = (_canvas_point_maps(canvas, hints, hint_maps, num_hint_points)
-                    if spec.needs_hint and hint_reference else None)
+    point_map_of = (_canvas_point_maps(canvas, matting.hints, matting.hint_maps, matting.num_points)
+                    if spec.needs_hint and matting.hint_reference else None)
     member_seeds = [ensemble.member_seed(seed, member) for member in range(ensemble_size)]
     items = [(frame, member) for frame in range(batch) for member in range(ensemble_size)]
     encoded: dict[int, list[torch.Tensor]] = {}
@@ -182,13 +174,14 @@ def predict_task(patcher, vae, cond: torch.Tensor, pooled: torch.Tensor, images:
                            for kind in range(len(encoded[pass_items[0][0]]))]
         item_shape = (1,) + tuple(pass_references[0].shape[1:])
         noise = torch.cat([seeded_noise(item_shape, member_seeds[member]) for _, member in pass_items])
-        latent = predict_latent(patcher, pass_references, cond, pooled, noise=noise, seed=seed, steps=steps)
+        latent = predict_latent(model.patcher, pass_references, model.cond, model.pooled, noise=noise, seed=seed,
+                                steps=options.steps)
         for position, (frame, _) in enumerate(pass_items):
-            _require_finite_prediction(latent[position:position + 1], frame, patcher)
+            _require_finite_prediction(latent[position:position + 1], frame, model.patcher)
         decoded = decoder.decode(latent).float()[..., :3]
         for position, (frame, _) in enumerate(pass_items):
             _require_finite_vae(decoded[position:position + 1], frame, "decoding of the (finite) prediction")
-        values = _decode_task_value(decoded, task, canvas)
+        values = _decode_task_value(decoded, model.task, canvas)
         for position, (frame, member) in enumerate(pass_items):
             members[frame].append(values[position:position + 1])
             if member == ensemble_size - 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,7 +24,7 @@ def tiny_files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_e2p")
     base = tm.bfl_state_dict(seed=3)
-    model = tm.write(str(folder / "e2p_depth_sqrt.safetensors"), tm.in_layout(base, "diffsynth"))
+    model = tm.write(str(folder / "e2p_tiny_sqrt.safetensors"), tm.in_layout(base, "diffsynth"))
     kontext = tm.write(str(folder / "flux1-kontext-dev.safetensors"), base)      # BFL single-file layout
     lora = tm.write(str(folder / "normal_lora.safetensors"),
                     tm.kohya_lora(tm.lora_pairs(base, seed=5)))              # the released LoRA naming
@@ -52,7 +53,7 @@ def test_depth_checkpoint_through_the_cli(tmp_path, tiny_files):
     result = summary["datasets"]["scannet"]
     assert result["images"] + result["skipped"] == 2 and result["missing_predictions"] == 0
     table = (out / "metrics-official" / "summary.md").read_text()
-    assert "| e2p_depth_sqrt |" in table and "ScanNet AbsRel↓" in table
+    assert "| e2p_tiny_sqrt |" in table and "ScanNet AbsRel↓" in table
     # resuming does not load anything new and changes nothing
     before = prediction.copy()
     assert main(argv) == 0
@@ -179,8 +180,7 @@ def test_contradictory_matting_conditioning_is_explained(tiny_files):
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
             matting.predict(images, processing_resolution=64, **options)
-    depth = E2PPredictor(task="depth", model=matting.model, vae=matting.vae, cond=matting.cond,
-                         pooled=matting.pooled)
+    depth = E2PPredictor(dataclasses.replace(matting.model, task="depth"), matting.vae)
     with pytest.raises(ValueError, match="the depth task has none"):
         depth.predict(images, processing_resolution=64, hint_reference=False)
 

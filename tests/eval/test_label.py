@@ -57,7 +57,7 @@ def tiny(tmp_path_factory):
     from e2p_core.tasks import task_spec
 
     folder = tmp_path_factory.mktemp("tiny_label")
-    model = tm.write(str(folder / "depth_e2p.safetensors"), tm.in_layout(tm.bfl_state_dict(seed=3), "diffsynth"))
+    model = tm.write(str(folder / "e2p_tiny.safetensors"), tm.in_layout(tm.bfl_state_dict(seed=3), "diffsynth"))
     vae = tm.write(str(folder / "ae.safetensors"), tm.flux_vae_state_dict())
     cond, pooled = tm.conditioning()
     conditioning = str(folder / "depth_cond.safetensors")
@@ -150,7 +150,7 @@ def test_one_process_labels_every_image_as_save_float_image_would(reference, tin
         node_text, label_text = dict(node_png.text), dict(label_png.text)
     assert label_codes.shape == (SIZES[2][0], SIZES[2][1]), "labels come back at the input size"
     assert np.array_equal(label_codes, node_codes), "the label must be the node graph's 16-bit PNG"
-    assert json.loads(label_text.pop("e2p.label_settings"))["model"] == "depth_e2p.safetensors"
+    assert json.loads(label_text.pop("e2p.label_settings"))["model"] == "e2p_tiny.safetensors"
     assert label_text.pop("e2p.label_source") == "i2.png"
     assert label_text == node_text
     assert label_text[float_images.META_CONTENT] == "sqrt_depth"
