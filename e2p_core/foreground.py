@@ -217,12 +217,18 @@ def foreground_colour(image: torch.Tensor, alpha: torch.Tensor, colour: str = "e
 
 
 def matting_outputs(image: torch.Tensor, alpha: torch.Tensor, colour: str = "estimated",
-                    alpha_mode: str = "straight") -> tuple[torch.Tensor, torch.Tensor]:
+                    alpha_mode: str = "straight",
+                    output_alpha: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(rgba [B, H, W, 4], foreground [B, H, W, 3]): the RGBA in the chosen alpha mode and the subject over black
-    (colour * alpha)."""
+    (colour * alpha). The colour is estimated under ``alpha``, the matte the image was formed with; the outputs
+    carry ``output_alpha`` when given (the matte after the edge controls of e2p_core.matte_edges)."""
     _check_choice(alpha_mode, ALPHA_MODES, "alpha mode")
     straight = foreground_colour(image, alpha, colour)
-    alpha = checked_alpha(alpha).to(device=straight.device, dtype=straight.dtype)
+    alpha = checked_alpha(alpha if output_alpha is None else output_alpha).to(device=straight.device,
+                                                                            dtype=straight.dtype)
+    if alpha.shape != straight.shape[:-1]:
+        raise MatteError(f"the output alpha is {tuple(alpha.shape)} but the image is {tuple(straight.shape[:-1])}; "
+                         "give one matte per image at its size")
     premultiplied = straight * alpha[..., None]
     rgba_colour = straight if alpha_mode == "straight" else premultiplied
     return torch.cat([rgba_colour, alpha[..., None]], dim=-1), premultiplied

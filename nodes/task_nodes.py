@@ -3,10 +3,9 @@ e2p_core.comfyui.pipeline does the work."""
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
-from ..e2p_core import ensemble, hints, imaging, representations
+from ..e2p_core import ensemble, foreground, hints, imaging, matte_edges, representations
 from ..e2p_core.comfyui import compat, pipeline
 from ..e2p_core.release import DEFAULT_SEED, PROCESSING_RESOLUTION
 from ..e2p_core.tasks import task_spec
@@ -180,6 +179,30 @@ def _host_box_inputs() -> list:
                                          "box text, not both.")]
 
 
+def _matte_output_inputs() -> list:
+    """How the matte and the composite-ready outputs are made; after every older input, so saved workflows keep
+    their widget values. The defaults leave the model's alpha untouched."""
+    return [
+        compat.combo_input("foreground_colour", list(foreground.FOREGROUND_COLOURS), default="estimated",
+                           optional=True,
+                           tooltip="Colour of rgba and foreground where the matte is soft. estimated: the subject's "
+                                   "own colour, solved from the image and the alpha (no fringe of the old "
+                                   "background in a composite). original: the image's colour, as before."),
+        compat.combo_input("alpha_mode", list(foreground.ALPHA_MODES), default="straight", optional=True,
+                           tooltip="rgba's colour channels: straight (PNG files and most nodes) or premultiplied "
+                                   "by alpha (additive compositing)."),
+        io.Int.Input("edge_offset", default=0, min=-256, max=256, optional=True,
+                     tooltip="Pixels of the input to move the matte's edge: negative erodes, positive dilates "
+                             "(0 = the model's alpha)."),
+        io.Float.Input("feather", default=0.0, min=0.0, max=256.0, step=0.5, optional=True,
+                       tooltip="Pixels of the input to soften the edge over, after edge_offset (0 = no "
+                               "feathering)."),
+        io.Int.Input("trimap_band", default=8, min=0, max=256, optional=True,
+                     tooltip="Width in pixels of the trimap's unknown band on each side of the soft and edge "
+                             "pixels (0 = only the soft pixels are unknown)."),
+    ]
+
+
 class E2PMatting(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -194,29 +217,37 @@ class E2PMatting(io.ComfyNode):
                                                             "background removal", "remove background", "cut out",
                                                             "cutout", "mask", "rgba", "edit2perceive"]),
             inputs=[*_prediction_inputs(), *_hint_inputs(), *_throughput_inputs(ALPHA_UNCERTAINTY),
-                    *_host_box_inputs()],
+                    *_host_box_inputs(), *_matte_output_inputs()],
             outputs=[
-                io.Mask.Output(display_name="alpha", tooltip="Alpha matte in [0, 1] at the input size."),
-                io.Image.Output(display_name="rgba", tooltip="The image with the matte as its alpha channel (save as "
-                                                             "PNG to keep it)."),
-                io.Image.Output(display_name="foreground", tooltip="The image multiplied by the matte (black "
-                                                                   "background)."),
+                io.Mask.Output(display_name="alpha", tooltip="Alpha matte in [0, 1] at the input size, after "
+                                                             "edge_offset and feather."),
+                io.Image.Output(display_name="rgba", tooltip="The subject's colour (see foreground_colour) with the "
+                                                             "matte as its alpha channel, straight or premultiplied "
+                                                             "(save as PNG to keep it)."),
+                io.Image.Output(display_name="foreground", tooltip="The subject's colour multiplied by the matte "
+                                                                   "(over black)."),
                 io.Image.Output(display_name="hint_map", tooltip="The point map the model saw, for checking the "
                                                                  "hints."),
                 _uncertainty_output(ALPHA_UNCERTAINTY),
+                io.Mask.Output(display_name="trimap",
+                               tooltip=f"1 = definite foreground, 0 = definite background, 0.5 = unknown (alpha "
+                                       f"more than {matte_edges.TRIMAP_EPSILON:g} from 0 and 1, widened by "
+                                       "trimap_band), from the output alpha."),
             ],
         )
 
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
-                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1,
-                bbox=None) -> io.NodeOutput:
+                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1, bbox=None,
+                foreground_colour="estimated", alpha_mode="straight", edge_offset=0, feather=0.0,
+                trimap_band=8) -> io.NodeOutput:
         user_hints = hints.matting_hints(image, points, box, coordinates, hint_mask, bbox)
         compat.show_text_on_node(user_hints.report())
         alpha, hint_maps, uncertainty = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode,
                                              steps, seed, ensemble_size, frames_per_pass,
                                              hints.MattingConditioning(user_hints.per_image, num_points))
         rgb = image[..., :3].float().clamp(0.0, 1.0)
-        rgba = torch.cat([rgb, alpha[..., None]], dim=-1)
+        matte = matte_edges.adjust_edges(alpha, edge_offset, feather)
+        rgba, subject = foreground.matting_outputs(rgb, alpha, foreground_colour, alpha_mode, matte)
         hint_preview = hint_maps[..., None].expand(*hint_maps.shape, 3).contiguous()
-        return io.NodeOutput(alpha, rgba, rgb * alpha[..., None], hint_preview, uncertainty)
+        return io.NodeOutput(matte, rgba, subject, hint_preview, uncertainty, matte_edges.trimap(matte, trimap_band))

@@ -155,9 +155,11 @@ def test_matting_node_outputs_and_hints(installed, vae):
     e2p, _, _ = load(installed, "matting")
     image = image_batch(2, 48, 64)
     common = task_inputs(e2p, vae, image, num_points=10, box="", coordinates="pixels")
-    alpha, rgba, foreground, hint_map, _ = installed.run_node("E2PMatting", **common, points="[[20, 24]]")
+    original = installed.run_node("E2PMatting", **common, points="[[20, 24]]", foreground_colour="original")
+    alpha, rgba, foreground, hint_map, _, _ = original
     assert alpha.shape == (2, 48, 64) and rgba.shape == (2, 48, 64, 4) and foreground.shape == image.shape
-    assert torch.equal(rgba[..., 3], alpha) and torch.allclose(foreground, image * alpha[..., None])
+    assert torch.equal(rgba, torch.cat([image, alpha[..., None]], -1))      # the earlier outputs, bit for bit
+    assert torch.allclose(foreground, image * alpha[..., None])
     assert hint_map.max() > 0.5
     no_hint = installed.run_node("E2PMatting", **common, points="")
     assert no_hint[3].max() == 0 and not torch.equal(no_hint[0], alpha)
@@ -165,6 +167,30 @@ def test_matting_node_outputs_and_hints(installed, vae):
     mask[0, 10:30, 10:40] = 1
     painted = installed.run_node("E2PMatting", **common, points="", hint_mask=mask)
     assert painted[3].max() > 0.5
+
+
+def test_matting_colour_and_edge_options_are_the_cores(installed, vae):
+    """The defaults: the model's alpha untouched, the estimated colour in straight alpha; the options are exactly
+    e2p_core.foreground / matte_edges applied to the model's alpha."""
+    from e2p_core import foreground, matte_edges
+
+    e2p, _, _ = load(installed, "matting")
+    image = image_batch(1, 48, 64, seed=3)
+    common = task_inputs(e2p, vae, image, num_points=10, box="", coordinates="pixels", points="[[20, 24]]")
+    alpha, rgba, subject, _, _, trimap = installed.run_node("E2PMatting", **common)
+    model_alpha = installed.run_node("E2PMatting", **common, foreground_colour="original")[0]
+    assert torch.equal(alpha, model_alpha)
+    expected_rgba, expected_subject = foreground.matting_outputs(image, alpha)
+    assert torch.equal(rgba, expected_rgba) and torch.equal(subject, expected_subject)
+    assert torch.equal(trimap, matte_edges.trimap(alpha, 8))
+    adjusted = installed.run_node("E2PMatting", **common, alpha_mode="premultiplied", edge_offset=-2, feather=1.5,
+                                  trimap_band=0)
+    matte = matte_edges.adjust_edges(alpha, -2, 1.5)
+    assert torch.equal(adjusted[0], matte) and not torch.equal(matte, alpha)
+    premultiplied = foreground.matting_outputs(image, alpha, "estimated", "premultiplied", matte)[0]
+    assert torch.equal(adjusted[1], premultiplied) and torch.equal(adjusted[5], matte_edges.trimap(matte, 0))
+    with pytest.raises(ValueError, match="feather radius is -1 px"):
+        installed.run_node("E2PMatting", **common, feather=-1.0)
 
 
 class RecordingPromptServer:
