@@ -177,12 +177,12 @@ def test_nodes_output_uncertainty_masks(installed, vae):
     normal_map, angle = installed.run_node("E2PNormal", **task_inputs(normal_model, vae, image), **options,
                                            convention="controlnet_bae", flip_x=False, flip_y=False, flip_z=False)
     matting_model, _, _ = load(installed, "matting")
-    *_, alpha_uncertainty = installed.run_node("E2PMatting", **task_inputs(matting_model, vae, image), **options,
-                                               points="[[20, 24]]", box="", coordinates="pixels", num_points=10)
+    alpha_uncertainty = installed.run_node("E2PMatting", **task_inputs(matting_model, vae, image), **options,
+                                           points="[[20, 24]]", box="", coordinates="pixels", num_points=10)[4]
     for mask in (depth_uncertainty, angle, alpha_uncertainty):
         assert mask.shape == (2, 48, 64) and mask.dtype == torch.float32
         assert float(mask.min()) >= 0 and float(mask.max()) <= 1 and float(mask.max()) > 0
-    for node, index in (("E2PDepth", 1), ("E2PNormal", 1), ("E2PMatting", -1)):
+    for node, index in (("E2PDepth", 1), ("E2PNormal", 1), ("E2PMatting", 4)):
         info = installed.node_info(node)
         assert info["output"][index] == "MASK" and info["output_name"][index] == "uncertainty"
         assert len(info["output_tooltips"]) == len(info["output"])
