@@ -13,6 +13,9 @@ from .nodes.metric_nodes import E2PMetricDepth  # noqa: E402
 from .nodes.save_nodes import E2PSaveFloatImage  # noqa: E402
 from .nodes.task_nodes import E2PDepth, E2PMatting, E2PNormal  # noqa: E402
 
+# The frontend extension: E2P Matting's click-to-matte point editor (web/js/click_to_matte.js).
+WEB_DIRECTORY = "./web"
+
 NODES = [LoadE2PModel, E2PModelFromMODEL, E2PDepth, E2PNormal, E2PMatting, SqrtDecode, E2PColorizeDepth,
          E2PSaveFloatImage, E2PDepthTo3D, E2PMetricDepth]
 
@@ -27,4 +30,4 @@ async def comfy_entrypoint() -> Edit2PerceiveExtension:
     return Edit2PerceiveExtension()
 
 
-__all__ = ["comfy_entrypoint"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

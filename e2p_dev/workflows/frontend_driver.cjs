@@ -4,9 +4,13 @@
 // Job file: {"url", "chromium", "viewport": [w, h], "jobs": [{
 //   "name", "workflow" (UI-format object), "layout" (optional: arrange nodes and groups, then save the frontend's
 //   serialisation to "save_to"), "overrides" ({node type: {widget: value}}, applied before queueing),
-//   "queue" (bool), "timeout_ms", "screenshot" (png path)}]}
-// Result per job: {"name", "missing_types", "missing_node_errors", "invalid_choices", "console_errors",
-//   "prompt_status", "prompt_sent" (the API prompt the page posted), "prompt_reply", "execution", "saved", "screenshot"}
+//   "clicks" (optional, before queueing: [{"node" (id), "widget" (a widget with `element` and `drawnImage`, the
+//   rectangle it draws an image in: {x, y, width, height} in its unzoomed px, plus naturalWidth/naturalHeight),
+//   "pixel": [x, y] (a pixel of that image, clicked at its centre), "gesture": "click" | "shift-click" |
+//   "right-click"}]), "queue" (bool), "timeout_ms", "screenshot" (png path)}]}
+// Result per job: {"name", "missing_types", "missing_node_errors", "invalid_choices", "console_errors", "clicked"
+//   (per click: the screen point, the image size and its drawn scale), "prompt_status", "prompt_sent" (the API prompt the page
+//   posted), "prompt_reply", "execution", "saved", "screenshot"}
 "use strict";
 
 const fs = require("fs");
@@ -92,6 +96,41 @@ async function fitInPage() {
   canvas.setDirty(true, true);
 }
 
+// Clicks pixels of the image a widget draws, with the real mouse (so the page's own event routing is tested).
+async function clickImagePixels(page, clicks) {
+  const clicked = [];
+  for (const click of clicks) {
+    const locate = ({node, widget, pixel}) => {
+      const found = window.app.graph.getNodeById(node)?.widgets?.find((w) => w.name === widget);
+      const drawn = found?.drawnImage;
+      if (!drawn) return null;
+      const bounds = found.element.getBoundingClientRect();
+      const zoom = bounds.width / found.element.clientWidth;
+      const scale = drawn.width / drawn.naturalWidth;
+      const x = bounds.left + (drawn.x + (pixel[0] + 0.5) * scale) * zoom;
+      const y = bounds.top + (drawn.y + (pixel[1] + 0.5) * scale) * zoom;
+      return {x, y, image_size: [drawn.naturalWidth, drawn.naturalHeight], screen_px_per_pixel: scale * zoom,
+              on_top: document.elementFromPoint(x, y) === found.element};
+    };
+    await page.waitForFunction(locate, click, {timeout: 30000, polling: 100});
+    // The node may still be settling (its size, the canvas zoom): click once two looks agree.
+    let target = await page.evaluate(locate, click);
+    for (let tries = 0; tries < 50; tries++) {
+      await page.waitForTimeout(200);
+      const again = await page.evaluate(locate, click);
+      if (again && JSON.stringify(again) === JSON.stringify(target)) break;
+      target = again;
+    }
+    if (!target.on_top) throw new Error(`pixel ${click.pixel} of ${click.widget} is covered at ${target.x}, ${target.y}`);
+    if (click.gesture === "shift-click") await page.keyboard.down("Shift");
+    await page.mouse.click(target.x, target.y, {button: click.gesture === "right-click" ? "right" : "left"});
+    if (click.gesture === "shift-click") await page.keyboard.up("Shift");
+    clicked.push({...click, ...target});
+    await page.waitForTimeout(100);
+  }
+  return clicked;
+}
+
 async function runJob(page, job, consoleErrors) {
   const result = {name: job.name, console_errors: [], missing_types: [], missing_node_errors: [], invalid_choices: []};
   const firstError = consoleErrors.length;
@@ -120,6 +159,7 @@ async function runJob(page, job, consoleErrors) {
   }
   await page.evaluate(fitInPage);
   await page.waitForTimeout(300);
+  if (job.clicks) result.clicked = await clickImagePixels(page, job.clicks);
   if (job.queue) {
     await page.evaluate((overrides) => {
       for (const node of window.app.graph._nodes) {

@@ -9,7 +9,6 @@ ComfyUI's cache, which is also proof that the page and the converter build the s
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,11 @@ from e2p_dev.workflows import frontend
 import workflow_env
 from e2p_dev.workflows import environment
 from e2p_dev.workflows.environment import load_workflow
-from workflow_env import TEST_OVERRIDES, shrink
+from workflow_env import TEST_OVERRIDES, page_errors, shrink
 
 converter = environment.load_converter()
 
 pytestmark = pytest.mark.server
-
-# ComfyUI started with --disable-api-nodes answers every page with a CSP that blocks connections to other hosts
-# (server.py, create_block_external_middleware; connect-src 'self', from 0.4 also data:); the frontend's registry
-# and model-file lookups then fail by design. The same CSP (no blob:) stops the 3D viewer's GLTFLoader from
-# fetching a texture embedded in a GLB (it reads it through a blob: URL), so Preview 3D shows e2p_image_to_3d's
-# mesh untextured here; a server without --disable-api-nodes sets no CSP and loads the texture with no error.
-_BLOCKED_URL = r"(https://[^'\s]+|blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+)"
-OFFLINE_CSP_BLOCK = re.compile(
-    rf"^Connecting to '{_BLOCKED_URL}' violates the following Content Security Policy directive: "
-    r"\"connect-src 'self'( data:)?\"|"
-    rf"^Fetch API cannot load {_BLOCKED_URL}\. Refused to connect because it violates the document's Content "
-    r"Security Policy|"
-    r"^THREE\.GLTFLoader: Couldn't load texture blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+")
-
 
 def declared_inputs(object_info: dict, node: dict) -> dict:
     """The node's inputs the server reads: its declared ones and a dynamic combo's '<combo>.<input>' options."""
@@ -64,8 +49,7 @@ def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path
         assert result["missing_types"] == [], f"{name}: node types the frontend does not know"
         assert result["missing_node_errors"] == [], f"{name}: nodes shown as missing/with errors"
         assert result["invalid_choices"] == [], f"{name}: choices the loaded nodes do not offer"
-        errors = [e for e in result["console_errors"] if not OFFLINE_CSP_BLOCK.match(e)]
-        assert errors == [], f"{name}: console errors {errors}"
+        assert page_errors(result) == [], f"{name}: console errors {page_errors(result)}"
         assert result["prompt_status"] == 200, f"{name}: /prompt answered {result['prompt_reply']}"
         # ComfyUI queues a prompt when some outputs are valid and drops the others: every node must be valid.
         assert result["prompt_reply"]["node_errors"] == {}, f"{name}: {result['prompt_reply']['node_errors']}"

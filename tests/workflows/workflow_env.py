@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,24 @@ TEST_OVERRIDES = {
     "ImageScaleToTotalPixels": {"megapixels": 0.01},
     "KSampler": {"steps": 2},
 }
+
+# ComfyUI started with --disable-api-nodes answers every page with a CSP that blocks connections to other hosts
+# (server.py, create_block_external_middleware; connect-src 'self', from 0.4 also data:); the frontend's registry
+# and model-file lookups then fail by design. The same CSP (no blob:) stops the 3D viewer's GLTFLoader from
+# fetching a texture embedded in a GLB (it reads it through a blob: URL), so Preview 3D shows e2p_image_to_3d's
+# mesh untextured here; a server without --disable-api-nodes sets no CSP and loads the texture with no error.
+_BLOCKED_URL = r"(https://[^'\s]+|blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+)"
+OFFLINE_CSP_BLOCK = re.compile(
+    rf"^Connecting to '{_BLOCKED_URL}' violates the following Content Security Policy directive: "
+    r"\"connect-src 'self'( data:)?\"|"
+    rf"^Fetch API cannot load {_BLOCKED_URL}\. Refused to connect because it violates the document's Content "
+    r"Security Policy|"
+    r"^THREE\.GLTFLoader: Couldn't load texture blob:http://127\.0\.0\.1:\d+/[0-9a-f-]+")
+
+
+def page_errors(result: dict) -> list[str]:
+    """A frontend job's console errors, less the blocked connections OFFLINE_CSP_BLOCK describes."""
+    return [error for error in result["console_errors"] if not OFFLINE_CSP_BLOCK.match(error)]
 
 
 def keep_artifacts(paths: list[Path], test_name: str) -> None:
