@@ -229,3 +229,37 @@ def test_cpu_fallback_attention_is_replaced_by_sdpa_unless_a_flag_chose_it(tmp_p
     monkeypatch.setattr(args, "use_quad_cross_attention", True)
     flagged = patches.apply_e2p_patches(stock)
     assert "optimized_attention_override" not in flagged.model_options.get("transformer_options", {})
+
+
+def test_the_cpu_vae_fast_path_computes_what_comfyui_does_and_leaves_the_vae_as_it_was(monkeypatch):
+    """Inside cpu_speedups.fast_cpu_vae the VAE runs channels-last with SDPA attention (measured faster on the CPU);
+    it encodes and decodes what ComfyUI's own layout and fallback attention do, within float tolerance, and
+    afterwards the weights and attention blocks are as before; a backend chosen by flag is kept."""
+    from comfy.cli_args import args
+    from e2p_core.comfyui import compat, cpu_speedups
+
+    vae = compat.load_vae(tm.flux_vae_state_dict())
+    network = compat.vae_network(vae)
+    fallback, sdpa = compat.vae_attention_backends()
+    blocks = [block for block in network.modules() if hasattr(block, "optimized_attention")]
+    if not blocks or any(block.optimized_attention is not fallback for block in blocks):
+        pytest.skip("ComfyUI did not pick its fallback attention for the VAE in this environment")
+    image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(5))
+    decoder = compat.raw_vae_decoder(vae)
+    weight = next(parameter for parameter in network.parameters() if parameter.dim() == 4)
+    before = weight.detach().clone()
+    with torch.inference_mode():
+        stock_latent = vae.encode(image)
+        stock_image = decoder.decode(stock_latent)
+        with cpu_speedups.fast_cpu_vae(vae):
+            assert weight.is_contiguous(memory_format=torch.channels_last)
+            assert all(block.optimized_attention is sdpa for block in blocks)
+            fast_latent = vae.encode(image)
+            fast_image = decoder.decode(stock_latent)
+    assert scaled_error(fast_latent, stock_latent) <= RELATIVE_TOLERANCE
+    assert scaled_error(fast_image, stock_image) <= RELATIVE_TOLERANCE
+    assert weight.is_contiguous() and torch.equal(weight, before)
+    assert all(block.optimized_attention is fallback for block in blocks)
+    monkeypatch.setattr(args, "use_split_cross_attention", True)
+    with cpu_speedups.fast_cpu_vae(vae):
+        assert all(block.optimized_attention is fallback for block in blocks)

@@ -443,29 +443,56 @@ def tokenize_padded(clip, text: str, t5_min_length: int):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def prefer_sdpa_over_cpu_fallback(patcher) -> None:
-    """On CPU, use torch SDPA where ComfyUI fell back to sub-quadratic attention on its own.
-
-    bench/dit_options.py measured the FLUX DiT pass at 0.81x the time with SDPA at 512² on CPU (5 of 5 interleaved
-    rounds). Only CPU was measured, so GPUs keep ComfyUI's choice; so do a backend the user chose with a flag and
-    an override another node already set on this model."""
+def attention_backend_chosen_by_flag() -> bool:
+    """The user picked an attention backend on the command line (--use-split/quad-cross-attention)."""
     from comfy.cli_args import args
+
+    return bool(args.use_quad_cross_attention or args.use_split_cross_attention)
+
+
+def model_attention_is_sub_quadratic_fallback() -> bool:
+    """ComfyUI runs transformer attention with its sub-quadratic fallback (what it picks on a CPU)."""
     from comfy.ldm.modules import attention
 
-    if getattr(patcher, "load_device", None) is None or patcher.load_device.type != "cpu":
-        return
-    chosen_by_flag = args.use_quad_cross_attention or args.use_split_cross_attention
-    if chosen_by_flag or attention.optimized_attention is not attention.attention_sub_quad:
-        return
+    return attention.optimized_attention is attention.attention_sub_quad
+
+
+def override_model_attention(patcher, function) -> bool:
+    """Run this model's attention as ``function(q, k, v, heads, ...)`` (ComfyUI's attention signature); False,
+    changing nothing, when another node already set an override on it."""
     transformer_options = patcher.model_options.setdefault("transformer_options", {})
     if "optimized_attention_override" in transformer_options:
-        return
-    sdpa = attention.get_attention_function("pytorch")
+        return False
 
-    def use_sdpa(default_function, *args, **kwargs):
-        return sdpa(*args, **kwargs)
+    def use_function(default_function, *args, **kwargs):
+        return function(*args, **kwargs)
 
-    transformer_options["optimized_attention_override"] = use_sdpa
+    transformer_options["optimized_attention_override"] = use_function
+    return True
+
+
+def sdpa_model_attention():
+    """ComfyUI's torch scaled_dot_product_attention backend for transformers."""
+    from comfy.ldm.modules import attention
+
+    return attention.get_attention_function("pytorch")
+
+
+def vae_network(vae) -> torch.nn.Module:
+    """The VAE's torch module (encoder and decoder)."""
+    return vae.first_stage_model
+
+
+def vae_device(vae) -> torch.device:
+    return torch.device(vae.device)
+
+
+def vae_attention_backends():
+    """(ComfyUI's fallback, its torch SDPA) for the VAE's attention blocks: the functions an ``AttnBlock`` holds
+    as ``optimized_attention``, the same on both versions."""
+    from comfy.ldm.modules.diffusionmodules import model
+
+    return model.normal_attention, model.pytorch_attention
 
 
 # ---------------------------------------------------------------------------------------------------------------

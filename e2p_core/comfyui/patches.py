@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import compat
+from . import compat, cpu_speedups
 from ..flow import official_time_embedding
 from ..release import TIME_EMBEDDING_OFFICIAL, TIME_EMBEDDING_STOCK
 
@@ -88,5 +88,5 @@ def apply_e2p_patches(patcher, time_embedding: str = TIME_EMBEDDING_OFFICIAL):
             patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, _time_embedding_wrapper)
     else:
         patched.object_patches.pop("diffusion_model.time_in", None)
-    compat.prefer_sdpa_over_cpu_fallback(patched)
+    cpu_speedups.prefer_sdpa_for_model(patched)
     return patched

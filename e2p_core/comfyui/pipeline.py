@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .. import ensemble, imaging
-from . import compat
+from . import compat, cpu_speedups
 from ..flow import seeded_noise
 from .sampling import predict_latent
 from ..hints import MattingConditioning, MattingHints, hint_map_on_canvas, hint_map_to_image
@@ -164,31 +164,32 @@ def predict_task(model: BoundModel, vae, images: torch.Tensor, options: Predicti
     encoded: dict[int, list[torch.Tensor]] = {}
     members: dict[int, list[torch.Tensor]] = {frame: [] for frame in range(batch)}
     outputs, uncertainties, hint_outputs = [None] * batch, [None] * batch, [None] * batch
-    for start in range(0, len(items), frames_per_pass):
-        compat.throw_if_interrupted()
-        pass_items = items[start:start + frames_per_pass]
-        new_frames = sorted({frame for frame, _ in pass_items} - encoded.keys())
-        if new_frames:
-            encoded.update(_encode_frames(vae, images, new_frames, canvas, point_map_of, hint_outputs))
-        pass_references = [torch.cat([encoded[frame][kind] for frame, _ in pass_items])
-                           for kind in range(len(encoded[pass_items[0][0]]))]
-        item_shape = (1,) + tuple(pass_references[0].shape[1:])
-        noise = torch.cat([seeded_noise(item_shape, member_seeds[member]) for _, member in pass_items])
-        latent = predict_latent(model.patcher, pass_references, model.cond, model.pooled, noise=noise, seed=seed,
-                                steps=options.steps)
-        for position, (frame, _) in enumerate(pass_items):
-            _require_finite_prediction(latent[position:position + 1], frame, model.patcher)
-        decoded = decoder.decode(latent).float()[..., :3]
-        for position, (frame, _) in enumerate(pass_items):
-            _require_finite_vae(decoded[position:position + 1], frame, "decoding of the (finite) prediction")
-        values = _decode_task_value(decoded, model.task, canvas)
-        for position, (frame, member) in enumerate(pass_items):
-            members[frame].append(values[position:position + 1])
-            if member == ensemble_size - 1:
-                combined, uncertainty = spec.combine(torch.cat(members.pop(frame)))
-                outputs[frame], uncertainties[frame] = combined[None], uncertainty[None]
-                del encoded[frame]
-        if on_progress is not None:
-            on_progress(len(pass_items))
+    with cpu_speedups.fast_cpu_vae(vae):
+        for start in range(0, len(items), frames_per_pass):
+            compat.throw_if_interrupted()
+            pass_items = items[start:start + frames_per_pass]
+            new_frames = sorted({frame for frame, _ in pass_items} - encoded.keys())
+            if new_frames:
+                encoded.update(_encode_frames(vae, images, new_frames, canvas, point_map_of, hint_outputs))
+            pass_references = [torch.cat([encoded[frame][kind] for frame, _ in pass_items])
+                               for kind in range(len(encoded[pass_items[0][0]]))]
+            item_shape = (1,) + tuple(pass_references[0].shape[1:])
+            noise = torch.cat([seeded_noise(item_shape, member_seeds[member]) for _, member in pass_items])
+            latent = predict_latent(model.patcher, pass_references, model.cond, model.pooled, noise=noise, seed=seed,
+                                    steps=options.steps)
+            for position, (frame, _) in enumerate(pass_items):
+                _require_finite_prediction(latent[position:position + 1], frame, model.patcher)
+            decoded = decoder.decode(latent).float()[..., :3]
+            for position, (frame, _) in enumerate(pass_items):
+                _require_finite_vae(decoded[position:position + 1], frame, "decoding of the (finite) prediction")
+            values = _decode_task_value(decoded, model.task, canvas)
+            for position, (frame, member) in enumerate(pass_items):
+                members[frame].append(values[position:position + 1])
+                if member == ensemble_size - 1:
+                    combined, uncertainty = spec.combine(torch.cat(members.pop(frame)))
+                    outputs[frame], uncertainties[frame] = combined[None], uncertainty[None]
+                    del encoded[frame]
+            if on_progress is not None:
+                on_progress(len(pass_items))
     return TaskPrediction(torch.cat(outputs), torch.cat(hint_outputs) if point_map_of is not None else None,
                           torch.cat(uncertainties))
