@@ -459,6 +459,20 @@ def normal_controlnet_relight() -> Graph:
     return g
 
 
+def _save_composite_and_matte(g: Graph, composite: Node, matting: Node, column: int,
+                              prefix: str = "") -> tuple[Node, Node, Node]:
+    """Saves the composite, the matting node's RGBA cut-out and its alpha as a 16-bit PNG (names begin `prefix`)."""
+    save_composite = g.add("SaveImage", column, "Save composite", filename_prefix=f"edit2perceive/{prefix}composite")
+    g.link(composite, "IMAGE", save_composite, "images")
+    save_rgba = g.add("SaveImage", column, "Save cut-out (RGBA PNG)",
+                      filename_prefix=f"edit2perceive/{prefix}cutout_rgba")
+    g.link(matting, "rgba", save_rgba, "images")
+    save_alpha = g.add("E2PSaveFloatImage", column, "Save alpha (16-bit)",
+                       filename_prefix=f"edit2perceive/{prefix}alpha", file_format="png16", content="alpha")
+    g.link(matting, "alpha", save_alpha, "mask")
+    return save_composite, save_rgba, save_alpha
+
+
 def matting_composite() -> Graph:
     g = Graph("e2p_matting_composite", "Matting: clicks or a painted mask, then the subject over a new background")
     subject = g.add("LoadImage", 0, "Subject (paint the mask here: right click > Open in MaskEditor)",
@@ -483,13 +497,7 @@ def matting_composite() -> Graph:
     g.link(fitted, "IMAGE", composite, "destination")
     g.link(subject, "IMAGE", composite, "source")
     g.link(by_points, "alpha", composite, "mask")
-    save_composite = g.add("SaveImage", 4, "Save composite", filename_prefix="edit2perceive/composite")
-    g.link(composite, "IMAGE", save_composite, "images")
-    save_rgba = g.add("SaveImage", 4, "Save cut-out (RGBA PNG)", filename_prefix="edit2perceive/cutout_rgba")
-    g.link(by_points, "rgba", save_rgba, "images")
-    save_alpha = g.add("E2PSaveFloatImage", 4, "Save alpha (16-bit)", filename_prefix="edit2perceive/alpha",
-                       file_format="png16", content="alpha")
-    g.link(by_points, "alpha", save_alpha, "mask")
+    save_composite, save_rgba, save_alpha = _save_composite_and_matte(g, composite, by_points, 4)
     preview_hints = g.add("PreviewImage", 2, "Hint map (painted mask)")
     g.link(by_mask, "hint_map", preview_hints, "images")
     save_mask_rgba = g.add("SaveImage", 4, "Save cut-out from painted mask (RGBA)",
@@ -655,13 +663,7 @@ def sam3_matting() -> Graph:
     _e2p_inputs(g, model, vae, image, matting)
     g.link(detect, "masks", matting, "hint_mask")
     size, background, composite = _over_solid_colour(g, image, "IMAGE", matting, 4)
-    save_composite = g.add("SaveImage", 6, "Save composite", filename_prefix="edit2perceive/sam3_composite")
-    g.link(composite, "IMAGE", save_composite, "images")
-    save_rgba = g.add("SaveImage", 6, "Save cut-out (RGBA PNG)", filename_prefix="edit2perceive/sam3_cutout_rgba")
-    g.link(matting, "rgba", save_rgba, "images")
-    save_alpha = g.add("E2PSaveFloatImage", 6, "Save alpha (16-bit)", filename_prefix="edit2perceive/sam3_alpha",
-                       file_format="png16", content="alpha")
-    g.link(matting, "alpha", save_alpha, "mask")
+    save_composite, save_rgba, save_alpha = _save_composite_and_matte(g, composite, matting, 6, "sam3_")
     g.group("Stock SAM3: the coarse mask", "stock", sam3, prompt, detect, coarse)
     g.group("Edit2Perceive matting: the fine matte", "e2p", vae, model, clip, matting)
     g.group("Stock compositing and saving", "save", size, background, composite, save_composite, save_rgba,
@@ -669,6 +671,16 @@ def sam3_matting() -> Graph:
     g.note(0, files_note(g, SAM3_NOTE + " Set the background colour in *New background*, or load a picture "
                                         "instead and scale it to the subject as in e2p_matting_composite."))
     return g
+
+
+def _save_video(g: Graph, frames: Node, components: Node, column: int, what: str, prefix: str) -> tuple[Node, Node]:
+    """Frames (IMAGE) at the clip's frame rate -> a video saved as edit2perceive/<prefix>."""
+    video = g.add("CreateVideo", column, f"{what.capitalize()} video")
+    g.link(frames, "IMAGE", video, "images")
+    g.link(components, "fps", video, "fps")
+    save = g.add("SaveVideo", column + 1, f"Save {what} video", filename_prefix=f"edit2perceive/{prefix}")
+    g.link(video, "VIDEO", save, "video")
+    return video, save
 
 
 def sam3_video_matting() -> Graph:
@@ -695,18 +707,10 @@ def sam3_video_matting() -> Graph:
     _e2p_inputs(g, model, vae, components, matting, image_output="images")
     g.link(masks, "masks", matting, "hint_mask")
     size, background, composite = _over_solid_colour(g, components, "images", matting, 5)
-    composite_video = g.add("CreateVideo", 7, "Composite video")
-    g.link(composite, "IMAGE", composite_video, "images")
-    g.link(components, "fps", composite_video, "fps")
-    save_composite = g.add("SaveVideo", 8, "Save composite video", filename_prefix="edit2perceive/sam3_composite")
-    g.link(composite_video, "VIDEO", save_composite, "video")
+    composite_video, save_composite = _save_video(g, composite, components, 7, "composite", "sam3_composite")
     matte_image = g.add("MaskToImage", 5, "Matte as image")
     g.link(matting, "alpha", matte_image, "mask")
-    matte_video = g.add("CreateVideo", 7, "Matte video")
-    g.link(matte_image, "IMAGE", matte_video, "images")
-    g.link(components, "fps", matte_video, "fps")
-    save_matte = g.add("SaveVideo", 8, "Save matte video", filename_prefix="edit2perceive/sam3_matte")
-    g.link(matte_video, "VIDEO", save_matte, "video")
+    matte_video, save_matte = _save_video(g, matte_image, components, 7, "matte", "sam3_matte")
     save_frames = g.add("E2PSaveFloatImage", 8, "Save matte frames (16-bit)",
                         filename_prefix="edit2perceive/sam3_matte_frames", file_format="png16", content="alpha")
     g.link(matting, "alpha", save_frames, "mask")
