@@ -1,7 +1,7 @@
 """Everything the example workflows need on disk to run: tiny model files under the names the workflows use,
 input images and a short clip, and a ComfyUI server over them (for the workflow build and the workflow tests).
 
-The server gets a test-only custom node (STAND_IN_SHIM) with two adjustments for the stand-ins:
+The server gets a test-only custom node (STAND_IN_SHIM) with three adjustments for the stand-ins:
 - the stock UNETLoader of ComfyUI 0.3.75 assumes 24 heads for every FLUX model (so only the full 3072-wide size
   loads); newer ComfyUI derives the head count from the width, and so does the shim, so the tiny 256-wide models
   go through the real UNETLoader;
