@@ -30,9 +30,13 @@ TEXT_ENCODER_SOURCE = f"{HF}/comfyanonymous/flux_text_encoders"
 FLUX_DEV_SOURCE = f"{HF}/Comfy-Org/flux1-dev"                          # core's FLUX.1 Depth [dev] LoRA template
 SD15_SOURCE = f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive"
 CONTROLNET_SOURCE = f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors"
+SAM3_SOURCE = f"{HF}/Comfy-Org/sam3.1"                                 # core's SAM3 image and video segment templates
 
 # The FLUX.1 Kontext [dev] base the task LoRAs are applied to (scaled fp8: load it with UNETLoader).
 KONTEXT_BASE = "flux1-dev-kontext_fp8_scaled.safetensors"
+# SAM 3.1 (detector, video tracker and text encoder in one file) for ComfyUI's SAM3 nodes: load it with
+# CheckpointLoaderSimple.
+SAM3_CHECKPOINT = "sam3.1_multiplex_fp16.safetensors"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ MODEL_FILES: dict[str, ModelFile] = {
     **_files("checkpoints", SD15_SOURCE, "v1-5-pruned-emaonly-fp16.safetensors"),
     **_files("controlnet", CONTROLNET_SOURCE, "control_v11f1p_sd15_depth_fp16.safetensors",
              "control_v11p_sd15_normalbae_fp16.safetensors"),
+    **_files("checkpoints", SAM3_SOURCE, SAM3_CHECKPOINT, repository_folder="checkpoints"),
 }
 
 # (node type, file input) -> the models/ folders that input lists, in ComfyUI's search order: the pack's loaders

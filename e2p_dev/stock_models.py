@@ -10,6 +10,12 @@ The FLUX.1 [dev] workflow loads the FLUX text encoders (clip_l + t5xxl) with Dua
 (4.7B parameters) from a fixed config, which its ``model_options["t5xxl_model_config"]`` entry overrides: the T5
 stand-in is built with the small config below, and the workflow server hands ComfyUI the same override
 (e2p_dev.workflows.environment), so it loads through the real DualCLIPLoader. CLIP-L is the SD1.5 one.
+
+The SAM3 workflows (ComfyUI 0.33.0) load SAM 3.1 with CheckpointLoaderSimple: detector, video tracker and text
+encoder in one file. ComfyUI recognises it from key names alone and builds it at its full size whatever the file
+holds; the workflow server gives ComfyUI the sizes of the file instead (read from its tensor shapes, as ComfyUI
+does for most models) and the text encoder's size through ComfyUI's own config override, as for T5. The SAM3
+stand-in is small, but runs at SAM3's fixed 1008 x 1008 input, which costs seconds per frame on a CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def _randomized(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     for name, tensor in module.state_dict().items():
         if name.endswith(".bias"):
             values[name] = torch.zeros(tensor.shape)
-        elif tensor.dim() <= 1:
+        elif tensor.dim() <= 1 or tensor.numel() == 0:
             values[name] = torch.ones(tensor.shape)
         else:
             values[name] = torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5
@@ -109,3 +115,104 @@ def sd15_controlnet_state_dict(seed: int = 21) -> dict[str, torch.Tensor]:
         control = comfy.cldm.cldm.ControlNet(hint_channels=3, **config, operations=comfy.ops.disable_weight_init)
     values = _randomized(control, seed)
     return _half({f"control_model.{k}": v for k, v in values.items()})
+
+
+# SAM 3.1 stand-in sizes (keyword arguments of ComfyUI's SAM3Model, each readable from the file's shapes): a
+# one-block ViT 64 wide, 32-wide detector and tracker, 8 queries, and no memory frames, so the tracker runs
+# without memory attention (the one part that would cost seconds more per frame on a CPU at SAM3's 72 x 72 tokens).
+SAM3_STAND_IN_SIZES = {"embed_dim": 64, "depth": 1, "d_model": 32, "mem_dim": 32, "num_queries": 8,
+                       "num_maskmem": 0}
+# Override of ComfyUI's SAM3 text encoder config (its width is the ViT's); the vocabulary stays.
+SAM3_TEXT_STAND_IN_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+                             "num_hidden_layers": 1}
+# Where the stand-in's random weights would leave it to chance whether anything is found, one channel is a
+# constant instead: every query scores as a detection and every mask logit is about this squared, i.e. every mask
+# covers the whole frame, on every frame (meaningless, but never empty, so the matting after it always runs).
+SAM3_CONSTANT = 8.0
+_SAM3_TEXT_PREFIX = "detector.backbone.language_backbone.encoder."
+
+
+def _constant_channel(values: dict[str, torch.Tensor], layer: str, transposed: bool = False) -> None:
+    """Output channel 0 of `layer` (Linear/Conv weight [out, in, ...]; ConvTranspose [in, out, ...]) becomes the
+    constant SAM3_CONSTANT: its weights 0, its bias SAM3_CONSTANT."""
+    weight = values[f"{layer}.weight"]
+    if transposed:
+        weight[:, 0] = 0
+    else:
+        weight[0] = 0
+    values[f"{layer}.bias"][0] = SAM3_CONSTANT
+
+
+def _sam3_always_finds(values: dict[str, torch.Tensor]) -> None:
+    """The constant channels that make the stand-in detect, and keep, a whole-frame mask (see SAM3_CONSTANT)."""
+    for layer in ("detector.dot_prod_scoring.hs_proj", "detector.dot_prod_scoring.prompt_proj",
+                  "detector.segmentation_head.instance_seg_head",
+                  "detector.segmentation_head.mask_predictor.mask_embed.layers.2"):
+        _constant_channel(values, layer)
+    for decoder in ("tracker.sam_mask_decoder", "tracker.interactive_sam_mask_decoder"):
+        _constant_channel(values, f"{decoder}.output_upscaling.3", transposed=True)
+        values[f"{decoder}.conv_s0.weight"][0] = 0   # added to that channel before its activation
+        _constant_channel(values, f"{decoder}.pred_obj_score_head.layers.2")   # always "object present"
+        hypernetworks = {key.split(".")[3] for key in values if key.startswith(f"{decoder}.output_hypernetworks_mlps.")}
+        for index in hypernetworks:
+            _constant_channel(values, f"{decoder}.output_hypernetworks_mlps.{index}.layers.2")
+
+
+def _openclip_text_layout(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's CLIPTextModel names -> the OpenCLIP names SAM3 files hold (ComfyUI converts them back on load)."""
+    renamed = {"text_model.embeddings.position_embedding.weight": "positional_embedding",
+               "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+               "text_model.final_layer_norm.weight": "ln_final.weight",
+               "text_model.final_layer_norm.bias": "ln_final.bias"}
+    layer_parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
+    out = {"text_projection": values["text_projection.weight"].t().contiguous()}
+    for key, value in values.items():
+        if key in renamed:
+            out[renamed[key]] = value
+        elif key.startswith("text_model.encoder.layers."):
+            layer, part = key[len("text_model.encoder.layers."):].split(".", 1)
+            module, kind = part.rsplit(".", 1)
+            if module in layer_parts:
+                out[f"transformer.resblocks.{layer}.{layer_parts[module]}.{kind}"] = value
+            elif module == "self_attn.q_proj":
+                stacked = [values[f"text_model.encoder.layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
+                out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(stacked)
+    return out
+
+
+def _sam31_file_layout(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's SAM3Model names -> the SAM 3.1 file's: the tracker under ``tracker.model.`` with the mask decoders'
+    MLP and final norm under their original names, the detector's attention as fused ``in_proj`` (the conversions
+    ComfyUI's SAM3 loader undoes)."""
+    out = {}
+    for key, value in values.items():
+        if key.startswith("tracker."):
+            key = "tracker.model." + key[len("tracker."):]
+            if "sam_mask_decoder.transformer." in key:
+                key = (key.replace(".mlp.0.", ".mlp.lin1.").replace(".mlp.2.", ".mlp.lin2.")
+                       .replace(".norm_final.", ".norm_final_attn."))
+        out[key] = value
+    for query in [key for key in out if key.startswith("detector.") and ".q_proj." in key]:
+        base, kind = query.rsplit(".q_proj.", 1)
+        out[f"{base}.in_proj_{kind}"] = torch.cat([out.pop(f"{base}.{p}_proj.{kind}") for p in "qkv"])
+    return out
+
+
+def sam31_checkpoint_state_dict(seed: int = 31) -> dict[str, torch.Tensor]:
+    """What CheckpointLoaderSimple reads from sam3.1_multiplex_fp16.safetensors (ComfyUI with SAM3 only), sized by
+    SAM3_STAND_IN_SIZES and SAM3_TEXT_STAND_IN_CONFIG, fp16."""
+    import comfy.clip_model
+    import comfy.ops
+    import comfy.text_encoders.sam3_clip
+    from comfy.ldm.sam3.detector import SAM3Model
+
+    with torch.device("meta"):
+        model = SAM3Model(image_model="SAM31", operations=comfy.ops.disable_weight_init, **SAM3_STAND_IN_SIZES)
+        text = comfy.clip_model.CLIPTextModel({**comfy.text_encoders.sam3_clip.SAM3_CLIP_CONFIG,
+                                               **SAM3_TEXT_STAND_IN_CONFIG}, None, "meta", comfy.ops.manual_cast)
+    values = _randomized(model, seed)
+    _sam3_always_finds(values)
+    tensors = _sam31_file_layout(values)
+    tensors.update({_SAM3_TEXT_PREFIX + k: v for k, v in _openclip_text_layout(_randomized(text, seed + 1)).items()})
+    return _half(tensors)

@@ -47,15 +47,23 @@ def core_template_files() -> dict[str, set[tuple[str, str]]]:
     return files
 
 
+@pytest.mark.comfyui   # the templates of each tested ComfyUI (the SAM3 ones come with 0.33.0)
 def test_files_core_templates_use_have_their_names_links_and_folders():
-    """Where ComfyUI's own templates (FLUX.1 Kontext [dev], FLUX.1 Depth [dev], ...) load a file, the registry names
-    it the same, links the same download and puts it in the same folder: a user who ran those templates downloads
-    nothing twice."""
+    """Where ComfyUI's own templates (FLUX.1 Kontext [dev], FLUX.1 Depth [dev], SAM3 image and video segment, ...)
+    load a file, the registry names it the same, links the same download and puts it in the same folder: a user who
+    ran those templates downloads nothing twice."""
+    from e2p_dev.comfy_runtime import SUPPORTED_COMFYUI_VERSIONS, comfyui_dir, read_comfyui_version
+    from e2p_dev.workflows.graphs import SAM3_COMFYUI
+
     templates = core_template_files()
     assert templates, "no workflow templates found: ComfyUI's comfyui-workflow-templates packages are missing"
     shared = {name for name in MODEL_FILES if name in templates}
-    assert {model_registry.KONTEXT_BASE, "ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors",
-            "flux1-dev-fp8.safetensors", "flux1-depth-dev-lora.safetensors"} <= shared
+    expected = {model_registry.KONTEXT_BASE, "ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors",
+                "flux1-dev-fp8.safetensors", "flux1-depth-dev-lora.safetensors"}
+    order = SUPPORTED_COMFYUI_VERSIONS.index
+    if order(read_comfyui_version(comfyui_dir())) >= order(SAM3_COMFYUI):
+        expected.add(model_registry.SAM3_CHECKPOINT)
+    assert expected <= shared
     for name in shared:
         entry = MODEL_FILES[name]
         assert entry.url in {url for url, _ in templates[name]}, (name, templates[name])

@@ -2,11 +2,13 @@
 
     ~/.cache/e2p_comfyui/venv/bin/python e2p_dev/workflows/build.py [FOLDER_TO_KEEP_TINY_MODELS_IN]
 
-Each graph in graphs.py becomes a draft, is loaded by the frontend (served by ComfyUI 0.3.75 with this
-pack and tiny model files), laid out, and saved with the frontend's own serialisation; the screenshot of the
-loaded workflow, downscaled, is the thumbnail. Run it after changing a graph or a pack node's inputs
-(test_workflows_files.py fails until then). The files are always built on the first supported ComfyUI, whose
-nodes every later version can load (a newer one's added inputs are filled from its defaults).
+Each graph in graphs.py becomes a draft, is loaded by the frontend (served by ComfyUI with this pack and tiny
+model files), laid out, and saved with the frontend's own serialisation; the screenshot of the loaded workflow,
+downscaled, is the thumbnail. Run it after changing a graph or a pack node's inputs (test_workflows_files.py fails
+until then). A workflow is built on the first tested ComfyUI that has all its nodes (Graph.first_comfyui), whose
+nodes every later version can load (a newer one's added inputs are filled from its defaults): most on 0.3.75, the
+SAM3 ones on 0.33.0. Each run builds the workflows of the ComfyUI it runs on (E2P_COMFYUI_DIR, with that
+version's venv).
 """
 
 from __future__ import annotations
@@ -31,17 +33,22 @@ CHROME_LEFT, CHROME_TOP = 52, 64
 
 
 def main() -> None:
-    authoring = comfy_runtime.SUPPORTED_COMFYUI_VERSIONS[0]
+    from e2p_dev.workflows import graphs
+
     found = comfy_runtime.read_comfyui_version(comfy_runtime.comfyui_dir())
-    if found != authoring:
-        raise SystemExit(f"the workflows are built on ComfyUI {authoring}, this is {found} "
-                         f"({comfy_runtime.comfyui_dir()}); unset E2P_COMFYUI_DIR and run with that version's venv")
+    every_graph = [make() for make in graphs.ALL_GRAPHS]
+    built_here = [graph for graph in every_graph if graph.first_comfyui == found]
+    if not built_here:
+        versions = sorted({graph.first_comfyui for graph in every_graph})
+        raise SystemExit(f"no workflow is built on ComfyUI {found} ({comfy_runtime.comfyui_dir()}): they are built "
+                         f"on {' and '.join(versions)}; set E2P_COMFYUI_DIR and run with that version's venv")
+    print(f"building on ComfyUI {found}:", ", ".join(graph.name for graph in built_here))
     work = Path(tempfile.mkdtemp(prefix="e2p_build_workflows_"))
     files = Path(sys.argv[1]) if len(sys.argv) > 1 else work / "files"  # optional: reuse tiny model files
     comfy_runtime.configure_comfy_args(work / "inprocess")
     from PIL import Image
 
-    from e2p_dev.workflows import environment, frontend, graphs
+    from e2p_dev.workflows import environment, frontend
 
     server = environment.start_workflow_server(work / "server", files)
     try:
@@ -49,8 +56,7 @@ def main() -> None:
         jobs = []
         environment.WORKFLOWS_DIR.mkdir(exist_ok=True)
         before = {path: path.read_bytes() for path in environment.WORKFLOWS_DIR.glob("*.json")}
-        for make in graphs.ALL_GRAPHS:
-            graph = make()
+        for graph in built_here:
             jobs.append({"name": graph.name, "workflow": graphs.to_ui(graph, object_info),
                          "layout": graphs.layout(graph),
                          "save_to": str(environment.WORKFLOWS_DIR / f"{graph.name}.json"),

@@ -1,12 +1,14 @@
 """Everything the example workflows need on disk to run: tiny model files under the names the workflows use,
 input images and a short clip, and a ComfyUI server over them (for the workflow build and the workflow tests).
 
-The server gets a test-only custom node (STAND_IN_SHIM) with two adjustments for the stand-ins:
+The server gets a test-only custom node (STAND_IN_SHIM) with three adjustments for the stand-ins:
 - the stock UNETLoader of ComfyUI 0.3.75 assumes 24 heads for every FLUX model (so only the full 3072-wide size
   loads); newer ComfyUI derives the head count from the width, and so does the shim, so the tiny 256-wide models
   go through the real UNETLoader;
 - T5-XXL loaded from a file (DualCLIPLoader) is built with e2p_dev.stock_models' small config, through ComfyUI's
-  own config override, so the T5 stand-in loads.
+  own config override, so the T5 stand-in loads;
+- SAM3 (ComfyUI 0.33.0, CheckpointLoaderSimple) is built at the sizes its file's shapes give, not SAM3's fixed
+  full size, and its text encoder with the stand-in's small config (ComfyUI's own override again).
 """
 
 from __future__ import annotations
@@ -21,36 +23,55 @@ import numpy as np
 import torch
 from PIL import Image
 
-from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE, folder_for
+from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE, SAM3_CHECKPOINT, folder_for
 from e2p_dev import stock_models
 from e2p_dev import tiny_models as tm
-from e2p_dev.comfy_runtime import REPO_ROOT
+from e2p_dev.comfy_runtime import REPO_ROOT, comfyui_dir, read_comfyui_version
 from e2p_dev.server import ComfyServer
 from e2p_dev.workflows.graphs import INPUT_FILES
 
 WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
-# The one command that rebuilds the shipped workflows and thumbnails from graphs.py (on ComfyUI 0.3.75, the first
-# supported version, so the files load on every supported version).
-REBUILD_COMMAND = "~/.cache/e2p_comfyui/venv/bin/python e2p_dev/workflows/build.py"
+# What rebuilds the shipped workflows and thumbnails from graphs.py: each is built on the first tested ComfyUI that
+# has all its nodes (0.3.75 for most, so they load on every tested version; 0.33.0 for the SAM3 ones).
+REBUILD_COMMAND = ("~/.cache/e2p_comfyui/venv/bin/python e2p_dev/workflows/build.py, and for the SAM3 workflows "
+                   "E2P_COMFYUI_DIR=~/.cache/e2p_comfyui/ComfyUI-0.33.0 ~/.cache/e2p_comfyui/venv-0.33.0/bin/python "
+                   "e2p_dev/workflows/build.py")
 IMAGE_SIZE = 64
 VIDEO_FRAMES = 4
 
 STAND_IN_SHIM = '''
-"""Test only: FLUX head count from the model width, as newer ComfyUI derives it (0.3.75 fixes it at 24), and
-the stand-in's small T5 config (ComfyUI's own "t5xxl_model_config" override)."""
+"""Test only: FLUX head count from the model width, as newer ComfyUI derives it (0.3.75 fixes it at 24); the
+stand-in's small T5 config (ComfyUI's own "t5xxl_model_config" override); SAM3 at the sizes of its file and with
+the stand-in's small text encoder config (the same kind of override, "sam3_clip_model_config", which only SAM3's
+text encoder reads)."""
 import comfy.model_detection
 import comfy.sd
 
 T5XXL_CONFIG = %s
+SAM3_TEXT_CONFIG = %s
+SAM3_TRUNK = "detector.backbone.vision_backbone.trunk."
 
 _detect = comfy.model_detection.detect_unet_config
 _load_text_encoders = comfy.sd.load_text_encoder_state_dicts
+_load_checkpoint = comfy.sd.load_checkpoint_guess_config
+
+
+def sam3_sizes(state_dict):
+    """SAM3Model's size arguments, read from the file (ComfyUI takes SAM3's full size for any file)."""
+    queries = state_dict["detector.transformer.decoder.query_embed.weight"]
+    memory = state_dict.get("tracker.model.maskmem_tpos_enc", state_dict.get("tracker.maskmem_tpos_enc"))
+    blocks = {key.split(".")[5] for key in state_dict if key.startswith(SAM3_TRUNK + "blocks.")}
+    return {"embed_dim": state_dict[SAM3_TRUNK + "patch_embed.proj.weight"].shape[0], "depth": len(blocks),
+            "num_queries": queries.shape[0], "d_model": queries.shape[1], "num_maskmem": memory.shape[0],
+            "mem_dim": memory.shape[-1]}
 
 
 def detect_unet_config(state_dict, key_prefix, metadata=None):
     config = _detect(state_dict, key_prefix, metadata=metadata)
     if config is not None and config.get("image_model") == "flux":
         config["num_heads"] = config["hidden_size"] // sum(config["axes_dim"])
+    if config is not None and config.get("image_model") in ("SAM3", "SAM31"):
+        config.update(sam3_sizes(state_dict))
     return config
 
 
@@ -61,8 +82,16 @@ def load_text_encoder_state_dicts(*args, model_options={}, **kwargs):
 
 comfy.model_detection.detect_unet_config = detect_unet_config
 comfy.sd.load_text_encoder_state_dicts = load_text_encoder_state_dicts
+
+
+def load_checkpoint_guess_config(*args, te_model_options={}, **kwargs):
+    return _load_checkpoint(*args, te_model_options={"sam3_clip_model_config": dict(SAM3_TEXT_CONFIG),
+                                                     **te_model_options}, **kwargs)
+
+
+comfy.sd.load_checkpoint_guess_config = load_checkpoint_guess_config
 NODE_CLASS_MAPPINGS = {}
-''' % json.dumps(stock_models.T5XXL_STAND_IN_CONFIG)
+''' % (json.dumps(stock_models.T5XXL_STAND_IN_CONFIG), json.dumps(stock_models.SAM3_TEXT_STAND_IN_CONFIG))
 
 
 # The Kontext base's file name in the workflows of the dict-style release, which users' saved copies still name.
@@ -109,6 +138,9 @@ def write_models(models: Path) -> None:
     control = stock_models.sd15_controlnet_state_dict()
     _save(models, "control_v11f1p_sd15_depth_fp16.safetensors", control)
     _save(models, "control_v11p_sd15_normalbae_fp16.safetensors", control)
+    if importlib.util.find_spec("comfy.ldm.sam3") is not None:   # a ComfyUI with the SAM3 nodes
+        _save(models, SAM3_CHECKPOINT, stock_models.sam31_checkpoint_state_dict(),
+              INPUT_FOLDERS[("CheckpointLoaderSimple", "ckpt_name")])
     for offset, task in enumerate(TASK_NAMES):
         cond, pooled = tm.conditioning(seed=90 + offset)
         path = conditioning.cache_file(str(models / "embeddings"), task, "testencoder")
@@ -152,11 +184,13 @@ def write_stand_in_shim(custom_nodes: Path) -> Path:
 
 
 def start_workflow_server(base_dir: Path, files_dir: Path) -> ComfyServer:
-    """A ComfyUI server whose models/ and input/ hold everything the workflows load (files built once)."""
-    if not (files_dir / "done").exists():
+    """A ComfyUI server whose models/ and input/ hold everything the workflows load (files built once per ComfyUI
+    version: a newer one has stand-ins for more stock models)."""
+    done = files_dir / f"done-{read_comfyui_version(comfyui_dir())}"
+    if not done.exists():
         write_models(files_dir / "models")
         write_inputs(files_dir / "input")
-        (files_dir / "done").write_text("")
+        done.write_text("")
     shim = write_stand_in_shim(files_dir / "shim")
 
     def prepare(target: Path) -> None:

@@ -11,7 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2p_core.model_registry import INPUT_FOLDERS, KONTEXT_BASE, MODEL_FILES, TEXT_ENCODER_SOURCE, folder_for
+from e2p_core.comfyui import TESTED_VERSIONS
+from e2p_core.model_registry import (INPUT_FOLDERS, KONTEXT_BASE, MODEL_FILES, SAM3_CHECKPOINT, TEXT_ENCODER_SOURCE,
+                                     folder_for)
 
 BYPASSED = 4  # litegraph node mode "bypass": the node is skipped and left out of the prompt
 
@@ -20,6 +22,9 @@ INPUT_FILES = {"image": "e2p_example.png", "subject": "e2p_subject.png", "backgr
                "video": "e2p_clip.mp4"}
 
 GROUP_COLORS = {"models": "#3f789e", "e2p": "#8A8", "stock": "#a1309b", "save": "#b58b2a", "relight": "#88A"}
+
+# The first tested ComfyUI whose core has the SAM3 nodes (SAM3_Detect, SAM3_VideoTrack, SAM3_TrackToMask, ...).
+SAM3_COMFYUI = "0.33.0"
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Link:
 class Graph:
     name: str
     summary: str
+    # The first tested ComfyUI that has every node the workflow uses: it is built there and runs there and later.
+    first_comfyui: str = TESTED_VERSIONS[0]
     nodes: list[Node] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
     groups: list[tuple[str, str, list[Node]]] = field(default_factory=list)
@@ -110,13 +117,12 @@ PACK_ID = "edit2perceive"  # the Comfy Registry id (pyproject.toml [project] nam
 CORE_PACK_ID = "comfy-core"
 
 
-def _pack_of(info: dict) -> dict:
-    """cnr_id/ver as the frontend records them, so it never has to ask the registry which pack a node is from."""
+def _pack_of(info: dict, comfyui_version: str) -> dict:
+    """cnr_id/ver as the frontend records them, so it never has to ask the registry which pack a node is from
+    (core nodes: the first ComfyUI the workflow runs on)."""
     module = info.get("python_module", "")
     if module.split(".")[0] in ("nodes", "comfy_extras"):
-        from e2p_dev.comfy_runtime import SUPPORTED_COMFYUI_VERSIONS
-
-        return {"cnr_id": CORE_PACK_ID, "ver": SUPPORTED_COMFYUI_VERSIONS[0]}
+        return {"cnr_id": CORE_PACK_ID, "ver": comfyui_version}
     return {"cnr_id": PACK_ID, "ver": _pack_version()}
 
 
@@ -162,7 +168,7 @@ def to_ui(graph: Graph, object_info: dict) -> dict:
             raise KeyError(f"the server has no node {node.type}")
         info = object_info[node.type]
         properties["Node name for S&R"] = node.type
-        properties.update(_pack_of(info))
+        properties.update(_pack_of(info, graph.first_comfyui))
         models = [{"name": name, "url": MODEL_FILES[name].url, "directory": folder}
                   for name, folder in node_model_files(node).items()]
         if models and node.mode != BYPASSED:  # a bypassed loader's files are optional: no missing-file dialog
@@ -453,6 +459,20 @@ def normal_controlnet_relight() -> Graph:
     return g
 
 
+def _save_composite_and_matte(g: Graph, composite: Node, matting: Node, column: int,
+                              prefix: str = "") -> tuple[Node, Node, Node]:
+    """Saves the composite, the matting node's RGBA cut-out and its alpha as a 16-bit PNG (names begin `prefix`)."""
+    save_composite = g.add("SaveImage", column, "Save composite", filename_prefix=f"edit2perceive/{prefix}composite")
+    g.link(composite, "IMAGE", save_composite, "images")
+    save_rgba = g.add("SaveImage", column, "Save cut-out (RGBA PNG)",
+                      filename_prefix=f"edit2perceive/{prefix}cutout_rgba")
+    g.link(matting, "rgba", save_rgba, "images")
+    save_alpha = g.add("E2PSaveFloatImage", column, "Save alpha (16-bit)",
+                       filename_prefix=f"edit2perceive/{prefix}alpha", file_format="png16", content="alpha")
+    g.link(matting, "alpha", save_alpha, "mask")
+    return save_composite, save_rgba, save_alpha
+
+
 def matting_composite() -> Graph:
     g = Graph("e2p_matting_composite", "Matting: clicks or a painted mask, then the subject over a new background")
     subject = g.add("LoadImage", 0, "Subject (paint the mask here: right click > Open in MaskEditor)",
@@ -477,13 +497,7 @@ def matting_composite() -> Graph:
     g.link(fitted, "IMAGE", composite, "destination")
     g.link(subject, "IMAGE", composite, "source")
     g.link(by_points, "alpha", composite, "mask")
-    save_composite = g.add("SaveImage", 4, "Save composite", filename_prefix="edit2perceive/composite")
-    g.link(composite, "IMAGE", save_composite, "images")
-    save_rgba = g.add("SaveImage", 4, "Save cut-out (RGBA PNG)", filename_prefix="edit2perceive/cutout_rgba")
-    g.link(by_points, "rgba", save_rgba, "images")
-    save_alpha = g.add("E2PSaveFloatImage", 4, "Save alpha (16-bit)", filename_prefix="edit2perceive/alpha",
-                       file_format="png16", content="alpha")
-    g.link(by_points, "alpha", save_alpha, "mask")
+    save_composite, save_rgba, save_alpha = _save_composite_and_matte(g, composite, by_points, 4)
     preview_hints = g.add("PreviewImage", 2, "Hint map (painted mask)")
     g.link(by_mask, "hint_map", preview_hints, "images")
     save_mask_rgba = g.add("SaveImage", 4, "Save cut-out from painted mask (RGBA)",
@@ -597,5 +611,120 @@ def image_to_3d() -> Graph:
     return g
 
 
+# A solid colour for the new background (EmptyImage's 0xRRGGBB), far from skin and hair tones.
+NEW_BACKGROUND_COLOUR = 0x2E8B57
+
+
+def _sam3_prompt(g: Graph, column: int, text: str = "person") -> tuple[Node, Node]:
+    """SAM 3.1 from its one file (model + text encoder) and the text prompt that says what to find."""
+    sam3 = g.add("CheckpointLoaderSimple", column, "Load SAM3", ckpt_name=SAM3_CHECKPOINT)
+    prompt = g.add("CLIPTextEncode", column + 1, "What to find (SAM3 prompt)", text=text)
+    g.link(sam3, "CLIP", prompt, "clip")
+    return sam3, prompt
+
+
+def _over_solid_colour(g: Graph, image: Node, image_output: str, matting: Node,
+                       column: int) -> tuple[Node, Node, Node]:
+    """The image over a solid colour (one background per frame) through the matting node's alpha: size, background,
+    composite."""
+    size = g.add("GetImageSize", column)
+    g.link(image, image_output, size, "image")
+    background = g.add("EmptyImage", column, "New background (solid colour)", color=NEW_BACKGROUND_COLOUR)
+    for value in ("width", "height", "batch_size"):
+        g.link(size, value, background, value)
+    composite = g.add("ImageCompositeMasked", column + 1, "Subject over the new background")
+    g.link(background, "IMAGE", composite, "destination")
+    g.link(image, image_output, composite, "source")
+    g.link(matting, "alpha", composite, "mask")
+    return size, background, composite
+
+
+SAM3_NOTE = ("**Coarse mask, fine matte:** SAM3 finds the subject from the text prompt (comma-separated prompts, "
+             "`name:N` for up to N of one kind) and gives a hard-edged mask; E2P Matting takes it as its painted-mask "
+             "hint and returns a soft alpha with hair and edges. The SAM3 nodes and their one-file checkpoint need "
+             f"ComfyUI {SAM3_COMFYUI} or later.")
+
+
+def sam3_matting() -> Graph:
+    g = Graph("e2p_sam3_matting", "Coarse mask to fine matte: SAM3 finds the subject from a text prompt, E2P Matting "
+              "refines the edge", first_comfyui=SAM3_COMFYUI)
+    image = g.add("LoadImage", 0, image=INPUT_FILES["image"])
+    sam3, prompt = _sam3_prompt(g, 0)
+    detect = g.add("SAM3_Detect", 2, threshold=0.5, refine_iterations=2, individual_masks=False)
+    g.link(sam3, "MODEL", detect, "model")
+    g.link(image, "IMAGE", detect, "image")
+    g.link(prompt, "CONDITIONING", detect, "conditioning")
+    coarse = g.add("MaskPreview", 3, "SAM3 mask (coarse)")
+    g.link(detect, "masks", coarse, "mask")
+    vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    model = g.add("LoadE2PModel", 1, checkpoint="matting.safetensors", task="matting")
+    clip = _text_encoder(g, 0, model)
+    matting = g.add("E2PMatting", 3, "E2P Matting (SAM3 mask as the hint)")
+    _e2p_inputs(g, model, vae, image, matting)
+    g.link(detect, "masks", matting, "hint_mask")
+    size, background, composite = _over_solid_colour(g, image, "IMAGE", matting, 4)
+    save_composite, save_rgba, save_alpha = _save_composite_and_matte(g, composite, matting, 6, "sam3_")
+    g.group("Stock SAM3: the coarse mask", "stock", sam3, prompt, detect, coarse)
+    g.group("Edit2Perceive matting: the fine matte", "e2p", vae, model, clip, matting)
+    g.group("Stock compositing and saving", "save", size, background, composite, save_composite, save_rgba,
+            save_alpha)
+    g.note(0, files_note(g, SAM3_NOTE + " Set the background colour in *New background*, or load a picture "
+                                        "instead and scale it to the subject as in e2p_matting_composite."))
+    return g
+
+
+def _save_video(g: Graph, frames: Node, components: Node, column: int, what: str, prefix: str) -> tuple[Node, Node]:
+    """Frames (IMAGE) at the clip's frame rate -> a video saved as edit2perceive/<prefix>."""
+    video = g.add("CreateVideo", column, f"{what.capitalize()} video")
+    g.link(frames, "IMAGE", video, "images")
+    g.link(components, "fps", video, "fps")
+    save = g.add("SaveVideo", column + 1, f"Save {what} video", filename_prefix=f"edit2perceive/{prefix}")
+    g.link(video, "VIDEO", save, "video")
+    return video, save
+
+
+def sam3_video_matting() -> Graph:
+    g = Graph("e2p_sam3_video_matting", "Video: SAM3 tracks the subject from a text prompt, E2P Matting gives a fine "
+              "matte for every frame", first_comfyui=SAM3_COMFYUI)
+    video = g.add("LoadVideo", 0, file=INPUT_FILES["video"])
+    components = g.add("GetVideoComponents", 0)
+    g.link(video, "VIDEO", components, "video")
+    sam3, prompt = _sam3_prompt(g, 0)
+    track = g.add("SAM3_VideoTrack", 2, detection_threshold=0.5, max_objects=4, detect_interval=1)
+    g.link(components, "images", track, "images")
+    g.link(sam3, "MODEL", track, "model")
+    g.link(prompt, "CONDITIONING", track, "conditioning")
+    masks = g.add("SAM3_TrackToMask", 3, "Tracked masks (all objects)", object_indices="")
+    g.link(track, "track_data", masks, "track_data")
+    preview = g.add("SAM3_TrackPreview", 3, "Tracking preview")
+    g.link(track, "track_data", preview, "track_data")
+    g.link(components, "images", preview, "images")
+    g.link(components, "fps", preview, "fps")
+    vae = g.add("VAELoader", 0, vae_name="ae.safetensors")
+    model = g.add("LoadE2PModel", 1, checkpoint="matting.safetensors", task="matting")
+    clip = _text_encoder(g, 0, model)
+    matting = g.add("E2PMatting", 4, "E2P Matting (one tracked mask per frame)")
+    _e2p_inputs(g, model, vae, components, matting, image_output="images")
+    g.link(masks, "masks", matting, "hint_mask")
+    size, background, composite = _over_solid_colour(g, components, "images", matting, 5)
+    composite_video, save_composite = _save_video(g, composite, components, 7, "composite", "sam3_composite")
+    matte_image = g.add("MaskToImage", 5, "Matte as image")
+    g.link(matting, "alpha", matte_image, "mask")
+    matte_video, save_matte = _save_video(g, matte_image, components, 7, "matte", "sam3_matte")
+    save_frames = g.add("E2PSaveFloatImage", 8, "Save matte frames (16-bit)",
+                        filename_prefix="edit2perceive/sam3_matte_frames", file_format="png16", content="alpha")
+    g.link(matting, "alpha", save_frames, "mask")
+    g.group("Frames in", "stock", video, components)
+    g.group("Stock SAM3: a coarse mask per frame", "stock", sam3, prompt, track, masks, preview)
+    g.group("Edit2Perceive matting: a fine matte per frame", "e2p", vae, model, clip, matting)
+    g.group("Stock compositing and saving", "save", size, background, composite, composite_video, save_composite,
+            matte_image, matte_video, save_matte, save_frames)
+    g.note(0, files_note(g, SAM3_NOTE + " SAM3 tracks every object the prompt finds (up to *max_objects*) and "
+                                        "*Tracked masks* joins them; list the ones to keep in its object_indices "
+                                        "(e.g. `0`) to matte one subject. E2P Matting runs the frames one after "
+                                        "another, each with its own mask."))
+    return g
+
+
 ALL_GRAPHS = (quickstart, depth_controlnet, flux_depth, normal_controlnet_relight, matting_composite, video_depth,
-              native_loader, image_to_3d)
+              native_loader, image_to_3d, sam3_matting, sam3_video_matting)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import workflow_env
+from e2p_dev.comfy_runtime import SUPPORTED_COMFYUI_VERSIONS
 from e2p_dev.workflows import environment
 from e2p_dev.workflows.environment import REPO_ROOT, load_workflow, workflow_paths
 from workflow_env import shrink
@@ -59,11 +60,15 @@ def test_template_endpoint_lists_every_workflow(workflow_server):
         assert Image.open(io.BytesIO(thumbnail.content)).format == "JPEG"
 
 
-def test_every_workflow_runs_through_prompt(workflow_server, tmp_path):
+@pytest.mark.parametrize("first_comfyui", SUPPORTED_COMFYUI_VERSIONS)
+def test_every_workflow_runs_through_prompt(workflow_server, tmp_path, first_comfyui):
+    """The workflows first built on each tested ComfyUI, where the ComfyUI under test has their nodes."""
+    runs = workflow_env.workflows_to_run(first_comfyui)
     object_info = workflow_server.object_info()
-    workflow_server.free_cache()
+    if first_comfyui == SUPPORTED_COMFYUI_VERSIONS[0]:   # once, before the first run (the frontend test reuses it)
+        workflow_server.free_cache()
     saved = []
-    for name, path in workflow_env.workflows_to_run():
+    for name, path in runs:
         prompt = shrink(converter.convert(load_workflow(path), object_info))
         entry = workflow_server.run_prompt(prompt, timeout=600)
         files = output_files(entry)
@@ -78,7 +83,7 @@ def test_every_workflow_runs_through_prompt(workflow_server, tmp_path):
             target.write_bytes(data)
             saved.append(target)
         check_outputs(path.stem, prompt, entry, workflow_server)
-    workflow_env.keep_artifacts(saved, "test_every_workflow_runs_through_prompt")
+    workflow_env.keep_artifacts(saved, f"test_every_workflow_runs_through_prompt_{first_comfyui}")
 
 
 def _image(server, entry, node_id):
@@ -89,7 +94,7 @@ def _image(server, entry, node_id):
 def check_outputs(name, prompt, entry, server):
     """What each workflow must have produced beyond 'success'."""
     by_title = {node["_meta"]["title"]: node_id for node_id, node in prompt.items()}
-    if name in ("e2p_quickstart", "e2p_matting_composite"):
+    if name in ("e2p_quickstart", "e2p_matting_composite", "e2p_sam3_matting"):
         title = "Save cut-out (RGBA)" if name == "e2p_quickstart" else "Save cut-out (RGBA PNG)"
         rgba = _image(server, entry, by_title[title])
         assert rgba.mode == "RGBA" and rgba.size == (environment.IMAGE_SIZE,) * 2
@@ -108,6 +113,10 @@ def check_outputs(name, prompt, entry, server):
         (glb,) = entry["outputs"][node_id]["3d"]
         data = server.fetch_output(glb)
         assert data[:4] == b"glTF" and int.from_bytes(data[8:12], "little") == len(data), "a whole GLB file"
+    if name == "e2p_sam3_video_matting":
+        frames = entry["outputs"][by_title["Save matte frames (16-bit)"]]["images"]
+        assert len(frames) == environment.VIDEO_FRAMES, "one matte per frame"
+        assert np.asarray(Image.open(io.BytesIO(server.fetch_output(frames[0])))).dtype == np.uint16
     if name == "e2p_video_depth":
         frames_node = by_title["Save disparity frames (16-bit)"]
         frames = entry["outputs"][frames_node]["images"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from e2p_dev.comfy_runtime import SUPPORTED_COMFYUI_VERSIONS
 from e2p_dev.workflows import frontend
 import workflow_env
 from e2p_dev.workflows import environment
@@ -30,9 +31,11 @@ def declared_inputs(object_info: dict, node: dict) -> dict:
     return {k: v for k, v in node["inputs"].items() if k.split(".")[0] in names}
 
 
-def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path):
+@pytest.mark.parametrize("first_comfyui", SUPPORTED_COMFYUI_VERSIONS)
+def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path, first_comfyui):
+    """The workflows first built on each tested ComfyUI, where the ComfyUI under test has their nodes."""
+    runs = workflow_env.workflows_to_run(first_comfyui)
     object_info = workflow_server.object_info()
-    runs = workflow_env.workflows_to_run()
     jobs = [{"name": name, "workflow": load_workflow(path), "queue": True, "overrides": TEST_OVERRIDES,
              "timeout_ms": 600_000, "screenshot": str(tmp_path / f"{name}.png")}
             for name, path in runs]
@@ -40,7 +43,7 @@ def test_every_workflow_loads_and_runs_in_the_frontend(workflow_server, tmp_path
     (tmp_path / "frontend_results.json").write_text(json.dumps([startup, *results], indent=2))
     shots = [Path(r["screenshot"]) for r in results if r.get("screenshot") and Path(r["screenshot"]).exists()]
     workflow_env.keep_artifacts(shots + [tmp_path / "frontend_results.json"],
-                                "test_every_workflow_loads_and_runs_in_the_frontend")
+                                f"test_every_workflow_loads_and_runs_in_the_frontend_{first_comfyui}")
 
     assert [r["name"] for r in results] == [name for name, _ in runs]
     for result, (_, path) in zip(results, runs):
