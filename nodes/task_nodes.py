@@ -180,8 +180,9 @@ def _host_box_inputs() -> list:
 
 
 def _matte_output_inputs() -> list:
-    """How the matte and the composite-ready outputs are made; after every older input, so saved workflows keep
-    their widget values. The defaults leave the model's alpha untouched."""
+    """How the matte and the composite-ready outputs are made; after every older input but the host's box, which
+    stays last (files saved where ComfyUI has no BOUNDING_BOX then still list a leading part of the widgets where
+    it has). The defaults leave the model's alpha untouched."""
     return [
         compat.combo_input("foreground_colour", list(foreground.FOREGROUND_COLOURS), default="estimated",
                            optional=True,
@@ -217,7 +218,7 @@ class E2PMatting(io.ComfyNode):
                                                             "background removal", "remove background", "cut out",
                                                             "cutout", "mask", "rgba", "edit2perceive"]),
             inputs=[*_prediction_inputs(), *_hint_inputs(), *_throughput_inputs(ALPHA_UNCERTAINTY),
-                    *_host_box_inputs(), *_matte_output_inputs()],
+                    *_matte_output_inputs(), *_host_box_inputs()],
             outputs=[
                 io.Mask.Output(display_name="alpha", tooltip="Alpha matte in [0, 1] at the input size, after "
                                                              "edge_offset and feather."),
@@ -238,9 +239,9 @@ class E2PMatting(io.ComfyNode):
 
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
-                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1, bbox=None,
-                foreground_colour="estimated", alpha_mode="straight", edge_offset=0, feather=0.0,
-                trimap_band=8) -> io.NodeOutput:
+                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1,
+                foreground_colour="estimated", alpha_mode="straight", edge_offset=0, feather=0.0, trimap_band=8,
+                bbox=None) -> io.NodeOutput:
         user_hints = hints.matting_hints(image, points, box, coordinates, hint_mask, bbox)
         compat.show_text_on_node(user_hints.report())
         alpha, hint_maps, uncertainty = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode,

@@ -78,6 +78,18 @@ def has_upload_value(spec) -> bool:
     return any(_options(spec).get(flag) for flag in ("image_upload", "video_upload", "audio_upload"))
 
 
+BOX_FIELDS = ("x", "y", "width", "height")
+
+
+def box_component_values(spec, value) -> list[Any]:
+    """What the frontend saves after a BOUNDING_BOX widget's value: its x, y, width and height number widgets
+    (frontend 1.49; ComfyUI 0.3.75 has no such type)."""
+    if spec_type(spec) != "BOUNDING_BOX":
+        return []
+    box = value if isinstance(value, dict) else {}
+    return [box.get(field, 0) for field in BOX_FIELDS]
+
+
 def server_default(spec) -> tuple[bool, Any]:
     """(has one, value): the value the frontend gives a new widget for this input spec."""
     options = _options(spec)
@@ -121,6 +133,10 @@ def map_widget_values(node: dict, node_info: dict) -> dict[str, Any]:
             if in_file and has_upload_value(spec) and position < len(values) and isinstance(values[position], str) \
                     and values[position] in ("image", "video", "audio", ""):
                 position += 1
+            components = box_component_values(spec, value) if in_file else []
+            if components and all(isinstance(item, (int, float)) for item in values[position:position + 4]) \
+                    and len(values[position:position + 4]) == len(components):
+                position += len(components)
         if not in_file:
             if name in linked:
                 continue

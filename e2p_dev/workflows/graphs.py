@@ -141,7 +141,9 @@ def widgets_values(node: Node, info: dict) -> list[Any]:
         raise ValueError(f"{node.type} has no widgets {sorted(unknown)}")
     values = []
     for name, spec in _widget_inputs(info):
-        values.append(node.widgets.get(name, _default(spec)))
+        value = node.widgets.get(name, _default(spec))
+        values.append(value)
+        values.extend(_converter().box_component_values(spec, value))
         if _converter().has_control_value(name, spec):
             values.append("fixed")
         if _converter().has_upload_value(spec):
