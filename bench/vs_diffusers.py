@@ -11,6 +11,7 @@ root:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -73,6 +74,19 @@ def run_diffusers(pipeline, image: torch.Tensor, prompt_embeds: torch.Tensor, po
                         num_inference_steps=steps, guidance_scale=1.0, generator=generator, output_type="pt")
 
 
+def without_cpu_vae_fast_path(run_one, index: int) -> None:
+    """One run of ours with the VAE as ComfyUI runs it on the CPU (e2p_core.comfyui.cpu_speedups.fast_cpu_vae
+    off): what the fast path gains, in the same interleaved run."""
+    from e2p_core.comfyui import cpu_speedups
+
+    fast_path = cpu_speedups.fast_cpu_vae
+    cpu_speedups.fast_cpu_vae = lambda vae: contextlib.nullcontext()
+    try:
+        run_one(index)
+    finally:
+        cpu_speedups.fast_cpu_vae = fast_path
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = cli.base_parser(__doc__.split("\n\n")[0], "vs_diffusers")
     parser.add_argument("--diffusers-steps", type=int, nargs="+", default=[1, 8],
@@ -99,6 +113,9 @@ def main(argv: list[str] | None = None) -> str:
             run_diffusers(pipeline, image, prompt_embeds, pooled_embeds, resolution, steps, timing.run_seed(index))
 
         candidates = {"ours, 1 step": ours}
+        if run.device.type == "cpu":
+            candidates["ours, 1 step, ComfyUI's VAE path"] = (
+                lambda index, run_one=ours: without_cpu_vae_fast_path(run_one, index))
         for steps in args.diffusers_steps:
             candidates[f"diffusers, {steps} step{'s' * (steps > 1)}"] = (
                 lambda index, steps=steps, run_one=diffusers_run: run_one(index, steps))

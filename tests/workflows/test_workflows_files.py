@@ -72,17 +72,6 @@ def test_download_links_are_public_registry_files(path):
         assert f"{HF}/{repository}" in sources, f"{path.name} links {repository}, which is no registry source"
 
 
-def as_saved(values: list) -> list:
-    """Widget values as the frontend saves them: where ComfyUI has BOUNDING_BOX (0.33.0), a box widget's value
-    {x, y, width, height} is followed by the values of its four number fields."""
-    saved = []
-    for value in values:
-        saved.append(value)
-        if isinstance(value, dict) and set(value) == {"x", "y", "width", "height"}:
-            saved += [value["x"], value["y"], value["width"], value["height"]]
-    return saved
-
-
 def test_shipped_files_match_the_graphs_and_the_pack_nodes(comfy_inprocess):
     """Each file is what the authoring script makes of its graph with the pack's current node inputs: a node
     that gained, lost or reordered a widget (or a graph edited without rebuilding) fails here until
@@ -106,7 +95,7 @@ def test_shipped_files_match_the_graphs_and_the_pack_nodes(comfy_inprocess):
             if node.type not in pack_nodes:
                 continue
             info = comfy_inprocess.node_info(node.type)
-            expected = as_saved(json.loads(json.dumps(widgets_values(node, info))))
+            expected = json.loads(json.dumps(widgets_values(node, info)))
             values = saved[node.id]["widgets_values"]
             built = order(graph.first_comfyui)
             compared = (values, expected) if running == built else \
