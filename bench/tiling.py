@@ -131,7 +131,9 @@ def pipeline_main(args, options: list[str]) -> str:
     results = []
     for width, height in args.sizes:
         for route in PIPELINE_ROUTES:
-            passes = 1 + len(tiling.plan_tiles(height, width, args.processing_resolution, args.overlap))
+            tiles, whole_image_pass = tiling.planned_passes(height, width, "depth", args.processing_resolution,
+                                                            args.overlap)
+            passes = len(tiles) + whole_image_pass
             if route == "tiled" and args.max_passes is not None and passes > args.max_passes:
                 results.append({"width": width, "height": height, "route": route, "passes": passes,
                                 "skipped": f"not run: more passes than --max-passes {args.max_passes}"})

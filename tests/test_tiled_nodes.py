@@ -41,7 +41,9 @@ def test_tiled_depth_with_a_batch_and_an_ensemble(installed, vae, monkeypatch):
     assert depth.shape == images.shape and uncertainty.shape == images.shape[:3]
     assert torch.isfinite(depth).all() and depth.min() >= 0 and depth.max() <= 1
     assert torch.isfinite(uncertainty).all() and uncertainty.max() > 0, "the members disagree somewhere"
-    passes = 1 + len(tiling.plan_tiles(*WIDE, 64, 0.25))   # the whole-image pass, then each tile
+    tiles, whole_image_pass = tiling.planned_passes(*WIDE, "depth", 64, 0.25)
+    passes = len(tiles) + whole_image_pass
+    assert whole_image_pass and len(tiles) == 2
     assert steps == [(done, passes) for done in range(1, passes + 1)]
     with pytest.raises(ValueError, match="tiled prediction needs a processing_resolution"):
         installed.run_node("E2PDepth", **task_inputs(e2p, vae, images, processing_resolution=0), tiled=True)
