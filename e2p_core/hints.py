@@ -521,10 +521,12 @@ def input_to_canvas_coords(points_xy, canvas: imaging.Canvas) -> np.ndarray:
 
 
 def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: int,
-                       seed: int = HINT_SEED) -> np.ndarray:
+                       seed: int = HINT_SEED, scale_side: int | None = None) -> np.ndarray:
     """The hint point map at the padded canvas size (zeros in the padding), following the official app:
     a painted mask is widened at its own resolution and resized as Pillow NEAREST does; clicks and box are rescaled.
-    Hints that mark no pixel at the working size are refused rather than fed as no hint."""
+    Hints that mark no pixel at the working size are refused rather than fed as no hint. Click discs and point blobs
+    have the official sizes scaled to ``scale_side`` px (default: the canvas's long side, one pass over the whole
+    image)."""
     height, width = canvas.content_height, canvas.content_width
     region = np.zeros((height, width), dtype=np.float32)
     if hints.painted:
@@ -537,8 +539,8 @@ def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: 
     clicks = None
     if hints.clicks_xy is not None and len(hints.clicks_xy):
         clicks = input_to_canvas_coords(hints.clicks_xy, canvas)
-    content = build_hint_map(height, width, clicks_xy=clicks, region=region, long_side=canvas.long_side,
-                             num_points=num_points, seed=seed)
+    content = build_hint_map(height, width, clicks_xy=clicks, region=region,
+                             long_side=scale_side or canvas.long_side, num_points=num_points, seed=seed)
     if hints.marks_anything and not content.any():
         raise ValueError(f"the hints mark no pixel at the {width}x{height} working size: the painted area is too "
                          "small to survive scaling the mask down to it. Paint a larger area, raise "
@@ -546,3 +548,12 @@ def hint_map_on_canvas(hints: MattingHints, canvas: imaging.Canvas, num_points: 
     padded = np.zeros((canvas.padded_height, canvas.padded_width), dtype=np.float32)
     padded[:height, :width] = content
     return padded
+
+
+def tiled_hint_map(hints: MattingHints, height: int, width: int, num_points: int, tile: int) -> np.ndarray:
+    """The point map of a tiled prediction [height, width]: made once at the image's own size, from which each tile
+    takes its crop, with the click discs and blobs of one pass of ``tile`` px, so a tile at full detail shows its
+    points at the size the model was trained with. The points are drawn over the whole marked area, so a tile
+    holds the points that fall in it."""
+    canvas = imaging.Canvas(height, width, height, width, height, width, "aspect")
+    return hint_map_on_canvas(hints, canvas, num_points, scale_side=tile)

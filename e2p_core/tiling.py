@@ -86,6 +86,16 @@ def plan_tiles(height: int, width: int, tile: int, overlap: float = DEFAULT_OVER
             for top in tile_starts(height, tile, overlap) for left in tile_starts(width, tile, overlap)]
 
 
+def planned_passes(height: int, width: int, task: str, processing_resolution: int,
+                   overlap: float = DEFAULT_OVERLAP) -> tuple[list[Region], bool]:
+    """What ``predict_tiled`` predicts for a height x width image: its tiles (none when the image fits one pass) and
+    whether a pass over the whole image comes first (an affine-invariant task's tiles are aligned to it; an image
+    that fits one pass gets only it)."""
+    tiles = plan_tiles(height, width, processing_resolution, overlap) if max(height, width) > processing_resolution \
+        else []
+    return tiles, not tiles or task_spec(task).affine_invariant
+
+
 def _smoothstep(position: torch.Tensor) -> torch.Tensor:
     return position * position * (3.0 - 2.0 * position)
 
@@ -185,9 +195,7 @@ def predict_tiled(images: torch.Tensor, predictor: Predictor, task: str,
                                      f"{PROCESSING_RESOLUTION}, what the model was trained at")
     batch, height, width = images.shape[:3]
     canvas = imaging.plan_canvas(height, width, processing_resolution)
-    tiles = plan_tiles(height, width, processing_resolution, overlap) if max(height, width) > processing_resolution \
-        else []
-    needs_global = not tiles or spec.affine_invariant
+    tiles, needs_global = planned_passes(height, width, task, processing_resolution, overlap)
     total = len(tiles) + int(needs_global)
     done = 0
     rgb = images[..., :3]

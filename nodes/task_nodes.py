@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..e2p_core import ensemble, foreground, hints, imaging, matte_edges, representations
+from ..e2p_core import ensemble, foreground, hints, imaging, matte_edges, representations, temporal, tiling
 from ..e2p_core.comfyui import compat, pipeline
+from ..e2p_core.comfyui.tiled import predict_task_tiled
 from ..e2p_core.release import DEFAULT_SEED, PROCESSING_RESOLUTION
 from ..e2p_core.tasks import task_spec
 from . import categories
@@ -27,7 +28,8 @@ def _prediction_inputs() -> list:
         io.Int.Input("processing_resolution", default=PROCESSING_RESOLUTION, min=0, max=2048, step=16,
                      tooltip=f"Long side the model works at (768 = what it was trained at), at least "
                              f"{imaging.MIN_WORKING_SIZE}. 0 = the image's own size. The result is always returned at "
-                             "the input size."),
+                             "the input size. With tiled: the tile side and the whole-image pass's long side (0 "
+                             "is refused)."),
         compat.combo_input("resize_mode", list(imaging.RESIZE_MODES), default="aspect",
                            tooltip="aspect: keep the aspect ratio, pad to a multiple of 16. reference: stretch to a "
                                    "square and resize back with nearest, as the official code."),
@@ -54,17 +56,40 @@ def _throughput_inputs(uncertainty_unit: str) -> list:
     ]
 
 
+def _tiling_inputs() -> list:
+    """Optional, after the throughput inputs (and before inputs a later ComfyUI adds, such as E2P Matting's bbox):
+    saved workflows keep their widget values in place, and the widgets of the first supported ComfyUI stay the
+    first ones on every later version."""
+    return [
+        io.Boolean.Input("tiled", default=False, optional=True,
+                         tooltip="For images much larger than processing_resolution (4K-8K stills) whose fine detail "
+                                 "matters: overlapping tiles of processing_resolution x processing_resolution px at "
+                                 "the image's own scale, stitched without seams (depth: each tile aligned to one "
+                                 "pass over the whole image). One pass per tile, with the memory of one pass. Off = "
+                                 "one pass at processing_resolution."),
+        io.Float.Input("tile_overlap", default=tiling.DEFAULT_OVERLAP, min=0.05, max=tiling.MAX_OVERLAP, step=0.05,
+                       optional=True,
+                       tooltip="With tiled: the least share of a tile's side that neighbouring tiles share. Wider "
+                               "overlaps blend the seams over more pixels and cost more tiles."),
+    ]
+
+
 def _uncertainty_output(unit: str):
     return io.Mask.Output(display_name="uncertainty", tooltip=f"{unit}. All 0 with ensemble_size 1.")
 
 
 def _run(e2p_model, vae, image, task, processing_resolution, resize_mode, steps, seed, ensemble_size,
-         frames_per_pass, matting: hints.MattingConditioning | None = None):
+         frames_per_pass, tiled, tile_overlap, matting: hints.MattingConditioning | None = None):
     e2p_model.require_task(task)
-    progress = compat.progress_bar(image.shape[0] * ensemble_size)
     options = pipeline.PredictionOptions(processing_resolution, resize_mode, steps, seed, frames_per_pass,
                                          ensemble_size)
-    result = pipeline.predict_task(e2p_model, vae, image, options, matting, on_progress=progress.update)
+    if tiled:
+        progress = compat.progress_bar(1)     # one step per pass; the tiles' count comes with the first step
+        result = predict_task_tiled(e2p_model, vae, image, options, matting, tile_overlap,
+                                    on_progress=progress.update_absolute)
+    else:
+        progress = compat.progress_bar(image.shape[0] * ensemble_size)
+        result = pipeline.predict_task(e2p_model, vae, image, options, matting, on_progress=progress.update)
     return result._replace(uncertainty=task_spec(task).uncertainty_mask(result.uncertainty))
 
 
@@ -80,7 +105,13 @@ class E2PDepth(io.ComfyNode):
                         "bright). Use SqrtDecode for your scene's near/far, linear or metric depth.",
             **compat.optional_schema_fields(search_aliases=["depth", "depth map", "depth estimation", "monocular depth",
                                                             "disparity", "controlnet", "3d", "edit2perceive"]),
-            inputs=[*_prediction_inputs(), *_throughput_inputs(DEPTH_UNCERTAINTY)],
+            inputs=[*_prediction_inputs(), *_throughput_inputs(DEPTH_UNCERTAINTY), *_tiling_inputs(),
+                    io.Boolean.Input("temporal_alignment", default=False, optional=True,
+                                     tooltip="For a video clip (frames in order): aligns each frame's depth to the "
+                                             "frames before it by a robust scale and shift over the pixels that "
+                                             "agree, so per-frame drift does not flicker; frames that already agree "
+                                             "stay as they are, a cut starts anew. Off for a batch of unrelated "
+                                             "images.")],
             outputs=[
                 io.Image.Output(display_name="sqrt_depth", tooltip="Sqrt-space depth in [0, 1], near = 0 (dark), 3 "
                                                                    "equal channels, at the input size."),
@@ -95,9 +126,13 @@ class E2PDepth(io.ComfyNode):
 
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, ensemble_size=1,
-                frames_per_pass=1) -> io.NodeOutput:
+                frames_per_pass=1, tiled=False, tile_overlap=tiling.DEFAULT_OVERLAP,
+                temporal_alignment=False) -> io.NodeOutput:
         depth, _, uncertainty = _run(e2p_model, vae, image, "depth", processing_resolution, resize_mode, steps, seed,
-                                     ensemble_size, frames_per_pass)
+                                     ensemble_size, frames_per_pass, tiled, tile_overlap)
+        if temporal_alignment:
+            aligned = temporal.align_frames(depth)
+            depth, uncertainty = aligned.sqrt_depth, uncertainty * aligned.scale.float()[:, None, None]
         sqrt_depth = depth[..., None].expand(*depth.shape, 3).contiguous()
         controlnet_depth = representations.sqrt_depth_to_disparity(sqrt_depth, representations.DEFAULT_NEAR,
                                                                    representations.DEFAULT_FAR)
@@ -127,6 +162,7 @@ class E2PNormal(io.ComfyNode):
                                    tooltip=f"Negate the {axis.upper()} component after the convention.")
                   for axis in "xyz"],
                 *_throughput_inputs(NORMAL_UNCERTAINTY),
+                *_tiling_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="normal_map", tooltip="Unit normals encoded as (n + 1) / 2 in the chosen "
@@ -137,9 +173,10 @@ class E2PNormal(io.ComfyNode):
 
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, convention,
-                flip_x, flip_y, flip_z, ensemble_size=1, frames_per_pass=1) -> io.NodeOutput:
+                flip_x, flip_y, flip_z, ensemble_size=1, frames_per_pass=1, tiled=False,
+                tile_overlap=tiling.DEFAULT_OVERLAP) -> io.NodeOutput:
         normals, _, uncertainty = _run(e2p_model, vae, image, "normal", processing_resolution, resize_mode, steps,
-                                       seed, ensemble_size, frames_per_pass)
+                                       seed, ensemble_size, frames_per_pass, tiled, tile_overlap)
         converted = representations.convert_normals(normals, convention, flip_x, flip_y, flip_z)
         return io.NodeOutput(representations.normals_to_rgb(converted), uncertainty)
 
@@ -218,7 +255,7 @@ class E2PMatting(io.ComfyNode):
                                                             "background removal", "remove background", "cut out",
                                                             "cutout", "mask", "rgba", "edit2perceive"]),
             inputs=[*_prediction_inputs(), *_hint_inputs(), *_throughput_inputs(ALPHA_UNCERTAINTY),
-                    *_matte_output_inputs(), *_host_box_inputs()],
+                    *_tiling_inputs(), *_matte_output_inputs(), *_host_box_inputs()],
             outputs=[
                 io.Mask.Output(display_name="alpha", tooltip="Alpha matte in [0, 1] at the input size, after "
                                                              "edge_offset and feather."),
@@ -239,13 +276,13 @@ class E2PMatting(io.ComfyNode):
 
     @classmethod
     def execute(cls, e2p_model, vae, image, processing_resolution, resize_mode, steps, seed, points, box,
-                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1,
-                foreground_colour="estimated", alpha_mode="straight", edge_offset=0, feather=0.0, trimap_band=8,
-                bbox=None) -> io.NodeOutput:
+                coordinates, num_points, hint_mask=None, ensemble_size=1, frames_per_pass=1, tiled=False,
+                tile_overlap=tiling.DEFAULT_OVERLAP, foreground_colour="estimated", alpha_mode="straight",
+                edge_offset=0, feather=0.0, trimap_band=8, bbox=None) -> io.NodeOutput:
         user_hints = hints.matting_hints(image, points, box, coordinates, hint_mask, bbox)
         compat.show_text_on_node(user_hints.report())
         alpha, hint_maps, uncertainty = _run(e2p_model, vae, image, "matting", processing_resolution, resize_mode,
-                                             steps, seed, ensemble_size, frames_per_pass,
+                                             steps, seed, ensemble_size, frames_per_pass, tiled, tile_overlap,
                                              hints.MattingConditioning(user_hints.per_image, num_points))
         rgb = image[..., :3].float().clamp(0.0, 1.0)
         matte = matte_edges.adjust_edges(alpha, edge_offset, feather)

@@ -199,6 +199,19 @@ def test_tiling_prints_table(tmp_path):
     assert all(result["peak_bytes"] >= result["baseline_bytes"] > 0 for result in results)
 
 
+def test_tiling_through_the_pipeline_prints_table(tmp_path):
+    """E2P Depth on the tiny model in one pass, in its own process (the tiled route is the same child with the
+    node's tiled on, see test_tiled_nodes.py); a tiled run over --max-passes is listed with its pass count."""
+    command = [sys.executable, str(REPO_ROOT / "bench" / "tiling.py"), "--pipeline", "--sizes", "96x80",
+               "--processing-resolution", "64", "--max-passes", "4", "--work-dir", str(tmp_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    rows = table_rows(completed.stdout, "### E2P Depth through the pipeline by image size, tiled vs one pass (CPU)")
+    assert [row[:4] for row in rows] == [["96x80", "0.0", "tiled", "5"], ["96x80", "0.0", "one pass", "1"]]
+    assert rows[0][4:] == ["-", "-", "not run: more passes than --max-passes 4"]
+    assert float(rows[1][4]) > 0 and float(rows[1][5]) >= 0 and rows[1][6] == ""
+
+
 def test_foreground_prints_tables(tmp_path):
     """No ComfyUI and no model: only the time-per-megapixel rows and the accuracy rows are checked for presence."""
     json_path = tmp_path / "foreground.json"

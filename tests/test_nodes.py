@@ -244,18 +244,19 @@ def test_tiny_box_is_a_hint_not_none(installed, vae):
 
 
 def test_matting_has_a_bbox_input_exactly_where_comfyui_has_bounding_box(installed):
-    """0.33.0: a BOUNDING_BOX box widget that takes a link, last (a file saved on 0.3.75, which has no such type,
-    lists a leading part of the widgets, so it loads with every value in place). 0.3.75: the typed box is the only
-    one."""
+    """0.33.0: a BOUNDING_BOX box widget that takes a link, after every input the first supported ComfyUI has too
+    (so a workflow saved on 0.3.75 keeps its widget values in place on 0.33.0). 0.3.75 has no such type: the typed
+    box is the only one."""
     from e2p_core.comfyui import compat
 
     info = installed.node_info("E2PMatting")["input"]
-    assert list(info["optional"])[:8] == ["hint_mask", "ensemble_size", "frames_per_pass", "foreground_colour",
-                                          "alpha_mode", "edge_offset", "feather", "trimap_band"]
+    shared = ["hint_mask", "ensemble_size", "frames_per_pass", "tiled", "tile_overlap", "foreground_colour",
+              "alpha_mode", "edge_offset", "feather", "trimap_band"]
+    assert list(info["optional"])[:len(shared)] == shared
     if compat.comfyui_version() == "0.3.75":
         assert not compat.has_bounding_box() and "bbox" not in info["optional"]
         return
-    assert compat.has_bounding_box() and list(info["optional"])[-1] == "bbox"
+    assert compat.has_bounding_box() and list(info["optional"])[len(shared):] == ["bbox"]
     kind, settings = info["optional"]["bbox"]
     assert kind == "BOUNDING_BOX" and settings["default"] == {"x": 0, "y": 0, "width": 0, "height": 0}
     assert settings["socketless"] is False, "SAM3 Detect's bboxes must be able to connect"
