@@ -12,7 +12,7 @@ import torch
 
 from e2p_dev import tiny_models as tm
 from e2p_core import ensemble, imaging, representations, tasks
-from e2p_core.comfyui import compat, pipeline, sampling
+from e2p_core.comfyui import compat, cpu_speedups, pipeline, sampling
 from e2p_core.hints import MattingConditioning, matting_hints
 from test_nodes import image_batch, installed, load, task_inputs, vae  # noqa: F401  (fixtures)
 
@@ -55,7 +55,7 @@ def run(e2p, vae, images, task, on_progress=None, **options):
 def hand_single_step(e2p, vae, image):
     """Today's single step for one image, written out from the public pieces."""
     canvas = imaging.plan_canvas(image.shape[1], image.shape[2], 64, "aspect")
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_speedups.fast_cpu_vae(vae):
         latent = sampling.predict_latent(e2p.patcher, [vae.encode(imaging.to_canvas(image.clamp(0, 1), canvas))],
                                          e2p.cond, e2p.pooled, seed=42)
         decoded = compat.raw_vae_decoder(vae).decode(latent).float()[..., :3]

@@ -78,7 +78,7 @@ def test_matting_tiles_see_their_crop_of_the_point_map(installed, vae, monkeypat
     monkeypatch.setattr(tiled_module.pipeline, "predict_task", recording)
     image = image_batch(1, *WIDE)
     clicks = [[30, 20], [90, 30]]
-    alpha, _, _, hint_map, _ = installed.run_node(
+    alpha, _, _, hint_map, *_ = installed.run_node(
         "E2PMatting", **task_inputs(e2p, vae, image), points=str(clicks), box="", coordinates="pixels",
         num_points=10, tiled=True)
     assert alpha.shape == image.shape[:3] and torch.isfinite(alpha).all()

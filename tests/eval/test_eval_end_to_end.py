@@ -120,7 +120,7 @@ def test_official_matting_conditioning_through_predict_task(tiny_files, monkeypa
     import torch
 
     from e2p_core import hints, imaging, representations
-    from e2p_core.comfyui import compat, pipeline
+    from e2p_core.comfyui import compat, cpu_speedups, pipeline
     from e2p_core.comfyui.api import E2PPredictor
 
     predictor = E2PPredictor.from_files("matting", tiny_files["model"], tiny_files["matting"],
@@ -134,7 +134,7 @@ def test_official_matting_conditioning_through_predict_task(tiny_files, monkeypa
     canvas = imaging.plan_canvas(64, 64, 64, "reference")
 
     def official(with_points: bool) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_speedups.fast_cpu_vae(predictor.vae):     # the pipeline's VAE path
             references = [predictor.vae.encode(imaging.to_canvas(images, canvas))]
             if with_points:
                 on_canvas = imaging.to_canvas(point_map[None, :, :, None], canvas)[..., 0]
