@@ -65,7 +65,8 @@ def test_wrapper_overhead_prints_table(work_dir):
 def test_vs_diffusers_prints_table(work_dir):
     output, raw = run_script("vs_diffusers", work_dir, "--diffusers-steps", "1", "2")
     rows = table_rows(output, "### Ours vs diffusers FluxKontextPipeline")
-    assert [row[1] for row in rows] == ["ours, 1 step", "diffusers, 1 step", "diffusers, 2 steps"]
+    assert [row[1] for row in rows] == ["ours, 1 step", "ours, 1 step, ComfyUI's VAE path", "diffusers, 1 step",
+                                        "diffusers, 2 steps"]
     assert rows[0][3] == "1.00x"
     assert len(raw["runs"]["64"]["diffusers, 2 steps"]) == 1
 
